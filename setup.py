@@ -1,0 +1,33 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="htsat-hf",
+    version="0.1.0",
+    description="HTS-AT (Hierarchical Token-Semantic Audio Transformer) as a Hugging Face transformers model",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.0,<6",
+        "safetensors>=0.4",
+        "numpy>=1.24",
+    ],
+    extras_require={
+        # File decoding and resampling in datasets and the pipeline's dict inputs.
+        "audio": ["torchaudio", "torchcodec", "datasets>=4", "soundfile"],
+        "train": ["datasets>=4", "accelerate>=1.0", "evaluate>=0.4", "scikit-learn"],
+        "test": ["pytest", "librosa>=0.10", "soundfile", "scipy"],
+    },
+    entry_points={"console_scripts": ["htsat-hf=htsat_hf.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Multimedia :: Sound/Audio :: Analysis",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

@@ -1,0 +1,47 @@
+"""HTS-AT (Hierarchical Token-Semantic Audio Transformer) for Hugging Face transformers.
+
+Importing the package registers the model with transformers' Auto classes, so `AutoConfig`,
+`AutoFeatureExtractor`, `AutoModel`, `AutoModelForAudioClassification`, `AutoModelForAudioFrameClassification` and
+`pipeline("audio-classification", ...)` resolve `model_type="htsat"`. Models saved by this package also carry their
+code, so they load with `trust_remote_code=True` where the package is not installed.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoModel,
+    AutoModelForAudioClassification,
+    AutoModelForAudioFrameClassification,
+)
+
+from .configuration_htsat import HTSATConfig
+from .feature_extraction_htsat import HTSATFeatureExtractor
+from .modeling_htsat import (
+    HTSATForAudioClassification,
+    HTSATForSoundEventDetection,
+    HTSATModel,
+    HTSATPreTrainedModel,
+)
+
+__version__ = "0.1.0"
+
+AutoConfig.register(HTSATConfig.model_type, HTSATConfig, exist_ok=True)
+AutoFeatureExtractor.register(HTSATConfig, HTSATFeatureExtractor, exist_ok=True)
+AutoModel.register(HTSATConfig, HTSATModel, exist_ok=True)
+AutoModelForAudioClassification.register(HTSATConfig, HTSATForAudioClassification, exist_ok=True)
+AutoModelForAudioFrameClassification.register(HTSATConfig, HTSATForSoundEventDetection, exist_ok=True)
+
+HTSATConfig.register_for_auto_class()
+HTSATFeatureExtractor.register_for_auto_class()
+HTSATModel.register_for_auto_class("AutoModel")
+HTSATForAudioClassification.register_for_auto_class("AutoModelForAudioClassification")
+HTSATForSoundEventDetection.register_for_auto_class("AutoModelForAudioFrameClassification")
+
+__all__ = [
+    "HTSATConfig",
+    "HTSATFeatureExtractor",
+    "HTSATForAudioClassification",
+    "HTSATForSoundEventDetection",
+    "HTSATModel",
+    "HTSATPreTrainedModel",
+]

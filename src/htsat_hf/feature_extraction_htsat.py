@@ -1,0 +1,339 @@
+"""Waveform to log-mel front end of HTS-AT.
+
+The data path starts here: `HTSATFeatureExtractor.__call__` checks and pads raw waveforms, then
+`log_mel_spectrogram` turns a batch of them into the log-mel features the model reads. The numerics are those of the
+original implementation (torchlibrosa), which librosa reproduces exactly: periodic Hann window of `n_fft`, centred
+frames with reflect padding, power spectrum, Slaney-scale mel filters with Slaney area normalisation,
+`10 * log10(max(x, 1e-10))` and no `top_db` clipping.
+"""
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from transformers.audio_utils import mel_filter_bank
+from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
+from transformers.feature_extraction_utils import BatchFeature
+
+PAD_MODES = ("zeros", "repeat")
+_INT_SCALES = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}
+_TORCH_INT_SCALES = {torch.int16: 32768.0, torch.int32: 2147483648.0}
+
+
+def htsat_mel_filters(sampling_rate: int, n_fft: int, num_mel_bins: int, f_min: float, f_max: float) -> np.ndarray:
+    """Slaney-scale, Slaney-normalised triangular mel filters, shape `(n_fft // 2 + 1, num_mel_bins)`, float32.
+
+    Equal to `librosa.filters.mel(sr=sampling_rate, n_fft=n_fft, n_mels=num_mel_bins, fmin=f_min, fmax=f_max).T`.
+    Filters entirely above Nyquist are all zero, as in the original 16 kHz recipe whose `f_max` stays at 14 kHz.
+    """
+    with warnings.catch_warnings():
+        # The all-zero filters above Nyquist are intended (original Speech Commands recipe); they give -100 dB bins.
+        warnings.filterwarnings("ignore", message="At least one mel filter has all zero values")
+        filters = mel_filter_bank(
+            num_frequency_bins=n_fft // 2 + 1,
+            num_mel_filters=num_mel_bins,
+            min_frequency=f_min,
+            max_frequency=f_max,
+            sampling_rate=sampling_rate,
+            norm="slaney",
+            mel_scale="slaney",
+            dtype=np.float32,
+        )
+    return filters
+
+
+def log_mel_spectrogram(
+    waveforms: torch.Tensor, mel_filters: torch.Tensor, n_fft: int, hop_length: int
+) -> torch.Tensor:
+    """Log-mel spectrogram of a batch of mono waveforms, all in one vectorised STFT.
+
+    Args:
+        waveforms: `(batch, samples)` float tensor, more than `n_fft // 2` samples (reflect padding needs them).
+        mel_filters: `(n_fft // 2 + 1, mel_bins)` filter matrix, see [`htsat_mel_filters`].
+        n_fft: FFT size and periodic Hann window length.
+        hop_length: hop between frames in samples.
+
+    Returns:
+        `(batch, frames, mel_bins)` tensor in dB with `frames = 1 + samples // hop_length`.
+    """
+    window = torch.hann_window(n_fft, periodic=True, dtype=waveforms.dtype, device=waveforms.device)
+    spectrum = torch.stft(
+        waveforms,
+        n_fft=n_fft,
+        hop_length=hop_length,
+        win_length=n_fft,
+        window=window,
+        center=True,
+        pad_mode="reflect",
+        return_complex=True,
+    )
+    power = torch.view_as_real(spectrum).pow(2).sum(-1)  # (batch, freq, frames)
+    mel = torch.matmul(power.transpose(1, 2), mel_filters.to(power.dtype))
+    return 10.0 * torch.log10(torch.clamp(mel, min=1e-10))
+
+
+def pad_waveform(waveform: np.ndarray, length: int, pad_mode: str) -> np.ndarray:
+    """Bring a 1-D clip to `length` samples: zeros after it, or the clip tiled (the ESC-50/Speech Commands recipes)."""
+    if waveform.shape[0] >= length:
+        return waveform[:length]
+    if pad_mode == "repeat":
+        repeats = -(-length // waveform.shape[0])
+        return np.tile(waveform, repeats)[:length]
+    return np.pad(waveform, (0, length - waveform.shape[0]))
+
+
+class HTSATFeatureExtractor(SequenceFeatureExtractor):
+    r"""
+    Turns raw mono waveforms into the log-mel features of HTS-AT, in one batched torch STFT.
+
+    Args:
+        feature_size (`int`, defaults to 64): number of mel bins.
+        sampling_rate (`int`, defaults to 32000): the rate the model was trained at; input at any other rate is
+            refused (resample first, for example with `datasets.Audio(sampling_rate=...)` or `librosa.resample`).
+        hop_length (`int`, defaults to 320): STFT hop in samples.
+        n_fft (`int`, defaults to 1024): FFT size and window length.
+        f_min (`float`, defaults to 50.0), f_max (`float`, defaults to 14000.0): mel filter range in Hz.
+        max_length_seconds (`float`, defaults to 10.0): the clip length of the model. Shorter clips are padded to it
+            (with `padding="max_length"`); longer ones are refused unless `truncation=True`.
+        pad_mode (`str`, defaults to `"zeros"`): `"zeros"` pads with silence (AudioSet recipe); `"repeat"` tiles
+            the clip (ESC-50 and Speech Commands recipes).
+        padding_value (`float`, defaults to 0.0): unused by the log-mel path, required by the base class.
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from htsat_hf import HTSATFeatureExtractor
+    >>> extractor = HTSATFeatureExtractor()
+    >>> features = extractor(np.zeros(32000 * 4, dtype=np.float32), sampling_rate=32000, return_tensors="pt")
+    >>> features["input_features"].shape  # padded to 10 s: 1001 frames of 64 mel bins
+    torch.Size([1, 1001, 64])
+    ```
+    """
+
+    model_input_names = ["input_features"]
+
+    def __init__(
+        self,
+        feature_size: int = 64,
+        sampling_rate: int = 32000,
+        hop_length: int = 320,
+        n_fft: int = 1024,
+        f_min: float = 50.0,
+        f_max: float = 14000.0,
+        max_length_seconds: float = 10.0,
+        pad_mode: str = "zeros",
+        padding_value: float = 0.0,
+        return_attention_mask: bool = False,
+        **kwargs,
+    ):
+        super().__init__(
+            feature_size=feature_size,
+            sampling_rate=sampling_rate,
+            padding_value=padding_value,
+            return_attention_mask=return_attention_mask,
+            **kwargs,
+        )
+        if pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+        if max_length_seconds <= 0:
+            raise ValueError(f"max_length_seconds must be positive, got {max_length_seconds}")
+        self.hop_length = int(hop_length)
+        self.n_fft = int(n_fft)
+        self.f_min = float(f_min)
+        self.f_max = float(f_max)
+        self.max_length_seconds = float(max_length_seconds)
+        self.pad_mode = pad_mode
+        self._mel_filters = torch.from_numpy(
+            htsat_mel_filters(self.sampling_rate, self.n_fft, self.feature_size, self.f_min, self.f_max)
+        )
+
+    @classmethod
+    def from_config(cls, config, **kwargs) -> "HTSATFeatureExtractor":
+        """The feature extractor matching an [`HTSATConfig`]'s front end; `kwargs` set clip handling."""
+        return cls(
+            feature_size=config.num_mel_bins,
+            sampling_rate=config.sampling_rate,
+            hop_length=config.hop_length,
+            n_fft=config.n_fft,
+            f_min=config.f_min,
+            f_max=config.f_max,
+            **kwargs,
+        )
+
+    def to_dict(self):
+        output = super().to_dict()
+        output.pop("_mel_filters", None)
+        return output
+
+    @property
+    def max_length_samples(self) -> int:
+        return int(round(self.max_length_seconds * self.sampling_rate))
+
+    @property
+    def min_length_samples(self) -> int:
+        """Shortest clip the centred STFT can frame (its reflect padding needs more than `n_fft // 2` samples)."""
+        return self.n_fft // 2 + 1
+
+    def __call__(
+        self,
+        raw_speech,
+        sampling_rate: int | None = None,
+        padding: bool | str = "max_length",
+        truncation: bool = False,
+        pad_mode: str | None = None,
+        return_tensors: str | None = None,
+        device: str | torch.device | None = None,
+        **kwargs,
+    ) -> BatchFeature:
+        """
+        Compute log-mel features for one clip or a batch of clips.
+
+        Args:
+            raw_speech: a mono clip as a 1-D numpy array, torch tensor or list of numbers; or a batch as a list of
+                those or a 2-D `(batch, samples)` array or tensor. Float samples in [-1, 1], or int16/int32 PCM
+                (scaled to [-1, 1)).
+            sampling_rate: rate of `raw_speech` in Hz. Required: it must equal the extractor's rate.
+            padding: `"max_length"` (default) pads every clip to `max_length_seconds`; `"longest"` (or `True`) pads
+                only to the longest clip of the batch; `False`/`"do_not_pad"` requires clips of equal length.
+            truncation: cut clips longer than `max_length_seconds` to their start instead of refusing them.
+            pad_mode: `"zeros"` or `"repeat"`; defaults to the extractor's `pad_mode`.
+            return_tensors: `"pt"`, `"np"` or `None` (lists).
+            device: where to compute the STFT (for example `"cuda"`); features stay there with `return_tensors="pt"`.
+
+        Returns:
+            [`BatchFeature`] with `input_features` of shape `(batch, frames, feature_size)`, in dB before the model's
+            BatchNorm. A 10 s clip at the default settings gives 1001 frames.
+        """
+        if kwargs:
+            raise TypeError(f"{type(self).__name__}.__call__ got unexpected arguments: {sorted(kwargs)}")
+        self._check_sampling_rate(sampling_rate)
+        pad_mode = self.pad_mode if pad_mode is None else pad_mode
+        if pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+        clips = [self._to_mono_float(clip, index) for index, clip in enumerate(_as_clip_list(raw_speech))]
+        if not clips:
+            raise ValueError("raw_speech is an empty batch: pass at least one clip")
+
+        clips = self._fit_lengths(clips, padding, truncation, pad_mode)
+        batch = torch.from_numpy(np.stack(clips))
+        if device is not None:
+            batch = batch.to(device)
+        features = log_mel_spectrogram(batch, self._mel_filters.to(batch.device), self.n_fft, self.hop_length)
+
+        if return_tensors == "pt":
+            return BatchFeature({"input_features": features})
+        features = features.cpu().numpy()
+        if return_tensors == "np":
+            return BatchFeature({"input_features": features}, tensor_type="np")
+        if return_tensors is None:
+            return BatchFeature({"input_features": list(features)})
+        raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
+
+    def _check_sampling_rate(self, sampling_rate):
+        if sampling_rate is None:
+            raise ValueError(
+                f"sampling_rate is required: this model expects {self.sampling_rate} Hz audio. Pass "
+                f"sampling_rate=<rate of your audio>; audio at another rate must be resampled first."
+            )
+        if int(sampling_rate) != self.sampling_rate:
+            raise ValueError(
+                f"the audio is sampled at {sampling_rate} Hz but this model expects {self.sampling_rate} Hz. "
+                f"Resample it first, e.g. librosa.resample(wave, orig_sr={sampling_rate}, "
+                f"target_sr={self.sampling_rate}) or datasets' Audio(sampling_rate={self.sampling_rate}); the "
+                "audio-classification pipeline resamples inputs given as {'raw': array, 'sampling_rate': rate}."
+            )
+
+    def _to_mono_float(self, clip, index: int) -> np.ndarray:
+        if isinstance(clip, torch.Tensor):
+            clip = clip.detach().cpu()
+            scale = _TORCH_INT_SCALES.get(clip.dtype)
+            clip = clip.to(torch.float64).numpy() / scale if scale else clip.numpy()
+        clip = np.asarray(clip)
+        if clip.ndim != 1:
+            raise ValueError(
+                f"clip {index} has shape {clip.shape}; HTS-AT takes mono audio, one 1-D array per clip. For "
+                "multi-channel audio downmix it (wave.mean(axis=0) for (channels, samples), wave.mean(axis=1) for "
+                "(samples, channels)) or pick one channel (wave[0])."
+            )
+        if clip.dtype in _INT_SCALES:
+            clip = clip.astype(np.float64) / _INT_SCALES[clip.dtype]
+        elif not np.issubdtype(clip.dtype, np.floating):
+            raise ValueError(
+                f"clip {index} has dtype {clip.dtype}; pass float samples in [-1, 1] or int16/int32 PCM"
+            )
+        if clip.shape[0] == 0:
+            raise ValueError(f"clip {index} is empty (0 samples)")
+        finite = np.isfinite(clip)
+        if not finite.all():
+            raise ValueError(
+                f"clip {index} contains {int((~finite).sum())} NaN or infinite samples (first at sample "
+                f"{int(np.argmin(finite))}); clean or drop the clip before feature extraction"
+            )
+        return clip.astype(np.float32, copy=False)
+
+    def _fit_lengths(self, clips, padding, truncation, pad_mode):
+        max_samples = self.max_length_samples
+        too_long = [(i, c.shape[0]) for i, c in enumerate(clips) if c.shape[0] > max_samples]
+        if too_long and not truncation:
+            index, length = too_long[0]
+            raise ValueError(
+                f"clip {index} is {length / self.sampling_rate:.2f} s long but the model reads at most "
+                f"{self.max_length_seconds:g} s per clip. Pass truncation=True to keep only the first "
+                f"{self.max_length_seconds:g} s, or run long audio in windows (htsat_hf's sound-event-detection "
+                "tools slide the model over audio of any length)."
+            )
+        clips = [c[:max_samples] for c in clips]
+
+        if padding in (True, "longest"):
+            target = max(c.shape[0] for c in clips)
+        elif padding == "max_length":
+            target = max_samples
+        elif padding in (False, "do_not_pad", None):
+            lengths = {c.shape[0] for c in clips}
+            if len(lengths) > 1:
+                raise ValueError(
+                    f"padding=False needs clips of equal length, got lengths {sorted(lengths)}; use "
+                    "padding='longest' or 'max_length'"
+                )
+            target = clips[0].shape[0]
+        else:
+            raise ValueError(f"padding must be 'max_length', 'longest', True or False, got {padding!r}")
+
+        clips = [pad_waveform(c, target, pad_mode) for c in clips]
+        if target < self.min_length_samples:
+            raise ValueError(
+                f"clips of {target} samples ({target / self.sampling_rate * 1000:.1f} ms) are too short: the "
+                f"front end needs at least {self.min_length_samples} samples at {self.sampling_rate} Hz"
+            )
+        return clips
+
+
+def _as_clip_list(raw_speech) -> list:
+    """Split the accepted input forms into a list of per-clip arrays (shape checks happen per clip)."""
+    if isinstance(raw_speech, (np.ndarray, torch.Tensor)):
+        if raw_speech.ndim == 1:
+            return [raw_speech]
+        if raw_speech.ndim == 2:
+            if raw_speech.shape[1] <= 8 < raw_speech.shape[0]:
+                raise ValueError(
+                    f"input of shape {tuple(raw_speech.shape)} looks like (samples, channels) audio; HTS-AT takes "
+                    "mono audio: downmix it with wave.mean(axis=1) or pick one channel with wave[:, 0]. A batch of "
+                    "clips is (batch, samples)."
+                )
+            return list(raw_speech)
+        raise ValueError(
+            f"input has shape {tuple(raw_speech.shape)}; pass one mono clip (samples,) or a batch (batch, samples). "
+            "Multi-channel audio must be downmixed (mean over the channel axis) or reduced to one channel first."
+        )
+    if isinstance(raw_speech, Sequence) and not isinstance(raw_speech, (str, bytes)):
+        if len(raw_speech) and isinstance(raw_speech[0], (int, float, np.number)):
+            return [np.asarray(raw_speech, dtype=np.float32)]
+        return list(raw_speech)
+    raise TypeError(
+        f"raw_speech must be a numpy array, a torch tensor or a list of them, got {type(raw_speech).__name__}"
+    )
+
+
+__all__ = ["HTSATFeatureExtractor", "htsat_mel_filters", "log_mel_spectrogram", "pad_waveform"]
