@@ -107,6 +107,17 @@ def shifted_window_attention_mask(height: int, width: int, window_size: int, shi
     return torch.zeros(different.shape).masked_fill(different, SHIFT_MASK_VALUE)
 
 
+def shifted_window_order(height: int, width: int, window_size: int, shift_size: int) -> torch.Tensor:
+    """Token indices that cyclically shift a row-major `height x width` grid by `-shift_size` on both axes and
+    partition it into windows, as one gather: `tokens[:, order]` equals
+    `window_partition(torch.roll(grid, (-shift_size, -shift_size), (1, 2)), window_size)` flattened over windows.
+    `torch.argsort(order)` undoes it. One gather replaces a roll and a permute-copy, which cost far more on CPU."""
+    grid = torch.arange(height * width).view(1, height, width, 1)
+    if shift_size:
+        grid = torch.roll(grid, shifts=(-shift_size, -shift_size), dims=(1, 2))
+    return window_partition(grid, window_size).reshape(-1)
+
+
 def tokens_to_time_grid(tokens: torch.Tensor, freq_ratio: int) -> torch.Tensor:
     """Regroup the final token grid into chronological time steps.
 
@@ -217,13 +228,30 @@ class HTSATWindowAttention(nn.Module):
         self.proj_dropout = nn.Dropout(config.hidden_dropout_prob)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
+        self._bias_cache: tuple[tuple, torch.Tensor] | None = None
 
     def attention_bias(self, shift_mask: torch.Tensor | None) -> torch.Tensor:
         """Relative position bias, plus the shift mask when given, as an additive attention mask.
 
         Returns `(1, heads, N, N)` without a shift mask, `(1, num_windows * heads, N, N)` with one: the windows of an
         image then share the batch row, so the mask broadcasts over images without being copied per image.
+        Without gradients the result is cached until the bias table changes (a new tensor, or an in-place update
+        such as an optimizer step or `load_state_dict`; edits through `.data` bypass that check, so the cache is
+        also dropped by every `train()`/`eval()` call).
         """
+        table = self.relative_position_bias_table
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return self._compute_attention_bias(shift_mask)
+        key = (table.data_ptr(), table._version, table.device, table.dtype, shift_mask is None)
+        if self._bias_cache is None or self._bias_cache[0] != key:
+            self._bias_cache = (key, self._compute_attention_bias(shift_mask))
+        return self._bias_cache[1]
+
+    def train(self, mode: bool = True):
+        self._bias_cache = None
+        return super().train(mode)
+
+    def _compute_attention_bias(self, shift_mask: torch.Tensor | None) -> torch.Tensor:
         tokens = self.window_size**2
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         bias = bias.view(tokens, tokens, self.num_heads).permute(2, 0, 1)
@@ -253,7 +281,12 @@ class HTSATWindowAttention(nn.Module):
 
         dropout = self.config.attention_dropout if self.training else 0.0
         weights = None
-        if output_attentions or self.config._attn_implementation != "sdpa":
+        # PyTorch's CPU SDPA kernel is about twice slower than two batched matmuls on these 64-token windows in
+        # reduced precision, so SDPA serves float32 on CPU and every dtype on accelerators.
+        use_sdpa = self.config._attn_implementation == "sdpa" and (
+            query.device.type != "cpu" or query.dtype == torch.float32
+        )
+        if output_attentions or not use_sdpa:
             scores = torch.matmul(query * self.scale, key.transpose(-2, -1)) + bias
             weights = scores.softmax(dim=-1)
             context = torch.matmul(F.dropout(weights, p=dropout, training=self.training), value)
@@ -306,28 +339,38 @@ class HTSATSwinBlock(GradientCheckpointingLayer):
         self.drop_path = HTSATDropPath(drop_path)
         self.layernorm_after = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.mlp = HTSATMLP(config, dim)
-        shift_mask = self.make_shift_mask() if self.shift_size else None
-        self.register_buffer("shift_mask", shift_mask, persistent=False)
+        # With a single unshifted window the window order is the identity and no gather is needed.
+        self.reorders_tokens = self.shift_size > 0 or self.window_size < max(input_resolution)
+        buffers = self.make_buffers()
+        for name in ("shift_mask", "token_order", "token_order_inverse"):
+            self.register_buffer(name, buffers[name], persistent=False)
 
-    def make_shift_mask(self) -> torch.Tensor:
-        return shifted_window_attention_mask(*self.input_resolution, self.window_size, self.shift_size)
+    def make_buffers(self) -> dict[str, torch.Tensor | None]:
+        """The block's constant tensors, recomputed rather than stored in checkpoints."""
+        height, width = self.input_resolution
+        order = shifted_window_order(height, width, self.window_size, self.shift_size)
+        return {
+            "shift_mask": shifted_window_attention_mask(height, width, self.window_size, self.shift_size)
+            if self.shift_size
+            else None,
+            "token_order": order if self.reorders_tokens else None,
+            "token_order_inverse": torch.argsort(order) if self.reorders_tokens else None,
+        }
 
     def forward(
         self, hidden_states: torch.Tensor, output_attentions: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`(batch, H * W, dim)` to `(batch, H * W, dim)`, plus attention probabilities on request."""
-        height, width = self.input_resolution
-        batch, _, dim = hidden_states.shape
-        image = self.layernorm_before(hidden_states).view(batch, height, width, dim)
-        if self.shift_size:
-            image = torch.roll(image, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
-        windows, attentions = self.attention(
-            window_partition(image, self.window_size), self.shift_mask, output_attentions
-        )
-        image = window_reverse(windows, self.window_size, height, width)
-        if self.shift_size:
-            image = torch.roll(image, shifts=(self.shift_size, self.shift_size), dims=(1, 2))
-        hidden_states = hidden_states + self.drop_path(image.reshape(batch, height * width, dim))
+        batch, num_tokens, dim = hidden_states.shape
+        tokens = self.layernorm_before(hidden_states)
+        if self.reorders_tokens:
+            tokens = torch.index_select(tokens, 1, self.token_order)
+        windows = tokens.view(-1, self.window_size**2, dim)
+        windows, attentions = self.attention(windows, self.shift_mask, output_attentions)
+        tokens = windows.view(batch, num_tokens, dim)
+        if self.reorders_tokens:
+            tokens = torch.index_select(tokens, 1, self.token_order_inverse)
+        hidden_states = hidden_states + self.drop_path(tokens)
         hidden_states = hidden_states + self.drop_path(self.mlp(self.layernorm_after(hidden_states)))
         return hidden_states, attentions
 
@@ -423,8 +466,10 @@ class HTSATPreTrainedModel(PreTrainedModel):
             init.trunc_normal_(module.relative_position_bias_table, std=std)
             # Buffers are not in the checkpoint: recompute them, or `from_pretrained` (meta device) leaves garbage.
             init.copy_(module.relative_position_index, relative_position_index(module.window_size))
-        elif isinstance(module, HTSATSwinBlock) and module.shift_mask is not None:
-            init.copy_(module.shift_mask, module.make_shift_mask())
+        elif isinstance(module, HTSATSwinBlock):
+            for name, value in module.make_buffers().items():
+                if value is not None:
+                    init.copy_(getattr(module, name), value)
 
 
 class HTSATModel(HTSATPreTrainedModel):
@@ -638,6 +683,7 @@ __all__ = [
     "fold_spectrogram_to_image",
     "relative_position_index",
     "shifted_window_attention_mask",
+    "shifted_window_order",
     "spec_augment",
     "tokens_to_time_grid",
     "window_partition",

@@ -1,0 +1,301 @@
+"""Throughput, latency and memory of HTS-AT against transformers' CLAP audio backbone and AST, in one process.
+
+Every model reads the same kind of input: random 10 s waveforms (seeded) at its own sampling rate. "e2e" times the
+feature extractor on raw audio plus the forward pass to clip logits; "model" times the forward pass on precomputed
+features. Precisions: fp32, bf16 (autocast), tf32 (CUDA only), compile (torch.compile of the fp32 model).
+Ratios against CLAP in the same run are the figures of merit on shared machines.
+
+    python benchmarks/benchmark.py --device cpu --batch-sizes 1 8 --precisions fp32 bf16 --json cpu.json
+    python benchmarks/benchmark.py --device cuda --batch-sizes 1 64 --precisions fp32 tf32 bf16 compile --train-step
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CLIP_SECONDS = 10.0
+CPU_FP32_PEAK_GFLOPS = 216.0  # this project's 2-core reference machine (avx512), see benchmarks/README.md
+
+
+class PeakRSS:
+    """Samples the process's resident memory in a thread; torch allocations bypass tracemalloc."""
+
+    def __init__(self, interval: float = 0.002):
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def current() -> int:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.current())
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self.baseline = self.current()
+        self.peak = self.baseline
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.current())
+
+
+@contextmanager
+def precision_context(precision: str, device: str):
+    if precision == "bf16":
+        with torch.autocast(device_type=device, dtype=torch.bfloat16):
+            yield
+    elif precision == "tf32":
+        previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
+    else:
+        yield
+
+
+def synchronize(device: str):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_call(fn, device: str, warmup: int, repeats: int) -> tuple[float, int]:
+    """Median seconds per call and peak memory in bytes above the start (GPU allocator or process RSS)."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        start_memory = torch.cuda.memory_allocated()
+    times = []
+    with PeakRSS() if device == "cpu" else nullcontext() as rss:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() - start_memory if device == "cuda" else rss.peak - rss.baseline
+    return statistics.median(times), peak
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Models under test: each returns (extractor call on raw audio, forward on features, sampling rate)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def build_htsat(tiny: bool, device: str):
+    from htsat_hf import HTSATConfig, HTSATFeatureExtractor, HTSATForAudioClassification
+
+    overrides = dict(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8]) if tiny else {}
+    config = HTSATConfig(**overrides)
+    model = HTSATForAudioClassification(config).eval().to(device)
+    extractor = HTSATFeatureExtractor.from_config(config)
+
+    def extract(waves):
+        return extractor(waves, sampling_rate=config.sampling_rate, return_tensors="pt", device=device)
+
+    def forward(model_, features):
+        return model_(features["input_features"]).logits
+
+    return model, extract, forward, config.sampling_rate
+
+
+def build_clap(tiny: bool, device: str):
+    from transformers import ClapAudioConfig, ClapAudioModel, ClapFeatureExtractor
+
+    overrides = dict(patch_embeds_hidden_size=16, hidden_size=128, depths=[2, 2, 2, 2], num_attention_heads=[1, 2, 4, 8])
+    config = ClapAudioConfig(**(overrides if tiny else {}))
+    model = ClapAudioModel(config).eval().to(device)
+    extractor = ClapFeatureExtractor()
+
+    def extract(waves):
+        features = extractor(
+            list(waves), sampling_rate=extractor.sampling_rate, truncation="rand_trunc", return_tensors="pt"
+        )
+        return {"input_features": features["input_features"].to(device)}
+
+    def forward(model_, features):
+        return model_(input_features=features["input_features"]).pooler_output
+
+    return model, extract, forward, extractor.sampling_rate
+
+
+def build_ast(tiny: bool, device: str):
+    from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification
+
+    overrides = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
+    config = ASTConfig(num_labels=527, **(overrides if tiny else {}))
+    model = ASTForAudioClassification(config).eval().to(device)
+    extractor = ASTFeatureExtractor()
+
+    def extract(waves):
+        features = extractor(list(waves), sampling_rate=extractor.sampling_rate, return_tensors="pt")
+        return {"input_values": features["input_values"].to(device)}
+
+    def forward(model_, features):
+        return model_(input_values=features["input_values"]).logits
+
+    return model, extract, forward, extractor.sampling_rate
+
+
+BUILDERS = {"htsat": build_htsat, "clap": build_clap, "ast": build_ast}
+
+
+def count_gflops(model, forward, features) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        forward(model, features)
+    return counter.get_total_flops() / 1e9
+
+
+def benchmark_model(name, args, rows, flops):
+    model, extract, forward, rate = BUILDERS[name](args.tiny, args.device)
+    rng = np.random.default_rng(0)
+    waves_all = (rng.standard_normal((max(args.batch_sizes), int(rate * CLIP_SECONDS))) * 0.1).astype(np.float32)
+    compiled = None
+    for batch_size in args.batch_sizes:
+        waves = waves_all[:batch_size]
+        features = extract(waves)
+        if name not in flops:
+            flops[name] = count_gflops(model, forward, extract(waves[:1]))
+        for precision in args.precisions:
+            if precision == "tf32" and args.device != "cuda":
+                continue
+            if precision == "compile":
+                if compiled is None:
+                    compiled = torch.compile(model, fullgraph=name == "htsat")
+                target, context = compiled, "fp32"
+            else:
+                target, context = model, precision
+            for stage in ("e2e", "model"):
+                def run():
+                    with torch.inference_mode():
+                        inputs = extract(waves) if stage == "e2e" else features
+                        with precision_context(context, args.device):  # the model's precision, not the front end's
+                            forward(target, inputs)
+
+                try:
+                    seconds, peak = time_call(run, args.device, args.warmup, args.repeats)
+                except Exception as error:  # a model/precision pair the installed stack cannot run is reported
+                    print(f"  {name} {stage} {precision} b{batch_size}: failed: {error!r}", file=sys.stderr)
+                    continue
+                row = dict(
+                    model=name, stage=stage, precision=precision, batch_size=batch_size,
+                    clips_per_s=batch_size / seconds, latency_ms=seconds * 1000, peak_mem_mb=peak / 2**20,
+                )
+                rows.append(row)
+                print(f"  {name:5s} {stage:5s} {precision:7s} b{batch_size:<3d} {row['clips_per_s']:8.2f} clips/s "
+                      f"{row['latency_ms']:9.1f} ms {row['peak_mem_mb']:8.1f} MB", flush=True)
+    del model, compiled
+
+
+def benchmark_train_step(args, rows):
+    """Optimizer steps per second of the full HTS-AT classifier (AdamW, multi-label BCE, train mode)."""
+    from htsat_hf import HTSATConfig, HTSATForAudioClassification
+
+    overrides = dict(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8]) if args.tiny else {}
+    config = HTSATConfig(**overrides)
+    model = HTSATForAudioClassification(config).train().to(args.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batch_size = max(args.batch_sizes)
+    features = torch.randn(batch_size, 1001, config.num_mel_bins, device=args.device) * 10 - 40
+    labels = (torch.rand(batch_size, config.num_labels, device=args.device) < 0.01).float()
+    for precision in [p for p in args.precisions if p in ("fp32", "bf16", "tf32")]:
+        if precision == "tf32" and args.device != "cuda":
+            continue
+
+        def step():
+            with precision_context(precision, args.device):
+                loss = model(features, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        seconds, peak = time_call(step, args.device, 1, max(2, args.repeats // 2))
+        rows.append(dict(model="htsat", stage="train_step", precision=precision, batch_size=batch_size,
+                         clips_per_s=batch_size / seconds, latency_ms=seconds * 1000, peak_mem_mb=peak / 2**20,
+                         steps_per_s=1 / seconds))
+        print(f"  htsat train {precision:7s} b{batch_size:<3d} {1 / seconds:8.2f} steps/s "
+              f"({batch_size / seconds:.2f} clips/s) {peak / 2**20:8.1f} MB", flush=True)
+
+
+def summarize(rows, flops, args) -> str:
+    lines = ["", "| model | stage | precision | batch | clips/s | latency (ms) | peak mem (MB) | vs CLAP e2e fp32 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    reference = {r["batch_size"]: r["clips_per_s"] for r in rows
+                 if r["model"] == "clap" and r["stage"] == "e2e" and r["precision"] == "fp32"}
+    for r in rows:
+        ratio = r["clips_per_s"] / reference[r["batch_size"]] if r["batch_size"] in reference else float("nan")
+        lines.append(f"| {r['model']} | {r['stage']} | {r['precision']} | {r['batch_size']} | {r['clips_per_s']:.2f} "
+                     f"| {r['latency_ms']:.1f} | {r['peak_mem_mb']:.0f} | {ratio:.2f}x |")
+    lines.append("")
+    lines += [f"{name}: {gflops:.2f} GFLOPs per 10 s clip (forward, FlopCounterMode)" for name, gflops in flops.items()]
+    if args.device == "cpu" and "htsat" in flops:
+        best = max((r for r in rows if r["model"] == "htsat" and r["stage"] == "model" and r["precision"] == "fp32"),
+                   key=lambda r: r["clips_per_s"], default=None)
+        if best:
+            achieved = best["clips_per_s"] * flops["htsat"]
+            lines.append(f"htsat fp32 model-only: {achieved:.1f} GFLOP/s = {achieved / CPU_FP32_PEAK_GFLOPS:.0%} of "
+                         f"the {CPU_FP32_PEAK_GFLOPS:.0f} GFLOP/s fp32 matmul peak of the reference machine")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--models", nargs="+", default=["htsat", "clap", "ast"], choices=sorted(BUILDERS))
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"],
+                        choices=["fp32", "tf32", "bf16", "compile"])
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--train-step", action="store_true", help="also time a full training step of HTS-AT")
+    parser.add_argument("--tiny", action="store_true", help="tiny configurations (a smoke test, not a benchmark)")
+    parser.add_argument("--json", type=Path, help="write the rows and environment to this file")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    environment = dict(
+        torch=torch.__version__, python=platform.python_version(), threads=torch.get_num_threads(),
+        device=torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine(),
+        tiny=args.tiny,
+    )
+    print(f"environment: {environment}")
+    rows, flops = [], {}
+    for name in args.models:
+        benchmark_model(name, args, rows, flops)
+    if args.train_step:
+        benchmark_train_step(args, rows)
+    print(summarize(rows, flops, args))
+    if args.json:
+        args.json.write_text(json.dumps(dict(environment=environment, gflops=flops, rows=rows), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
