@@ -158,6 +158,18 @@ def spec_augment(
     return features * keep
 
 
+def mixup(values: torch.Tensor, mixup_lambda: torch.Tensor) -> torch.Tensor:
+    """Mix every example with its partner in the reversed batch, as the original recipe:
+    `lam[i] * values[i] + (1 - lam[i]) * values[batch - 1 - i]`.
+
+    Args:
+        values: `(batch, ...)` features or targets.
+        mixup_lambda: `(batch,)` weights in [0, 1].
+    """
+    lam = mixup_lambda.to(values.dtype).view(-1, *([1] * (values.ndim - 1)))
+    return lam * values + (1 - lam) * values.flip(0)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Modules
 # --------------------------------------------------------------------------------------------------------------------
@@ -488,6 +500,7 @@ class HTSATModel(HTSATPreTrainedModel):
     def forward(
         self,
         input_features: torch.Tensor,
+        mixup_lambda: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
@@ -496,6 +509,8 @@ class HTSATModel(HTSATPreTrainedModel):
         Args:
             input_features: `(batch, frames, num_mel_bins)` log-mel features from [`HTSATFeatureExtractor`], at most
                 `config.max_frames` (1024) frames; shorter inputs are stretched to that length.
+            mixup_lambda: `(batch,)` mixup weights, used in training only: the normalised (and SpecAugmented)
+                features are mixed with the reversed batch, see [`mixup`]. Targets are the caller's to mix.
             output_hidden_states: also return the tokens after the patch embedding and after each stage.
             output_attentions: also return each block's `(batch * windows, heads, N, N)` attention probabilities.
 
@@ -522,6 +537,8 @@ class HTSATModel(HTSATPreTrainedModel):
                 config.spec_augment_freq_stripes,
                 config.spec_augment_freq_width,
             )
+        if self.training and mixup_lambda is not None:
+            features = mixup(features, mixup_lambda)
         image = fold_spectrogram_to_image(features, config.spec_size, config.freq_ratio)
         hidden_states, all_hidden_states, all_attentions = self.encoder(
             self.patch_embed(image), output_hidden_states, output_attentions
@@ -584,9 +601,13 @@ def clip_classification_loss(logits: torch.Tensor, labels: torch.Tensor, problem
             raise ValueError(f"multi-label targets must be multi-hot {tuple(logits.shape)}, got {tuple(labels.shape)}")
         return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
     if problem_type == "single_label_classification":
-        if labels.ndim != 1 or labels.is_floating_point():
-            raise ValueError(f"single-label targets must be (batch,) class ids, got {labels.dtype} {tuple(labels.shape)}")
-        return F.cross_entropy(logits, labels)
+        probabilities = labels.is_floating_point() and labels.shape == logits.shape
+        if not probabilities and (labels.ndim != 1 or labels.is_floating_point()):
+            raise ValueError(
+                f"single-label targets must be (batch,) class ids or {tuple(logits.shape)} class probabilities, got "
+                f"{labels.dtype} {tuple(labels.shape)}"
+            )
+        return F.cross_entropy(logits, labels.to(logits.dtype) if probabilities else labels)
     raise ValueError(f"HTS-AT supports single_label_classification and multi_label_classification, not {problem_type!r}")
 
 
@@ -603,6 +624,7 @@ class HTSATForAudioClassification(HTSATPreTrainedModel):
         self,
         input_features: torch.Tensor,
         labels: torch.Tensor | None = None,
+        mixup_lambda: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
@@ -611,13 +633,15 @@ class HTSATForAudioClassification(HTSATPreTrainedModel):
         Args:
             input_features: `(batch, frames, num_mel_bins)`, see [`HTSATModel.forward`].
             labels: `(batch, num_labels)` multi-hot targets for `multi_label_classification` (binary cross-entropy)
-                or `(batch,)` class ids for `single_label_classification` (cross-entropy).
+                or `(batch,)` class ids for `single_label_classification` (cross-entropy; `(batch, num_labels)`
+                class probabilities are accepted too, e.g. mixed targets).
+            mixup_lambda: `(batch,)` mixup weights for training, see [`HTSATModel.forward`].
 
         Returns:
             [`SequenceClassifierOutput`] with `logits` `(batch, num_labels)`.
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        outputs = self.htsat(input_features, output_hidden_states, output_attentions, return_dict=True)
+        outputs = self.htsat(input_features, mixup_lambda, output_hidden_states, output_attentions, return_dict=True)
         logits, _ = self.head(outputs.last_hidden_state)
         loss = None if labels is None else clip_classification_loss(logits, labels, self.config.problem_type)
         output = SequenceClassifierOutput(
@@ -639,6 +663,7 @@ class HTSATForSoundEventDetection(HTSATPreTrainedModel):
         self,
         input_features: torch.Tensor,
         labels: torch.Tensor | None = None,
+        mixup_lambda: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
@@ -648,13 +673,14 @@ class HTSATForSoundEventDetection(HTSATPreTrainedModel):
             input_features: `(batch, frames, num_mel_bins)`, see [`HTSATModel.forward`].
             labels: `(batch, num_time_steps, num_labels)` frame targets in [0, 1] on the model's time grid
                 (`config.num_time_steps` steps spread evenly over the clip); trained with binary cross-entropy.
+            mixup_lambda: `(batch,)` mixup weights for training, see [`HTSATModel.forward`].
 
         Returns:
             [`HTSATSoundEventDetectionOutput`] with frame `logits` `(batch, num_time_steps, num_labels)` and
             `clip_logits` `(batch, num_labels)`.
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        outputs = self.htsat(input_features, output_hidden_states, output_attentions, return_dict=True)
+        outputs = self.htsat(input_features, mixup_lambda, output_hidden_states, output_attentions, return_dict=True)
         clip_logits, frame_logits = self.head(outputs.last_hidden_state)
         loss = None
         if labels is not None:
@@ -681,6 +707,7 @@ __all__ = [
     "HTSATPreTrainedModel",
     "HTSATSoundEventDetectionOutput",
     "fold_spectrogram_to_image",
+    "mixup",
     "relative_position_index",
     "shifted_window_attention_mask",
     "shifted_window_order",
