@@ -1,0 +1,252 @@
+"""Combining several trained HTS-AT models: weight averaging into one model, and prediction ensembles.
+
+The public AudioSet checkpoint of the paper is a weight average of the best checkpoints of one run; its 0.487 mAP
+ensemble averages the probabilities of 6 models (the original's `esm_test`), each with the 10-copy time-shift
+augmentation of [`time_shift_tta`].
+"""
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import modeling_htsat
+from ..configuration_htsat import HTSATConfig
+from ..feature_extraction_htsat import HTSATFeatureExtractor
+from ..modeling_htsat import HTSATForAudioClassification, HTSATPreTrainedModel
+from .metrics import audio_tagging_scores, classification_accuracy
+from .tta import time_shift_tta
+
+# Config fields that must agree for weights or predictions to be combined: the front end, the network's structure
+# and the meaning of its outputs. Training-only settings (dropout, SpecAugment, initialisation) may differ.
+COMPATIBILITY_KEYS = (
+    "sampling_rate",
+    "hop_length",
+    "n_fft",
+    "num_mel_bins",
+    "f_min",
+    "f_max",
+    "spec_size",
+    "patch_size",
+    "embed_dim",
+    "depths",
+    "num_heads",
+    "window_size",
+    "mlp_ratio",
+    "qkv_bias",
+    "hidden_act",
+    "layer_norm_eps",
+    "batch_norm_eps",
+    "use_token_semantic_head",
+    "id2label",
+    "problem_type",
+)
+
+
+def check_compatible(model_dirs: Sequence[str | PathLike]) -> list[HTSATConfig]:
+    """Load the configs of saved models and refuse models that cannot be combined.
+
+    Returns:
+        the configs, in the order of `model_dirs`.
+
+    Raises:
+        ValueError: when `model_dirs` is empty or a model differs from the first in one of `COMPATIBILITY_KEYS`
+            (the message names every differing field with both values).
+    """
+    if not model_dirs:
+        raise ValueError("model_dirs is empty: give at least one saved model folder")
+    configs = [HTSATConfig.from_pretrained(model_dir) for model_dir in model_dirs]
+    first = configs[0]
+    for model_dir, config in zip(model_dirs[1:], configs[1:]):
+        differences = [
+            f"{key}: {getattr(first, key)!r} vs {getattr(config, key)!r}"
+            for key in COMPATIBILITY_KEYS
+            if getattr(first, key) != getattr(config, key)
+        ]
+        if differences:
+            raise ValueError(
+                f"cannot combine {model_dir} with {model_dirs[0]}: their architectures or label sets differ ("
+                + "; ".join(differences)
+                + ")"
+            )
+    return configs
+
+
+def average_checkpoints(model_dirs: Sequence[str | PathLike], output_dir: str | PathLike) -> HTSATPreTrainedModel:
+    """Average the weights of saved models of one architecture into one model, saved to `output_dir`.
+
+    Every floating-point parameter and buffer (BatchNorm running statistics included) becomes the mean over the
+    models, computed in float64 and stored in the first model's dtype. Integer buffers (`num_batches_tracked`) are
+    taken from the first model, as are the config (with its class and `auto_map`) and the feature extractor, when
+    the first folder has one.
+
+    Args:
+        model_dirs: folders written by `save_pretrained` (for example `Trainer` checkpoints).
+        output_dir: where to save the averaged model.
+
+    Returns:
+        the averaged model, in eval mode.
+
+    Raises:
+        ValueError: for models of different architectures or label sets (see [`check_compatible`]), or whose
+            weights differ in names or shapes.
+    """
+    configs = check_compatible(model_dirs)
+    architecture = (configs[0].architectures or ["HTSATForAudioClassification"])[0]
+    model_class = getattr(modeling_htsat, architecture, None)
+    if not (isinstance(model_class, type) and issubclass(model_class, HTSATPreTrainedModel)):
+        raise ValueError(f"{model_dirs[0]} holds a {architecture}, not an HTS-AT model class of this package")
+
+    averaged = model_class.from_pretrained(model_dirs[0])
+    reference = averaged.state_dict()
+    sums = {name: tensor.double() for name, tensor in reference.items() if tensor.is_floating_point()}
+    for model_dir in model_dirs[1:]:
+        state = model_class.from_pretrained(model_dir).state_dict()
+        mismatched = sorted(
+            set(state) ^ set(reference)
+            | {name for name in set(state) & set(reference) if state[name].shape != reference[name].shape}
+        )
+        if mismatched:
+            raise ValueError(
+                f"the weights of {model_dir} do not match those of {model_dirs[0]} (differing names or shapes: "
+                f"{', '.join(mismatched[:10])}{' ...' if len(mismatched) > 10 else ''})"
+            )
+        for name in sums:
+            sums[name] += state[name].double()
+    averaged.load_state_dict(
+        {**reference, **{name: (total / len(model_dirs)).to(reference[name].dtype) for name, total in sums.items()}}
+    )
+    averaged.eval()
+
+    output_dir = Path(output_dir)
+    averaged.save_pretrained(output_dir)
+    if (Path(model_dirs[0]) / "preprocessor_config.json").is_file():
+        HTSATFeatureExtractor.from_pretrained(model_dirs[0]).save_pretrained(output_dir)
+    return averaged
+
+
+def ensemble_predict(
+    model_dirs: Sequence[str | PathLike],
+    dataset: Iterable[Mapping],
+    audio_column: str = "audio",
+    batch_size: int = 8,
+    shifts: int = 1,
+    step_samples: int = 100,
+    device: str | torch.device | None = None,
+) -> np.ndarray:
+    """Clip probabilities averaged over several models (and, with `shifts > 1`, over time-shifted copies).
+
+    All models are held in memory together, so the audio is decoded once. Each model reads the audio through its
+    own saved feature extractor.
+
+    Args:
+        model_dirs: folders of saved HTS-AT models with their feature extractors, all compatible (see
+            [`check_compatible`]; the label sets must be equal).
+        dataset: examples in a fixed order (a `datasets.Dataset`, a list of dicts, ...), each with
+            `example[audio_column]` a mapping with `"array"` (mono samples) and `"sampling_rate"`, as `datasets`'
+            `Audio` feature gives; the rate must be the models'.
+        audio_column: the audio field of each example.
+        batch_size: clips per forward pass.
+        shifts, step_samples: time-shift augmentation per model, see [`time_shift_tta`]; the original's AudioSet
+            ensemble uses `shifts=10`, its other evaluations `shifts=1`.
+        device: where to run the models (default: the CPU).
+
+    Returns:
+        `(num_examples, num_labels)` float32 probabilities (sigmoid for multi-label models, softmax otherwise).
+    """
+    probabilities, _ = _ensemble_pass(model_dirs, dataset, audio_column, None, batch_size, shifts, step_samples, device)
+    return probabilities
+
+
+def ensemble_evaluate(
+    model_dirs: Sequence[str | PathLike],
+    dataset: Iterable[Mapping],
+    label_column: str = "label",
+    audio_column: str = "audio",
+    batch_size: int = 8,
+    shifts: int = 1,
+    step_samples: int = 100,
+    device: str | torch.device | None = None,
+) -> dict[str, float]:
+    """Metrics of the ensemble's probabilities (see [`ensemble_predict`] for the arguments).
+
+    `example[label_column]` is a multi-hot vector of `num_labels` values for multi-label models, scored with
+    `{"mAP", "mAUC", "d_prime"}`, or a class id for single-label models, scored with `{"accuracy", "top5_accuracy"}`
+    (see `htsat_hf.training.metrics`).
+    """
+    probabilities, labels = _ensemble_pass(
+        model_dirs, dataset, audio_column, label_column, batch_size, shifts, step_samples, device
+    )
+    if labels.ndim == 2:
+        return audio_tagging_scores(probabilities, labels)
+    return classification_accuracy(probabilities, labels)
+
+
+def _ensemble_pass(model_dirs, dataset, audio_column, label_column, batch_size, shifts, step_samples, device):
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    configs = check_compatible(model_dirs)
+    device = torch.device("cpu" if device is None else device)
+    models = [HTSATForAudioClassification.from_pretrained(model_dir).to(device).eval() for model_dir in model_dirs]
+    extractors = [HTSATFeatureExtractor.from_pretrained(model_dir) for model_dir in model_dirs]
+
+    probabilities, labels = [], []
+    for waveforms, sampling_rate, batch_labels in _batches(dataset, audio_column, label_column, batch_size):
+        if label_column is not None:
+            # Checked before the forward passes, so that a wrong label column fails at once, not after a long pass.
+            labels.append(_check_labels(batch_labels, label_column, configs[0]))
+        batch = sum(
+            time_shift_tta(model, waveforms, extractor, sampling_rate, shifts, step_samples)
+            for model, extractor in zip(models, extractors)
+        )
+        probabilities.append((batch / len(models)).numpy())
+    if not probabilities:
+        raise ValueError("the dataset is empty")
+    return np.concatenate(probabilities), (np.concatenate(labels) if label_column is not None else None)
+
+
+def _check_labels(batch_labels: list, label_column: str, config: HTSATConfig) -> np.ndarray:
+    labels = np.asarray(batch_labels)
+    multi_label = config.problem_type == "multi_label_classification"
+    expected = (len(batch_labels), config.num_labels) if multi_label else (len(batch_labels),)
+    if labels.shape != expected or (not multi_label and not np.issubdtype(labels.dtype, np.integer)):
+        kind = f"multi-hot vectors of {config.num_labels} values" if multi_label else "integer class ids"
+        raise ValueError(
+            f"the models are {config.problem_type} models, so '{label_column}' must hold {kind}; got an array of "
+            f"shape {labels.shape} and dtype {labels.dtype} for a batch of {len(batch_labels)} examples"
+        )
+    return labels
+
+
+def _batches(
+    dataset: Iterable[Mapping], audio_column: str, label_column: str | None, batch_size: int
+) -> Iterator[tuple[list[np.ndarray], int, list]]:
+    """`(waveforms, sampling_rate, labels)` for consecutive groups of `batch_size` examples."""
+    waveforms, labels, rate = [], [], None
+    for index, example in enumerate(dataset):
+        audio = example[audio_column]
+        try:
+            array, example_rate = audio["array"], int(audio["sampling_rate"])
+        except (TypeError, KeyError, IndexError):
+            raise ValueError(
+                f"example {index}: '{audio_column}' must be a mapping with 'array' and 'sampling_rate' (as datasets' "
+                f"Audio feature gives), got {type(audio).__name__}"
+            ) from None
+        if waveforms and example_rate != rate:
+            # Flush so that each call to the extractor sees one rate, which it then checks against the model's.
+            yield waveforms, rate, labels
+            waveforms, labels = [], []
+        rate = example_rate
+        waveforms.append(np.asarray(array))
+        if label_column is not None:
+            labels.append(example[label_column])
+        if len(waveforms) == batch_size:
+            yield waveforms, rate, labels
+            waveforms, labels = [], []
+    if waveforms:
+        yield waveforms, rate, labels
+
+
+__all__ = ["COMPATIBILITY_KEYS", "average_checkpoints", "check_compatible", "ensemble_evaluate", "ensemble_predict"]

@@ -1,0 +1,407 @@
+"""Labelled audio for training and evaluation: loading through `datasets`, label encoding, decoding with clear
+errors, and the batch collator that pads/crops clips and runs the feature extractor once per batch.
+
+Sources (`load_audio_splits`): a Hub or local dataset by name (`datasets.load_dataset`, optionally streaming),
+`audiofolder` directories with a `metadata.csv`, or PANNs-style AudioSet hdf5 packs (see `audioset_hdf5`).
+Audio stays encoded in the dataset and is decoded per example by the collator (in the DataLoader workers), with
+`datasets.Audio`, which resamples to the model's rate and downmixes to mono through torchcodec.
+"""
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..feature_extraction_htsat import pad_waveform
+
+logger = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """A problem with the training or evaluation data, found before or during loading; names the split or file."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Labels
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LabelSpec:
+    """The label set of a task and how a dataset's label column encodes it.
+
+    Attributes:
+        names: class names; the model's `id2label` is `dict(enumerate(names))`.
+        multi_label: whether an example may carry several classes (multi-hot targets, BCE) or exactly one
+            (class id, cross-entropy).
+        separator: for string columns, the separator of several labels in one string (multi-label only).
+    """
+
+    names: list[str]
+    multi_label: bool
+    separator: str = ";"
+    _index: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self._index = {name: i for i, name in enumerate(self.names)}
+
+    @property
+    def problem_type(self) -> str:
+        return "multi_label_classification" if self.multi_label else "single_label_classification"
+
+    def _id(self, value, where: str) -> int:
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            if not 0 <= value < len(self.names):
+                raise DataError(f"{where}: label id {value} is outside the label set 0..{len(self.names) - 1}")
+            return int(value)
+        name = str(value).strip()
+        if name not in self._index:
+            raise DataError(f"{where}: label {name!r} is not in the label set ({_preview(self.names)})")
+        return self._index[name]
+
+    def encode(self, value, where: str = "example") -> int | np.ndarray:
+        """A class id (single-label) or a float32 multi-hot vector (multi-label) for one label-column value."""
+        values = _split_label_value(value, self.separator if self.multi_label else None)
+        if self.multi_label:
+            if _is_multi_hot(values, len(self.names)):
+                return np.asarray(values, dtype=np.float32)
+            target = np.zeros(len(self.names), dtype=np.float32)
+            target[[self._id(v, where) for v in values]] = 1.0
+            return target
+        if len(values) != 1:
+            raise DataError(f"{where}: single-label task but the example has {len(values)} labels: {value!r}")
+        return self._id(values[0], where)
+
+
+def _preview(names: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(map(repr, names[:limit]))
+    return shown + (f", ... {len(names)} in all" if len(names) > limit else "")
+
+
+def _split_label_value(value, separator: str | None) -> list:
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, str) and separator and separator in value:
+        return [part for part in (p.strip() for p in value.split(separator)) if part]
+    return [value]
+
+
+def _is_multi_hot(values: list, num_labels: int) -> bool:
+    return (
+        len(values) == num_labels
+        and num_labels > 1
+        and all(isinstance(v, (float, int, np.number)) and not isinstance(v, bool) and v in (0, 1) for v in values)
+        and any(isinstance(v, float) for v in values)
+    )
+
+
+def infer_label_spec(dataset, label_column: str, multi_label: bool | None = None, separator: str = ";") -> LabelSpec:
+    """Read the label set from a (non-streaming) split's label column and its features.
+
+    ClassLabel and lists of ClassLabel give their names; strings give their sorted distinct values (split on
+    `separator` when multi-label); integers give ids `0..max`; float lists of one length are multi-hot vectors.
+    `multi_label=None` infers it: lists, multi-hot vectors and strings containing the separator are multi-label.
+    """
+    from datasets import ClassLabel, List, Sequence as HFSequence
+
+    feature = dataset.features[label_column]
+    inner = getattr(feature, "feature", None) if isinstance(feature, (List, HFSequence)) else None
+    if isinstance(feature, ClassLabel):
+        return LabelSpec(list(feature.names), multi_label=bool(multi_label), separator=separator)
+    if isinstance(inner, ClassLabel):
+        return LabelSpec(list(inner.names), multi_label=True if multi_label is None else multi_label, separator=separator)
+
+    values = dataset.select_columns([label_column])[label_column]
+    if not values:
+        raise DataError(f"the label column {label_column!r} is empty")
+    listed = [v for v in values if isinstance(v, (list, tuple))]
+    if listed and len(listed) == len(values):
+        lengths = {len(v) for v in listed}
+        if len(lengths) == 1 and all(isinstance(x, float) for x in listed[0]):
+            return LabelSpec([str(i) for i in range(lengths.pop())], multi_label=True, separator=separator)
+        flat = [x for v in listed for x in v]
+        return LabelSpec(_names_from_values(flat), multi_label=True if multi_label is None else multi_label,
+                         separator=separator)
+    strings = [v for v in values if isinstance(v, str)]
+    if multi_label is None:
+        multi_label = any(separator in s for s in strings)
+    flat = [x for v in values for x in _split_label_value(v, separator if multi_label else None)]
+    return LabelSpec(_names_from_values(flat), multi_label=multi_label, separator=separator)
+
+
+def _names_from_values(values: list) -> list[str]:
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        if min(values) < 0:
+            raise DataError(f"integer labels must be >= 0, found {min(values)}")
+        return [str(i) for i in range(int(max(values)) + 1)]
+    return sorted({str(v).strip() for v in values})
+
+
+def read_label_names(path: str) -> list[str]:
+    """Class names in index order from a `class_labels_indices.csv`-style file (AudioSet's label file)."""
+    from ..convert_htsat_original_checkpoint import read_label_file
+
+    return list(read_label_file(path).values())
+
+
+def check_labels(dataset, label_spec: LabelSpec, label_column: str, split: str):
+    """Encode every label of a non-streaming split once, so that a bad label fails before training starts."""
+    for row, value in enumerate(dataset.select_columns([label_column])[label_column]):
+        label_spec.encode(value, where=f"{split} split, row {row}")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Sources
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def load_audio_splits(
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    train_dir: str | None = None,
+    eval_dir: str | None = None,
+    train_split: str = "train",
+    eval_split: str | None = "validation",
+    streaming: bool = False,
+    audio_column: str = "audio",
+    label_column: str = "label",
+    fold_column: str | None = None,
+    eval_fold: int | None = None,
+    audioset_train_index: str | None = None,
+    audioset_eval_index: str | None = None,
+) -> dict:
+    """The train and eval splits from one source, with audio left encoded (decoded later by the collator).
+
+    Exactly one source is used: `dataset_name` (Hub id, local dataset directory or a packaged builder such as
+    `"audiofolder"`), `train_dir`/`eval_dir` (`audiofolder` directories with a `metadata.csv`), or
+    `audioset_train_index`/`audioset_eval_index` (PANNs hdf5 indexes, see `audioset_hdf5_split`). With `fold_column` and
+    `eval_fold`, the train split is divided by fold (ESC-50: fold `eval_fold` held out for evaluation).
+
+    Returns:
+        `{"train": ..., "eval": ...}`, either possibly missing when not asked for.
+
+    Raises:
+        DataError: for a missing split or column, or an empty split, naming it and what is available.
+    """
+    import datasets
+
+    sources = [dataset_name is not None, train_dir is not None or eval_dir is not None,
+               audioset_train_index is not None or audioset_eval_index is not None]
+    if sum(sources) != 1:
+        raise DataError("give exactly one data source: dataset_name, train_dir/eval_dir or audioset_*_index")
+    splits = {}
+    if sources[2]:
+        for role, index in (("train", audioset_train_index), ("eval", audioset_eval_index)):
+            if index is not None and (role == "train" and train_split or role == "eval" and eval_split):
+                splits[role] = audioset_hdf5_split(index, audio_column, label_column)
+        return splits
+    if dataset_name is not None:
+        loaded = datasets.load_dataset(dataset_name, dataset_config_name, streaming=streaming)
+        for role, name in (("train", train_split), ("eval", eval_split)):
+            if name is None or (role == "eval" and fold_column):
+                continue
+            if name not in loaded:
+                if role == "eval" and name == "validation" and "test" in loaded:
+                    name = "test"
+                else:
+                    raise DataError(f"{dataset_name} has no split {name!r}; it has {sorted(loaded)}")
+            splits[role] = loaded[name]
+    else:
+        for role, directory in (("train", train_dir), ("eval", eval_dir)):
+            if directory is not None:
+                splits[role] = datasets.load_dataset("audiofolder", data_dir=directory, split="train", streaming=streaming)
+
+    if fold_column is not None:
+        if eval_fold is None or "train" not in splits:
+            raise DataError("fold_column needs eval_fold and a train split to divide")
+        source = splits["train"]
+        _require_columns(source, [fold_column], "train")
+        splits["train"] = source.filter(lambda fold: fold != eval_fold, input_columns=[fold_column])
+        splits["eval"] = source.filter(lambda fold: fold == eval_fold, input_columns=[fold_column])
+
+    for role, split in splits.items():
+        _require_columns(split, [audio_column, label_column], role)
+        split = split.cast_column(audio_column, datasets.Audio(decode=False))
+        if not streaming and len(split) == 0:
+            raise DataError(f"the {role} split is empty" + (f" (fold {eval_fold})" if fold_column else ""))
+        splits[role] = split
+    return splits
+
+
+def audioset_hdf5_split(index_path: str, audio_column: str = "audio", label_column: str = "labels"):
+    """A PANNs-style AudioSet index (the layout the original trained on) as a `datasets.Dataset`.
+
+    The index `.h5` holds `audio_name`, `target` `(clips, 527)` booleans, `hdf5_path` (the waveform pack of each
+    clip) and `index_in_hdf5`; the packs hold `waveform` `(clips, samples)` int16 at 32 kHz. Rows reference the
+    waveforms (`{"hdf5_path", "index_in_hdf5"}`), read when a batch is collated, and carry the class ids.
+
+    Raises:
+        DataError: for a missing file or a file without those datasets.
+    """
+    import datasets
+    import h5py
+
+    try:
+        with h5py.File(index_path, "r") as index:
+            missing = [k for k in ("audio_name", "target", "hdf5_path", "index_in_hdf5") if k not in index]
+            if missing:
+                raise DataError(f"{index_path}: not a PANNs AudioSet index, missing {missing}")
+            targets = index["target"][:].astype(bool)
+            paths = [p.decode() for p in index["hdf5_path"][:]]
+            rows = index["index_in_hdf5"][:].astype(np.int64)
+    except OSError as error:
+        raise DataError(f"{index_path}: cannot open the AudioSet index ({error})") from error
+    if not len(rows):
+        raise DataError(f"{index_path}: the index lists no clips")
+    return datasets.Dataset.from_dict(
+        {
+            audio_column: [{"hdf5_path": p, "index_in_hdf5": int(r)} for p, r in zip(paths, rows)],
+            label_column: [np.flatnonzero(t).tolist() for t in targets],
+        }
+    )
+
+
+def _read_hdf5_clip(reference: dict) -> np.ndarray:
+    import h5py
+
+    path, row = reference["hdf5_path"], reference["index_in_hdf5"]
+    try:
+        with h5py.File(path, "r") as pack:
+            waveform = pack["waveform"][row]
+    except (OSError, KeyError, IndexError) as error:
+        raise DataError(f"{path}: cannot read waveform {row} ({error})") from error
+    if waveform.dtype == np.int16:
+        return waveform.astype(np.float32) / 32768.0
+    return waveform.astype(np.float32)
+
+
+def _require_columns(split, columns: list[str], role: str):
+    available = list(split.features) if split.features is not None else []
+    missing = [c for c in columns if c not in available]
+    if missing:
+        raise DataError(f"the {role} split has no column {missing}; its columns are {available}")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Audio decoding and the collator
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def decode_audio(value, sampling_rate: int) -> np.ndarray:
+    """Mono float32 samples at `sampling_rate` from a dataset's audio value.
+
+    Accepts the encoded form (`{"path", "bytes"}`, decoded and resampled by `datasets.Audio` through torchcodec),
+    a reference into an AudioSet hdf5 pack (`{"hdf5_path", "index_in_hdf5"}`, see `audioset_hdf5_split`),
+    an already decoded `{"array", "sampling_rate"}` dict at the right rate, or a torchcodec `AudioDecoder`.
+
+    Raises:
+        DataError: naming the file when it cannot be decoded, or when a decoded array has another rate.
+    """
+    if isinstance(value, dict) and "hdf5_path" in value:
+        if sampling_rate != 32000:
+            raise DataError(f"{value['hdf5_path']}: AudioSet packs hold 32 kHz audio; the model expects {sampling_rate} Hz")
+        return _read_hdf5_clip(value)
+    if isinstance(value, dict) and value.get("array") is not None:
+        if value.get("sampling_rate") != sampling_rate:
+            raise DataError(
+                f"{value.get('path') or 'an example'}: decoded at {value.get('sampling_rate')} Hz but the model "
+                f"expects {sampling_rate} Hz; cast the column with datasets.Audio(sampling_rate={sampling_rate})"
+            )
+        return _mono(np.asarray(value["array"], dtype=np.float32))
+    from datasets import Audio
+
+    path = value.get("path") if isinstance(value, dict) else getattr(getattr(value, "metadata", None), "path", None)
+    try:
+        decoder = Audio(sampling_rate=sampling_rate, num_channels=1).decode_example(value) if isinstance(value, dict) else value
+        samples = decoder.get_all_samples()
+    except Exception as error:  # torchcodec/FFmpeg raise many types; the caller needs the path, not the type
+        raise DataError(f"{path or 'an in-memory example'}: cannot decode audio ({error})") from error
+    if samples.sample_rate != sampling_rate:
+        raise DataError(f"{path}: decoded at {samples.sample_rate} Hz, expected {sampling_rate} Hz")
+    waveform = _mono(samples.data.numpy())
+    if waveform.size == 0:
+        raise DataError(f"{path or 'an example'}: the audio is empty")
+    return waveform
+
+
+def _mono(waveform: np.ndarray) -> np.ndarray:
+    return waveform.mean(axis=0) if waveform.ndim == 2 else waveform
+
+
+def crop(waveform: np.ndarray, length: int, random: bool, generator: torch.Generator | None = None) -> np.ndarray:
+    """At most `length` samples: a uniformly placed window when `random` (training), else the start."""
+    if waveform.shape[0] <= length:
+        return waveform
+    start = int(torch.randint(0, waveform.shape[0] - length + 1, (1,), generator=generator)) if random else 0
+    return waveform[start : start + length]
+
+
+@dataclass
+class AudioClassificationCollator:
+    """Turns dataset rows into model inputs: decode, crop to the clip length, pad (zeros or repeat) and compute
+    the log-mel features of the whole batch in one call of the feature extractor.
+
+    Attributes:
+        feature_extractor: the model's `HTSATFeatureExtractor` (its `max_length_seconds` and `pad_mode` apply).
+        label_spec: how to encode the label column.
+        audio_column, label_column: dataset column names.
+        random_crop: crop longer clips at a random position (training) instead of keeping their start.
+        skip_bad_audio: drop undecodable examples from the batch (counted in `skipped`) instead of failing.
+        tta_offsets: for time-shift test-time augmentation, left rolls in samples of each copy of the padded clip
+            (e.g. `training.tta.time_shift_offsets(10)`); `input_features` is then `(batch, copies, frames, mels)`.
+    """
+
+    feature_extractor: object
+    label_spec: LabelSpec
+    audio_column: str = "audio"
+    label_column: str = "label"
+    random_crop: bool = False
+    skip_bad_audio: bool = False
+    tta_offsets: list[int] | None = None
+    skipped: int = 0
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        extractor = self.feature_extractor
+        waves, labels = [], []
+        for row in rows:
+            try:
+                wave = decode_audio(row[self.audio_column], extractor.sampling_rate)
+            except DataError as error:
+                if not self.skip_bad_audio:
+                    raise
+                self.skipped += 1
+                logger.warning("skipping undecodable audio (%d so far): %s", self.skipped, error)
+                continue
+            waves.append(crop(wave, extractor.max_length_samples, self.random_crop))
+            labels.append(self.label_spec.encode(row[self.label_column]))
+        if not waves:
+            raise DataError("every example of a batch failed to decode; see the warnings above")
+        if self.tta_offsets:
+            padded = [pad_waveform(w, extractor.max_length_samples, extractor.pad_mode) for w in waves]
+            waves = [np.roll(w, -offset) for w in padded for offset in self.tta_offsets]
+        features = extractor(waves, sampling_rate=extractor.sampling_rate, return_tensors="pt")["input_features"]
+        if self.tta_offsets:
+            features = features.view(len(padded), len(self.tta_offsets), *features.shape[1:])
+        if self.label_spec.multi_label:
+            targets = torch.from_numpy(np.stack(labels))
+        else:
+            targets = torch.tensor(labels, dtype=torch.long)
+        return {"input_features": features, "labels": targets}
+
+
+__all__ = [
+    "AudioClassificationCollator",
+    "audioset_hdf5_split",
+    "load_audio_splits",
+    "read_label_names",
+    "DataError",
+    "LabelSpec",
+    "check_labels",
+    "crop",
+    "decode_audio",
+    "infer_label_spec",
+]

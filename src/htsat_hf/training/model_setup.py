@@ -1,0 +1,120 @@
+"""Building the model to train: from a saved model (re-initialising the classifier for a new label set), from a
+config with overrides (training from scratch), and initialising the backbone from ImageNet Swin-T weights."""
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import torch
+
+from ..configuration_htsat import HTSATConfig
+from ..convert_htsat_original_checkpoint import _RENAMES
+from ..modeling_htsat import HTSATForAudioClassification, HTSATPreTrainedModel
+
+logger = logging.getLogger(__name__)
+
+
+def parse_config_overrides(overrides: str | None) -> dict:
+    """`"embed_dim=16,depths=[2,2,2,2],drop_path_rate=0.0"` to a dict. Values are read as JSON (numbers, booleans,
+    lists) and fall back to plain strings; commas inside brackets do not split."""
+    if not overrides:
+        return {}
+    result = {}
+    for item in re.split(r",(?![^\[]*\])", overrides):
+        if not item.strip():
+            continue
+        if "=" not in item:
+            raise ValueError(f"config override {item!r} is not key=value")
+        key, value = (part.strip() for part in item.split("=", 1))
+        try:
+            result[key] = json.loads(value.replace("True", "true").replace("False", "false"))
+        except json.JSONDecodeError:
+            result[key] = value
+    return result
+
+
+def build_config(config_name: str | None, overrides: str | None, label_names: list[str], problem_type: str):
+    """An `HTSATConfig` from a JSON file (or the defaults) with overrides and the task's labels."""
+    values = json.loads(Path(config_name).read_text()) if config_name else {}
+    values.update(parse_config_overrides(overrides))
+    unknown = set(values) - set(HTSATConfig().to_dict()) - {"num_labels"}
+    if unknown:
+        raise ValueError(f"unknown HTSATConfig fields: {sorted(unknown)}")
+    values.update(
+        id2label=dict(enumerate(label_names)),
+        label2id={name: i for i, name in enumerate(label_names)},
+        problem_type=problem_type,
+    )
+    values.pop("num_labels", None)
+    return HTSATConfig(**values)
+
+
+def load_for_labels(
+    model_name_or_path: str,
+    label_names: list[str],
+    problem_type: str,
+    model_class=HTSATForAudioClassification,
+    **kwargs,
+) -> HTSATPreTrainedModel:
+    """A saved model set up for `label_names`: unchanged when the label set is the model's, otherwise with its
+    classifier re-initialised (logged), as when fine-tuning the AudioSet model on ESC-50."""
+    config = HTSATConfig.from_pretrained(model_name_or_path, **kwargs)
+    same_labels = [config.id2label[i] for i in range(config.num_labels)] == list(label_names)
+    if same_labels:
+        return model_class.from_pretrained(model_name_or_path, problem_type=problem_type, **kwargs)
+    logger.warning(
+        "re-initialising the classifier of %s: its %d labels (%s...) differ from the task's %d labels (%s...)",
+        model_name_or_path, config.num_labels, ", ".join(list(config.id2label.values())[:3]), len(label_names),
+        ", ".join(label_names[:3]),
+    )
+    model = model_class.from_pretrained(
+        model_name_or_path,
+        id2label=dict(enumerate(label_names)),
+        label2id={name: i for i, name in enumerate(label_names)},
+        problem_type=problem_type,
+        ignore_mismatched_sizes=True,
+        **kwargs,
+    )
+    # Same-sized heads load without a size mismatch, so re-initialise explicitly whatever the sizes.
+    model.head.apply(model._init_weights)
+    return model
+
+
+def load_swin_weights(model: HTSATPreTrainedModel, checkpoint: str | Path) -> dict[str, list[str]]:
+    """Initialise the backbone from an ImageNet Swin checkpoint (window 8, 256 px, as the paper's best AudioSet
+    model), e.g. the official `swin_tiny_patch4_window8_256` file or timm's: the RGB patch embedding is averaged
+    over channels; tensors of another shape (a different window size or width) are left as initialised.
+
+    Returns:
+        `{"loaded": [...], "skipped": [...], "missing": [...]}` names in this model; also logged.
+    """
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = state.get("model", state.get("state_dict", state))
+    targets = dict(model.named_parameters())
+    prefix = f"{model.base_model_prefix}." if hasattr(model, model.base_model_prefix) else ""
+    loaded, skipped = [], []
+    with torch.no_grad():
+        for key, value in state.items():
+            key = key.removeprefix("model.").removeprefix("backbone.")
+            if key == "patch_embed.proj.weight" and value.shape[1] == 3:
+                value = value.mean(dim=1, keepdim=True)
+            name = next((re.sub(p, r, key) for p, r in _RENAMES if re.fullmatch(p, key) and not key.startswith("bn0")), None)
+            if name is None:
+                skipped.append(f"{key} {tuple(value.shape)}")
+                continue
+            name = prefix + name.removeprefix("htsat.")
+            if name in targets and targets[name].shape == value.shape:
+                targets[name].copy_(value)
+                loaded.append(name)
+            else:
+                skipped.append(f"{key} {tuple(value.shape)}")
+    missing = [n for n in targets if n not in loaded]
+    logger.warning(
+        "Swin initialisation from %s: %d tensors loaded, %d skipped (shape or name mismatch): %s; %d model tensors "
+        "not in the checkpoint: %s", checkpoint, len(loaded), len(skipped), skipped[:5], len(missing), missing[:8],
+    )
+    return {"loaded": loaded, "skipped": skipped, "missing": missing}
+
+
+__all__ = ["build_config", "load_for_labels", "load_swin_weights", "parse_config_overrides"]
