@@ -230,8 +230,9 @@ def rename_state_dict(state: dict[str, torch.Tensor], token_semantic: bool) -> d
     return converted
 
 
-def read_label_file(path: str | Path, num_labels: int) -> dict[int, str]:
-    """`id2label` from a `class_labels_indices.csv`-style file (columns `index`, `display_name`; `mid` optional)."""
+def read_label_file(path: str | Path, num_labels: int | None = None) -> dict[int, str]:
+    """`id2label` from a `class_labels_indices.csv`-style file (columns `index`, `display_name`; `mid` optional).
+    The indices must be `0..num_labels - 1` (any count when `num_labels` is None, but without gaps)."""
     path = Path(path)
     try:
         with path.open(newline="", encoding="utf-8") as handle:
@@ -246,10 +247,11 @@ def read_label_file(path: str | Path, num_labels: int) -> dict[int, str]:
             id2label[int(row["index"])] = row["display_name"]
         except (TypeError, ValueError) as error:
             raise CheckpointError(f"{path}, line {line}: bad index {row['index']!r}") from error
-    if sorted(id2label) != list(range(num_labels)):
+    expected = len(id2label) if num_labels is None else num_labels
+    if sorted(id2label) != list(range(expected)):
         raise CheckpointError(
-            f"{path}: has {len(id2label)} labels with indices {min(id2label)}..{max(id2label)}, but the checkpoint "
-            f"has {num_labels} classes"
+            f"{path}: has {len(id2label)} labels with indices {min(id2label)}..{max(id2label)}, but "
+            f"{expected} classes numbered from 0 are needed"
         )
     return id2label
 

@@ -1,0 +1,248 @@
+#!/usr/bin/env python
+"""Train and evaluate HTS-AT on labelled audio with transformers' Trainer (CPU, one GPU, or `accelerate launch`).
+
+    python run_audio_classification.py configs/esc50.json
+    python run_audio_classification.py --train_dir data/train --eval_dir data/eval \
+        --model_name_or_path htsat-audioset --output_dir out --do_train --do_eval
+    accelerate launch --num_processes 4 run_audio_classification.py configs/audioset.json
+
+Arguments are those of the dataclasses below plus transformers' `TrainingArguments`; a single JSON file may hold
+them all. The logic lives in `htsat_hf.training`; this script only wires it.
+"""
+
+import logging
+import sys
+from dataclasses import dataclass, field
+
+import transformers
+from transformers import AutoFeatureExtractor, HfArgumentParser, TrainingArguments, set_seed
+
+from htsat_hf import HTSATFeatureExtractor, HTSATForAudioClassification
+from htsat_hf.training import BalancedClassSampler, make_compute_metrics, time_shift_offsets
+from htsat_hf.training.data import (
+    AudioClassificationCollator,
+    DataError,
+    LabelSpec,
+    check_labels,
+    infer_label_spec,
+    load_audio_splits,
+    read_label_names,
+)
+from htsat_hf.training.model_setup import build_config, load_for_labels, load_swin_weights
+from htsat_hf.training.trainer import HTSATTrainer
+
+logger = logging.getLogger("run_audio_classification")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Converted or trained model directory, or a Hub id, to start from."}
+    )
+    config_name: str | None = field(
+        default=None, metadata={"help": "HTSATConfig JSON file to train from scratch (default config if omitted)."}
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "Config fields for training from scratch: 'embed_dim=16,depths=[2,2,2,2],num_heads=[1,2,4,8]'."},
+    )
+    swin_checkpoint: str | None = field(
+        default=None, metadata={"help": "Local ImageNet Swin-T (window 8, 256 px) checkpoint to initialise from."}
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow remote code for Hub models."})
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(default=None, metadata={"help": "Hub id or local dataset directory."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
+    train_split_name: str = field(default="train", metadata={"help": "Training split of dataset_name."})
+    eval_split_name: str = field(default="validation", metadata={"help": "Evaluation split (falls back to 'test')."})
+    streaming: bool = field(default=False, metadata={"help": "Stream the dataset instead of downloading it whole."})
+    train_dir: str | None = field(default=None, metadata={"help": "audiofolder directory (metadata.csv) to train on."})
+    audioset_train_index: str | None = field(
+        default=None, metadata={"help": "PANNs AudioSet hdf5 index to train on (waveform packs at 32 kHz)."}
+    )
+    audioset_eval_index: str | None = field(default=None, metadata={"help": "PANNs AudioSet hdf5 index to evaluate on."})
+    label_names_file: str | None = field(
+        default=None, metadata={"help": "class_labels_indices.csv naming the classes of integer labels (AudioSet)."}
+    )
+    eval_dir: str | None = field(default=None, metadata={"help": "audiofolder directory to evaluate on."})
+    audio_column_name: str = field(default="audio", metadata={"help": "Column holding the audio."})
+    label_column_name: str = field(default="label", metadata={"help": "Column holding the label(s)."})
+    multi_label: bool | None = field(
+        default=None, metadata={"help": "Several labels per clip (BCE); inferred from the label column if unset."}
+    )
+    label_separator: str = field(default=";", metadata={"help": "Separator of several labels in one string."})
+    fold_column_name: str | None = field(default=None, metadata={"help": "Fold column for cross-validation (ESC-50)."})
+    eval_fold: int | None = field(default=None, metadata={"help": "Fold held out for evaluation."})
+    max_length_seconds: float | None = field(
+        default=None, metadata={"help": "Clip length (default: the feature extractor's, 10 s)."}
+    )
+    padding: str | None = field(
+        default=None, metadata={"help": "Padding of short clips: 'zeros' or 'repeat' (default: the extractor's)."}
+    )
+    random_crop: bool = field(default=True, metadata={"help": "Crop longer training clips at random positions."})
+    balanced_sampling: bool = field(
+        default=False, metadata={"help": "Class-balanced sampling (the AudioSet recipe), redrawn every epoch."}
+    )
+    balanced_samples_per_epoch: int | None = field(
+        default=None, metadata={"help": "Samples per epoch with balanced sampling (default: the training set size)."}
+    )
+    mixup_alpha: float = field(default=0.0, metadata={"help": "Mixup Beta(alpha, alpha); 0.5 in the AudioSet recipe."})
+    mix_targets: bool = field(
+        default=False, metadata={"help": "Mix the targets too (standard mixup; the original mixes features only)."}
+    )
+    spec_augment: bool = field(default=True, metadata={"help": "SpecAugment in training (the config's stripes)."})
+    lr_schedule: str = field(
+        default="htsat",
+        metadata={"help": "'htsat': the original per-epoch table; 'trainer': TrainingArguments.lr_scheduler_type."},
+    )
+    time_shift_tta: int = field(
+        default=1, metadata={"help": "Evaluate on this many time-shifted copies (10 in the AudioSet recipe)."}
+    )
+    skip_bad_audio: bool = field(default=False, metadata={"help": "Skip undecodable files (counted) instead of failing."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training examples."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only this many evaluation examples."})
+
+
+def main(argv=None):
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        model_args, data_args, training_args = parser.parse_json_file(argv[0])
+    else:
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    training_args.remove_unused_columns = False  # the collator reads the raw audio and label columns
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    set_seed(training_args.seed)
+
+    splits = load_audio_splits(
+        dataset_name=data_args.dataset_name,
+        dataset_config_name=data_args.dataset_config_name,
+        train_dir=data_args.train_dir,
+        eval_dir=data_args.eval_dir,
+        train_split=data_args.train_split_name if training_args.do_train else None,
+        eval_split=data_args.eval_split_name if training_args.do_eval else None,
+        streaming=data_args.streaming,
+        audio_column=data_args.audio_column_name,
+        label_column=data_args.label_column_name,
+        fold_column=data_args.fold_column_name,
+        eval_fold=data_args.eval_fold,
+        audioset_train_index=data_args.audioset_train_index,
+        audioset_eval_index=data_args.audioset_eval_index,
+    )
+    for role, limit in (("train", data_args.max_train_samples), ("eval", data_args.max_eval_samples)):
+        if limit is not None and role in splits:
+            splits[role] = splits[role].take(limit) if data_args.streaming else splits[role].select(range(min(limit, len(splits[role]))))
+
+    label_spec = resolve_labels(model_args, data_args, splits)
+    for role, split in splits.items():
+        if not data_args.streaming:
+            check_labels(split, label_spec, data_args.label_column_name, role)
+    logger.info("%d classes (%s), splits: %s", len(label_spec.names), label_spec.problem_type,
+                {role: getattr(split, "num_rows", "streamed") for role, split in splits.items()})
+
+    model, feature_extractor = build_model_and_extractor(model_args, data_args, label_spec)
+    collator_args = dict(
+        feature_extractor=feature_extractor,
+        label_spec=label_spec,
+        audio_column=data_args.audio_column_name,
+        label_column=data_args.label_column_name,
+        skip_bad_audio=data_args.skip_bad_audio,
+    )
+    train_collator = AudioClassificationCollator(random_crop=data_args.random_crop, **collator_args)
+    eval_collator = AudioClassificationCollator(
+        tta_offsets=time_shift_offsets(data_args.time_shift_tta) if data_args.time_shift_tta > 1 else None,
+        **collator_args,
+    )
+    sampler = None
+    if data_args.balanced_sampling and "train" in splits:
+        targets = [label_spec.encode(v) for v in splits["train"].select_columns([data_args.label_column_name])[
+            data_args.label_column_name]]
+        sampler = BalancedClassSampler(
+            [list(t.nonzero()[0]) if label_spec.multi_label else [t] for t in targets],
+            num_samples=data_args.balanced_samples_per_epoch or len(targets),
+            seed=training_args.seed,
+        )
+
+    trainer = HTSATTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=splits.get("train"),
+        eval_dataset=splits.get("eval"),
+        data_collator=train_collator,
+        eval_data_collator=eval_collator,
+        processing_class=feature_extractor,
+        compute_metrics=make_compute_metrics(label_spec.problem_type),
+        lr_schedule="htsat" if data_args.lr_schedule == "htsat" else None,
+        train_sampler=sampler,
+        mixup_alpha=data_args.mixup_alpha,
+        mix_targets=data_args.mix_targets,
+    )
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+        trainer.save_state()
+    if training_args.do_eval:
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+    skipped = train_collator.skipped + eval_collator.skipped
+    if skipped:
+        logger.warning("%d undecodable audio files were skipped in this process (--skip_bad_audio)", skipped)
+    return 0
+
+
+def resolve_labels(model_args: ModelArguments, data_args: DataArguments, splits: dict) -> LabelSpec:
+    """The task's label set: read from the data, or for streamed data from ClassLabel features or the model."""
+    reference = splits.get("train") or splits.get("eval")
+    if data_args.label_names_file:
+        names = read_label_names(data_args.label_names_file)
+        multi = True if data_args.multi_label is None else data_args.multi_label
+        return LabelSpec(names, multi_label=multi, separator=data_args.label_separator)
+    if not data_args.streaming:
+        return infer_label_spec(reference, data_args.label_column_name, data_args.multi_label, data_args.label_separator)
+    feature = reference.features[data_args.label_column_name]
+    names = getattr(feature, "names", None) or getattr(getattr(feature, "feature", None), "names", None)
+    if names is None and model_args.model_name_or_path:
+        config = transformers.AutoConfig.from_pretrained(
+            model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code
+        )
+        names = [config.id2label[i] for i in range(config.num_labels)]
+    if names is None:
+        raise DataError("streamed labels need a ClassLabel column or a --model_name_or_path whose labels they use")
+    multi = data_args.multi_label if data_args.multi_label is not None else not hasattr(feature, "names")
+    return LabelSpec(list(names), multi_label=multi, separator=data_args.label_separator)
+
+
+def build_model_and_extractor(model_args: ModelArguments, data_args: DataArguments, label_spec: LabelSpec):
+    if model_args.model_name_or_path:
+        model = load_for_labels(
+            model_args.model_name_or_path, label_spec.names, label_spec.problem_type,
+            trust_remote_code=model_args.trust_remote_code,
+        )
+        feature_extractor = AutoFeatureExtractor.from_pretrained(
+            model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code
+        )
+    else:
+        config = build_config(model_args.config_name, model_args.config_overrides, label_spec.names,
+                              label_spec.problem_type)
+        model = HTSATForAudioClassification(config)
+        feature_extractor = HTSATFeatureExtractor.from_config(config)
+    if model_args.swin_checkpoint:
+        load_swin_weights(model, model_args.swin_checkpoint)
+    if not data_args.spec_augment:
+        model.config.spec_augment_time_stripes = model.config.spec_augment_freq_stripes = 0
+    if data_args.max_length_seconds is not None:
+        feature_extractor.max_length_seconds = data_args.max_length_seconds
+    if data_args.padding is not None:
+        feature_extractor.pad_mode = data_args.padding
+    return model, feature_extractor
+
+
+if __name__ == "__main__":
+    sys.exit(main())
