@@ -11,17 +11,21 @@ setup(
     license="MIT",
     package_dir={"": "src"},
     packages=find_packages("src"),
+    package_data={"htsat_hf": ["data/*.json"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",
         "transformers>=5.0,<6",
         "safetensors>=0.4",
         "numpy>=1.24",
+        "scipy",
     ],
     extras_require={
         # File decoding and resampling in datasets and the pipeline's dict inputs.
         "audio": ["torchaudio", "torchcodec", "datasets>=4", "soundfile"],
-        "train": ["datasets>=4", "accelerate>=1.0", "evaluate>=0.4", "scikit-learn"],
+        "train": ["datasets>=4", "accelerate>=1.0", "evaluate>=0.4", "scikit-learn", "h5py"],
+        # Detection metrics as DCASE computes them; sed_eval's dcase_util needs pkg_resources (setuptools < 81).
+        "sed": ["scipy", "sed_scores_eval==0.0.4", "sed_eval>=0.2.1", "psds_eval==0.5.3", "setuptools<81", "matplotlib"],
         "test": ["pytest", "librosa>=0.10", "soundfile", "scipy"],
     },
     entry_points={"console_scripts": ["htsat-hf=htsat_hf.cli:main"]},
