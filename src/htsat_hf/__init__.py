@@ -2,7 +2,8 @@
 
 Importing the package registers the model with transformers' Auto classes, so `AutoConfig`,
 `AutoFeatureExtractor`, `AutoModel`, `AutoModelForAudioClassification`, `AutoModelForAudioFrameClassification` and
-`pipeline("audio-classification", ...)` resolve `model_type="htsat"`. Models saved by this package also carry their
+`pipeline("audio-classification", ...)` resolve `model_type="htsat"`, and `pipeline("sound-event-detection", ...)`
+detects timed events in audio of any length. Models saved by this package also carry their
 code, so they load with `trust_remote_code=True` where the package is not installed.
 """
 
@@ -22,6 +23,8 @@ from .modeling_htsat import (
     HTSATModel,
     HTSATPreTrainedModel,
 )
+from .pipeline_sed import SoundEventDetectionPipeline
+from .sed_inference import FrameScores, sliding_window_scores
 
 __version__ = "0.1.0"
 
@@ -44,4 +47,7 @@ __all__ = [
     "HTSATForSoundEventDetection",
     "HTSATModel",
     "HTSATPreTrainedModel",
+    "FrameScores",
+    "SoundEventDetectionPipeline",
+    "sliding_window_scores",
 ]

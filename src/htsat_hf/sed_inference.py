@@ -1,0 +1,184 @@
+"""Frame-level class scores with their true times, for audio of any length.
+
+The model reads at most one clip (10 s by default) and stretches whatever it gets to its 32-step grid, so a step
+lasts `clip_seconds / 32`: 312.5 ms for a 10 s clip, 125 ms for a 4 s one. `sliding_window_scores` runs audio of
+any length as windows of the clip length, batched, and stitches the steps onto one time axis:
+
+- audio no longer than a window is one window at its own length (stretched, as the original model does);
+- longer audio is cut into full windows every `hop_seconds` (rounded to whole steps so that all windows share one
+  grid), the last window zero-padded; overlapping steps are averaged and steps past the end of the audio dropped.
+
+Memory is the waveform plus one batch of windows, whatever the duration.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .sed_postprocessing import ClassMap, Event, activity_to_events, binarize, map_scores, median_filter_scores
+
+MIN_AUDIO_SECONDS = 0.1
+
+
+@dataclass
+class FrameScores:
+    """Class scores on one time axis.
+
+    Attributes:
+        scores: `(steps, classes)` frame probabilities (sigmoid of the frame logits).
+        step_seconds: duration of one step; step `i` covers `[i * step_seconds, (i + 1) * step_seconds)`, the last
+            one ending at `duration`.
+        duration: length of the audio in seconds.
+        labels: class names, `labels[c]` for column `c`.
+        clip_scores: `{"mean": (classes,), "max": (classes,)}` clip probabilities aggregated over the windows.
+    """
+
+    scores: np.ndarray
+    step_seconds: float
+    duration: float
+    labels: list[str]
+    clip_scores: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def onsets(self) -> np.ndarray:
+        """`(steps,)` start time of each step in seconds."""
+        return np.arange(self.scores.shape[0]) * self.step_seconds
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """`(steps,)` end time of each step in seconds, the last one clipped to the audio's end."""
+        return np.minimum(self.onsets + self.step_seconds, self.duration)
+
+    @property
+    def boundaries(self) -> np.ndarray:
+        """`(steps + 1,)` step boundaries in seconds, as `activity_to_events` takes them."""
+        return np.append(self.onsets, self.duration)
+
+    def mapped(self, class_map: ClassMap) -> "FrameScores":
+        """The scores of a class map's target classes (maximum over each target's member classes)."""
+        return FrameScores(
+            scores=map_scores(self.scores, class_map),
+            step_seconds=self.step_seconds,
+            duration=self.duration,
+            labels=class_map.labels,
+            clip_scores={name: map_scores(values, class_map) for name, values in self.clip_scores.items()},
+        )
+
+    def events(
+        self,
+        thresholds: float | np.ndarray,
+        median_filter_seconds: float | None = None,
+        min_duration: float = 0.0,
+        min_gap: float = 0.0,
+    ) -> list[Event]:
+        """Events `(onset, offset, label, score)`: median filter over time, threshold (scalar or one per class),
+        runs of active steps joined; see `htsat_hf.sed_postprocessing`."""
+        filtered = median_filter_scores(self.scores, self.step_seconds, median_filter_seconds)
+        return activity_to_events(
+            binarize(filtered, thresholds),
+            self.boundaries,
+            self.labels,
+            scores=filtered,
+            min_duration=min_duration,
+            min_gap=min_gap,
+        )
+
+
+def plan_windows(num_samples: int, window: int, hop: int) -> list[int]:
+    """Start samples of windows of `window` samples every `hop` samples until one reaches the end."""
+    if num_samples <= window:
+        return [0]
+    return [k * hop for k in range(1 + math.ceil((num_samples - window) / hop))]
+
+
+@torch.no_grad()
+def sliding_window_scores(
+    model,
+    feature_extractor,
+    waveform: np.ndarray,
+    sampling_rate: int,
+    window_seconds: float | None = None,
+    hop_seconds: float | None = None,
+    batch_size: int = 8,
+) -> FrameScores:
+    """Frame and clip scores of an `HTSATForSoundEventDetection` over mono audio of any length.
+
+    Args:
+        model: an `HTSATForSoundEventDetection` (any device; the windows follow it).
+        feature_extractor: its `HTSATFeatureExtractor`.
+        waveform: `(samples,)` mono audio at `sampling_rate`, at least 0.1 s long.
+        sampling_rate: must equal the feature extractor's.
+        window_seconds: window length, at most (and by default) the extractor's `max_length_seconds`.
+        hop_seconds: distance between window starts, by default half a window; rounded to whole model steps.
+        batch_size: windows per forward pass.
+
+    Returns:
+        [`FrameScores`] over the whole audio.
+    """
+    waveform = np.asarray(waveform)
+    if waveform.ndim != 1:
+        raise ValueError(f"waveform must be mono (samples,), got shape {waveform.shape}; downmix it first")
+    feature_extractor._check_sampling_rate(sampling_rate)
+    duration = waveform.shape[0] / sampling_rate
+    if duration < MIN_AUDIO_SECONDS:
+        raise ValueError(
+            f"audio of {duration * 1000:.1f} ms is too short for detection: at least {MIN_AUDIO_SECONDS * 1000:.0f} "
+            "ms are needed"
+        )
+    max_seconds = feature_extractor.max_length_seconds
+    window_seconds = max_seconds if window_seconds is None else window_seconds
+    if not MIN_AUDIO_SECONDS <= window_seconds <= max_seconds:
+        raise ValueError(f"window_seconds must be between {MIN_AUDIO_SECONDS} and {max_seconds:g}, got {window_seconds}")
+    steps_per_window = model.config.num_time_steps
+    hop_length = feature_extractor.hop_length
+    window = int(round(window_seconds * sampling_rate))
+    if waveform.shape[0] <= window:
+        window = waveform.shape[0]
+    # The model's frames span (samples // hop) * hop samples of the window, spread evenly over its steps.
+    step_samples = (window // hop_length) * hop_length / steps_per_window
+    hop_seconds = window_seconds / 2 if hop_seconds is None else hop_seconds
+    if hop_seconds <= 0:
+        raise ValueError(f"hop_seconds must be positive, got {hop_seconds}")
+    hop_steps = min(steps_per_window, max(1, round(hop_seconds * sampling_rate / step_samples)))
+    starts = plan_windows(waveform.shape[0], window, int(round(hop_steps * step_samples)))
+
+    total_steps = max(1, math.ceil(waveform.shape[0] / step_samples - 1e-9))
+    totals = np.zeros((total_steps, model.config.num_labels), dtype=np.float64)
+    counts = np.zeros((total_steps, 1), dtype=np.float64)
+    clip_probabilities = []
+    device = model.device
+    for first in range(0, len(starts), batch_size):
+        batch_starts = starts[first : first + batch_size]
+        windows = [_window(waveform, start, window) for start in batch_starts]
+        features = feature_extractor(
+            windows, sampling_rate=sampling_rate, padding="longest", return_tensors="pt", device=device
+        )["input_features"].to(model.dtype)
+        output = model(features)
+        frame_probabilities = output.logits.float().sigmoid().cpu().numpy()
+        clip_probabilities.append(output.clip_logits.float().sigmoid().cpu().numpy())
+        for index, probabilities in enumerate(frame_probabilities):
+            offset = (first + index) * hop_steps
+            usable = min(steps_per_window, total_steps - offset)
+            totals[offset : offset + usable] += probabilities[:usable]
+            counts[offset : offset + usable] += 1
+    clip_probabilities = np.concatenate(clip_probabilities)
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    return FrameScores(
+        scores=(totals / counts).astype(np.float32),
+        step_seconds=step_samples / sampling_rate,
+        duration=duration,
+        labels=labels,
+        clip_scores={"mean": clip_probabilities.mean(0), "max": clip_probabilities.max(0)},
+    )
+
+
+def _window(waveform: np.ndarray, start: int, length: int) -> np.ndarray:
+    piece = waveform[start : start + length]
+    if piece.shape[0] < length:
+        piece = np.pad(piece, (0, length - piece.shape[0]))
+    return piece
+
+
+__all__ = ["FrameScores", "MIN_AUDIO_SECONDS", "plan_windows", "sliding_window_scores"]
