@@ -208,7 +208,7 @@ class HTSATFeatureExtractor(SequenceFeatureExtractor):
         """
         if kwargs:
             raise TypeError(f"{type(self).__name__}.__call__ got unexpected arguments: {sorted(kwargs)}")
-        self._check_sampling_rate(sampling_rate)
+        self.check_sampling_rate(sampling_rate)
         pad_mode = self.pad_mode if pad_mode is None else pad_mode
         if pad_mode not in PAD_MODES:
             raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
@@ -231,7 +231,8 @@ class HTSATFeatureExtractor(SequenceFeatureExtractor):
             return BatchFeature({"input_features": list(features)})
         raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
 
-    def _check_sampling_rate(self, sampling_rate):
+    def check_sampling_rate(self, sampling_rate):
+        """Refuse a missing rate or one other than the model's, saying how to resample."""
         if sampling_rate is None:
             raise ValueError(
                 f"sampling_rate is required: this model expects {self.sampling_rate} Hz audio. Pass "

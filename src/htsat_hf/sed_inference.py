@@ -120,7 +120,7 @@ def sliding_window_scores(
     waveform = np.asarray(waveform)
     if waveform.ndim != 1:
         raise ValueError(f"waveform must be mono (samples,), got shape {waveform.shape}; downmix it first")
-    feature_extractor._check_sampling_rate(sampling_rate)
+    feature_extractor.check_sampling_rate(sampling_rate)
     duration = waveform.shape[0] / sampling_rate
     if duration < MIN_AUDIO_SECONDS:
         raise ValueError(
