@@ -144,7 +144,7 @@ def sliding_window_scores(
     hop_steps = min(steps_per_window, max(1, round(hop_seconds * sampling_rate / step_samples)))
     starts = plan_windows(waveform.shape[0], window, int(round(hop_steps * step_samples)))
 
-    total_steps = max(1, math.ceil(waveform.shape[0] / step_samples - 1e-9))
+    total_steps = min(math.ceil(waveform.shape[0] / step_samples - 1e-9), (len(starts) - 1) * hop_steps + steps_per_window)
     totals = np.zeros((total_steps, model.config.num_labels), dtype=np.float64)
     counts = np.zeros((total_steps, 1), dtype=np.float64)
     clip_probabilities = []

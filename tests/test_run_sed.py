@@ -1,0 +1,587 @@
+"""run_sed.py end to end: detection over folders, list files and `datasets` splits with the files it writes, scoring
+against ground truth (and scoring existing detections, including the DCASE baseline's on DESED validation), clear
+errors for bad inputs, the shipped DESED configs, and strong-label fine-tuning of a tiny model."""
+
+import importlib.util
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile
+import torch
+from conftest import REPO_ROOT, require_shared, tiny_config
+from sed_scores_eval.base_modules.detection import scores_to_event_list
+from sed_scores_eval.base_modules.io import read_ground_truth_events, read_sed_scores
+from test_sed_inference import RATE, loudness_model
+from transformers import TrainingArguments
+
+from htsat_hf import HTSATFeatureExtractor, HTSATForSoundEventDetection
+from htsat_hf.sed_run import (
+    DetectionArguments,
+    EvaluationArguments,
+    ModelArguments,
+    SEDRunError,
+    StrongLabelArguments,
+    run,
+)
+from htsat_hf.sed_training import (
+    StrongLabelCollator,
+    frame_f1,
+    frame_targets,
+    grid_step_seconds,
+    read_strong_label_dir,
+)
+from htsat_hf.synthetic import make_classification_folder, make_detection_folder
+
+CLASSES = ("tone", "chirp", "bursts")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("run_sed", REPO_ROOT / "run_sed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+RUN_SED = _load_script()
+
+
+def run_sed(*args) -> int:
+    return RUN_SED.main([str(arg) for arg in args])
+
+
+def quiet(output_dir) -> list:
+    return ["--output_dir", output_dir, "--disable_tqdm", "true", "--report_to", "none"]
+
+
+def save_tiny_model(directory: Path, labels=CLASSES, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    config = tiny_config(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                         label2id={label: i for i, label in enumerate(labels)})
+    HTSATForSoundEventDetection(config).save_pretrained(directory)
+    HTSATFeatureExtractor.from_config(config).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-sed"))
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    """3 scenes of 10 s with 3 events each of tone/chirp/bursts, DESED layout."""
+    return make_detection_folder(tmp_path_factory.mktemp("scenes"), num_files=3, classes=CLASSES)
+
+
+@pytest.fixture(scope="module")
+def short_scenes(tmp_path_factory):
+    """2 scenes of 4 s, for the error cases."""
+    return make_detection_folder(tmp_path_factory.mktemp("short"), num_files=2, seconds=4.0, classes=CLASSES,
+                                 events_per_file=1, seed=5)
+
+
+def read_events_tsv(path) -> dict[str, list[tuple[float, float, str]]]:
+    table = pd.read_csv(path, sep="\t")
+    events = {}
+    for row in table.itertuples():
+        events.setdefault(row.filename, []).append((row.onset, row.offset, row.event_label))
+    return events
+
+
+def assert_same_metrics(ours, theirs, keys=("intersection_f1", "collar_event_f1", "segment_f1", "psds1", "psds2")):
+    for key in keys:
+        for value in ("macro_f1", "micro_f1", "psds"):
+            if value in theirs[key]:
+                assert ours[key][value] == pytest.approx(theirs[key][value], abs=1e-9), (key, value)
+        assert ours[key]["class_wise"] == pytest.approx(theirs[key]["class_wise"], abs=1e-9), key
+
+
+# -------------------------------------------------------------------------------------------------- detection runs
+
+
+def test_detection_run_writes_events_scores_plots_and_metrics(tiny_dir, scenes, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = run_sed(
+        "--model_name_or_path", tiny_dir, "--inputs", scenes / "audio", "--ground_truth", scenes / "annotations.tsv",
+        "--durations", scenes / "durations.tsv", "--threshold", 0.5, "--max_plots", 2, "--threshold_sweep", 5,
+        *quiet(out),
+    )
+    assert code == 0
+    ids = ["scene_000", "scene_001", "scene_002"]
+
+    events = pd.read_csv(out / "events.tsv", sep="\t")
+    assert list(events.columns)[:4] == ["filename", "onset", "offset", "event_label"]
+    assert set(events["filename"]) <= {f"{i}.wav" for i in ids}
+    assert set(events["event_label"]) <= set(CLASSES)
+    assert (events["onset"] < events["offset"]).all()
+
+    scores = read_sed_scores(out / "scores")  # sed_scores_eval's own reader
+    assert sorted(scores) == ids
+    for table in scores.values():
+        assert list(table.columns) == ["onset", "offset", *CLASSES]
+        assert len(table) == 32 and table["offset"].iloc[-1] == pytest.approx(10.0)
+        assert table[list(CLASSES)].to_numpy().min() >= 0 and table[list(CLASSES)].to_numpy().max() <= 1
+
+    plots = sorted((out / "plots").iterdir())
+    assert [p.name for p in plots] == ["scene_000.png", "scene_001.png"]  # --max_plots 2
+    for plot in plots:
+        assert plot.read_bytes()[:8] == PNG_SIGNATURE and 5_000 < plot.stat().st_size < 200_000
+
+    durations = pd.read_csv(out / "durations.tsv", sep="\t")
+    assert durations["duration"].tolist() == pytest.approx([10.0] * 3)
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    truth_labels = sorted(set(pd.read_csv(scenes / "annotations.tsv", sep="\t")["event_label"]))
+    assert metrics["num_files"] == 3 and metrics["classes"] == truth_labels
+    for key in ("intersection_f1", "collar_event_f1", "segment_f1"):
+        assert 0 <= metrics[key]["macro_f1"] <= 1
+    for key in ("psds1", "psds2"):
+        assert 0 <= metrics[key]["psds"] <= 1
+    assert set(metrics["threshold_sweep"]) == {"num_thresholds", "psds1", "psds2"}
+    assert metrics["settings"]["thresholds"] == 0.5
+    printed = capsys.readouterr().out
+    assert "intersection F1" in printed and "PSDS2" in printed and "5 operating points" in printed
+
+
+BAND_SCENES = {  # (onset, offset, label): "low" a 500 Hz tone, "high" a 7 kHz tone; 10 s files
+    "band_0.wav": [(0.8, 2.35, "low"), (3.1, 4.9, "high"), (6.05, 8.7, "low"), (7.5, 9.4, "high")],
+    "band_1.wav": [(0.4, 1.9, "high"), (2.6, 5.2, "low"), (6.3, 6.95, "high")],
+    "band_2.wav": [(1.7, 3.3, "low"), (4.4, 8.1, "high"), (8.6, 9.9, "low")],
+}
+
+
+def write_band_scenes(root: Path) -> Path:
+    """DESED layout (audio/, annotations.tsv, durations.tsv) of `BAND_SCENES`."""
+    from test_sed_inference import scene
+
+    (root / "audio").mkdir(parents=True)
+    rows = []
+    for index, (name, events) in enumerate(BAND_SCENES.items()):
+        tones = [(onset, offset, 500.0 if label == "low" else 7000.0) for onset, offset, label in events]
+        soundfile.write(root / "audio" / name, scene(10.0, tones, seed=index), RATE)
+        rows += [(name, onset, offset, label) for onset, offset, label in events]
+    pd.DataFrame(rows, columns=["filename", "onset", "offset", "event_label"]).to_csv(
+        root / "annotations.tsv", sep="\t", index=False
+    )
+    pd.DataFrame({"filename": list(BAND_SCENES), "duration": 10.0}).to_csv(
+        root / "durations.tsv", sep="\t", index=False
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def tone_run(tmp_path_factory):
+    """The loudness model (class "low": loud in the lower half of the mel bins, "high": in the upper half) on scenes
+    of low and high tones, through `sed_run.run`."""
+    root = tmp_path_factory.mktemp("tones")
+    data = write_band_scenes(root / "data")
+    model, extractor = loudness_model(("low", "high"))
+    out = root / "out"
+    summary = run(
+        ModelArguments(),
+        DetectionArguments(inputs=[str(data / "audio")], max_plots=1),
+        EvaluationArguments(ground_truth=str(data / "annotations.tsv"), durations=str(data / "durations.tsv")),
+        StrongLabelArguments(),
+        TrainingArguments(output_dir=str(out), disable_tqdm=True, report_to="none"),
+        model=model,
+        feature_extractor=extractor,
+    )
+    return data, out, summary
+
+
+def test_detected_events_match_the_scenes(tone_run):
+    data, out, summary = tone_run
+    metrics = summary["metrics"]
+    assert json.loads((out / "metrics.json").read_text())["intersection_f1"] == metrics["intersection_f1"]
+    assert metrics["intersection_f1"]["macro_f1"] > 0.9, metrics["intersection_f1"]
+    assert metrics["segment_f1"]["macro_f1"] > 0.9, metrics["segment_f1"]
+    assert metrics["psds2"]["psds"] > 0.9, metrics["psds2"]
+    truth = read_events_tsv(data / "annotations.tsv")
+    found = read_events_tsv(out / "events.tsv")
+    step = 10.0 / 32
+    for name, events in truth.items():
+        assert len(found[name]) == len(events), (found[name], events)
+        for (onset, offset, label), (found_onset, found_offset, found_label) in zip(sorted(events), sorted(found[name])):
+            assert found_label == label
+            assert abs(found_onset - onset) <= step and abs(found_offset - offset) <= step
+
+
+def test_output_tables_round_trip_through_sed_scores_eval(tone_run):
+    """events.tsv is what sed_scores_eval's thresholding of scores/ gives (no median filter, threshold 0.5)."""
+    _, out, _ = tone_run
+    detected = read_ground_truth_events(out / "events.tsv")
+    from_scores = scores_to_event_list(read_sed_scores(out / "scores"), thresholds=0.5)
+    assert sorted(detected) == sorted(from_scores)
+    for audio_id, events in from_scores.items():
+        assert len(events) == len(detected[audio_id]) > 0
+        for ours, theirs in zip(sorted(detected[audio_id]), sorted(events)):
+            assert ours[2] == theirs[2] and ours[0] == pytest.approx(theirs[0]) and ours[1] == pytest.approx(theirs[1])
+
+
+def test_score_only_on_written_scores_gives_the_run_metrics(tone_run, tmp_path):
+    data, out, summary = tone_run
+    code = run_sed(
+        "--score_only", "--predictions", out / "scores", "--ground_truth", data / "annotations.tsv",
+        "--durations", data / "durations.tsv", *quiet(tmp_path),
+    )
+    assert code == 0
+    rescored = json.loads((tmp_path / "metrics.json").read_text())
+    assert_same_metrics(rescored, summary["metrics"])
+    rewritten, written = read_events_tsv(tmp_path / "events.tsv"), read_events_tsv(out / "events.tsv")
+    assert sorted(rewritten) == sorted(written)
+    for name, events in written.items():
+        assert [label for _, _, label in rewritten[name]] == [label for _, _, label in events]
+        np.testing.assert_allclose([e[:2] for e in rewritten[name]], [e[:2] for e in events], atol=1e-6)
+
+    # The same detections as an events file, and as operating points (one file per threshold).
+    points = tmp_path / "points"
+    points.mkdir()
+    events = pd.read_csv(out / "events.tsv", sep="\t")
+    for threshold in (0.3, 0.5, 0.7):
+        events.to_csv(points / f"predictions_th_{threshold:.2f}.tsv", sep="\t", index=False)
+    for predictions in (out / "events.tsv", points):
+        target = tmp_path / f"scored-{predictions.stem}"
+        code = run_sed("--score_only", "--predictions", predictions, "--psds_predictions", points,
+                       "--ground_truth", data / "annotations.tsv", "--durations", data / "durations.tsv",
+                       *quiet(target))
+        assert code == 0
+        again = json.loads((target / "metrics.json").read_text())
+        assert_same_metrics(again, summary["metrics"], ("intersection_f1", "collar_event_f1", "segment_f1"))
+        assert again["predictions"]["kind"] == ("events" if predictions.is_file() else "operating_points")
+
+
+def test_score_only_reproduces_the_dcase_baseline_on_desed(tmp_path, capsys):
+    root = require_shared("desed-baseline/validation.tsv").parent
+    student = root / "metrics_test" / "student"
+    started = time.perf_counter()
+    code = run_sed(
+        "--score_only", "--predictions", student / "predictions0.5.csv",
+        "--psds_predictions", student / "predictions_operating_points",
+        "--ground_truth", root / "validation.tsv", "--durations", root / "validation_durations.tsv", *quiet(tmp_path),
+    )
+    elapsed = time.perf_counter() - started
+    assert code == 0
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["num_files"] == 1168 and len(m["classes"]) == 10
+    assert m["intersection_f1"]["macro_f1"] == pytest.approx(0.6374, abs=1e-4)
+    assert m["collar_event_f1"]["macro_f1"] == pytest.approx(0.3987, abs=1e-4)
+    assert m["collar_event_f1"]["micro_f1"] == pytest.approx(0.4095, abs=1e-4)
+    assert m["segment_f1"]["macro_f1"] == pytest.approx(0.6935, abs=1e-4)
+    assert m["segment_f1"]["micro_f1"] == pytest.approx(0.7547, abs=1e-4)
+    assert m["psds1"]["psds"] == pytest.approx(0.334, abs=1e-3)
+    assert m["psds2"]["psds"] == pytest.approx(0.528, abs=1e-3)
+    printed = capsys.readouterr().out
+    for text in ("63.74 %", "39.87 %", "40.95 %", "69.35 %", "75.47 %", "0.334", "0.528"):
+        assert text in printed
+    with capsys.disabled():
+        print(f"\n--score_only on DESED validation (1168 files, 50 operating points): {elapsed:.0f} s")
+
+
+def test_score_only_operating_points_need_the_f1_threshold(tmp_path, capsys):
+    root = require_shared("desed-baseline/validation.tsv").parent
+    code = run_sed(
+        "--score_only", "--predictions", root / "metrics_test" / "student" / "predictions_operating_points",
+        "--ground_truth", root / "validation.tsv", "--durations", root / "validation_durations.tsv",
+        *quiet(tmp_path),
+    )
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "no detections at threshold 0.5" in error and "predictions_operating_points" in error
+
+
+def test_list_file_and_json_config(short_scenes, tiny_dir, tmp_path):
+    listing = tmp_path / "files.txt"
+    listing.write_text(f"# two scenes\n{short_scenes / 'audio' / 'scene_001.wav'}\n\n../{tmp_path.name}/x.wav\n")
+    soundfile.write(tmp_path / "x.wav", np.zeros(RATE, np.float32) + 0.01, RATE)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "model_name_or_path": str(tiny_dir), "inputs": [str(listing)], "plot": False, "hop_seconds": 2.0,
+        "output_dir": str(tmp_path / "out"), "disable_tqdm": True, "report_to": "none",
+    }))
+    assert run_sed(config) == 0
+    assert sorted(p.name for p in (tmp_path / "out" / "scores").iterdir()) == ["scene_001.tsv", "x.tsv"]
+    assert not (tmp_path / "out" / "plots").exists() or not any((tmp_path / "out" / "plots").iterdir())
+    one_second = pd.read_csv(tmp_path / "out" / "scores" / "x.tsv", sep="\t")
+    assert len(one_second) == 32 and one_second["offset"].iloc[-1] == pytest.approx(1.0)
+
+
+def test_dataset_split_input(tiny_dir, tmp_path):
+    folder = make_classification_folder(tmp_path / "clips", classes=("tone", "hum"), clips_per_class=1, seconds=1.5)
+    code = run_sed("--model_name_or_path", tiny_dir, "--dataset_name", folder, "--split", "train",
+                   "--audio_column_name", "audio", "--plot", "false", *quiet(tmp_path / "out"))
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "out" / "scores").iterdir()) == ["hum_0.tsv", "tone_0.tsv"]
+    assert pd.read_csv(tmp_path / "out" / "durations.tsv", sep="\t")["duration"].tolist() == pytest.approx([1.5, 1.5])
+
+
+def test_short_audio_pad_mode_keeps_the_ten_second_grid(tmp_path):
+    """'pad' (the original DESED protocol) zero-pads a 4 s file to 10 s: steps of 312.5 ms, only those in the audio
+    kept; 'stretch' spreads the 32 steps over the 4 s."""
+    model, extractor = loudness_model()
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    t = np.arange(4 * RATE) / RATE
+    wave = np.where((t >= 1.0) & (t < 2.0), 0.3 * np.sin(2 * np.pi * 500 * t), 0.001).astype(np.float32)
+    soundfile.write(folder / "four.wav", wave, RATE)
+    for mode, steps in (("pad", math.ceil(4 / 0.3125)), ("stretch", 32)):
+        out = tmp_path / mode
+        run(ModelArguments(), DetectionArguments(inputs=[str(folder)], short_audio=mode, plot=False),
+            EvaluationArguments(), StrongLabelArguments(), TrainingArguments(output_dir=str(out), disable_tqdm=True),
+            model=model, feature_extractor=extractor)
+        table = pd.read_csv(out / "scores" / "four.tsv", sep="\t")
+        assert len(table) == steps and table["offset"].iloc[-1] == pytest.approx(4.0)
+        (onset, offset, _), = read_events_tsv(out / "events.tsv")["four.wav"]
+        step = table["offset"].iloc[0]
+        assert abs(onset - 1.0) <= step and abs(offset - 2.0) <= step
+
+
+# ------------------------------------------------------------------------------------------------------- bad inputs
+
+
+def _ground_truth_with(tmp_path, scenes, *rows) -> Path:
+    table = pd.read_csv(scenes / "annotations.tsv", sep="\t", dtype=str)
+    extra = pd.DataFrame([dict(zip(table.columns, row)) for row in rows], dtype=str)
+    path = tmp_path / "ground_truth.tsv"
+    pd.concat([table, extra]).to_csv(path, sep="\t", index=False)
+    return path
+
+
+def _run_failing(capsys, *args) -> str:
+    assert run_sed(*args) == 2
+    return capsys.readouterr().err
+
+
+def test_unknown_label_in_ground_truth(tiny_dir, short_scenes, tmp_path, capsys):
+    truth = _ground_truth_with(tmp_path, short_scenes, ("scene_000.wav", "1.0", "2.0", "Dog"))
+    error = _run_failing(capsys, "--model_name_or_path", tiny_dir, "--inputs", short_scenes / "audio",
+                         "--ground_truth", truth, *quiet(tmp_path / "out"))
+    assert str(truth) in error and "line 4" in error and "unknown event label" in error and "Dog" in error
+    assert not (tmp_path / "out" / "events.tsv").exists()  # checked before running the model
+
+
+def test_onset_after_offset_in_ground_truth(tiny_dir, short_scenes, tmp_path, capsys):
+    truth = _ground_truth_with(tmp_path, short_scenes, ("scene_001.wav", "3.0", "2.5", "tone"))
+    error = _run_failing(capsys, "--model_name_or_path", tiny_dir, "--inputs", short_scenes / "audio",
+                         "--ground_truth", truth, *quiet(tmp_path / "out"))
+    assert str(truth) in error and "line 4" in error and "onset after offset" in error
+
+
+def test_ground_truth_file_missing_from_the_folder(tiny_dir, short_scenes, tmp_path, capsys, caplog):
+    truth = _ground_truth_with(tmp_path, short_scenes, ("ghost.wav", "1.0", "2.0", "tone"))
+    common = ["--model_name_or_path", tiny_dir, "--inputs", short_scenes / "audio", "--ground_truth", truth,
+              "--plot", "false"]
+    error = _run_failing(capsys, *common, *quiet(tmp_path / "out"))
+    assert "ghost.wav" in error and str(truth) in error and "missing" in error
+    with caplog.at_level(logging.WARNING):
+        assert run_sed(*common, "--skip_bad_audio", *quiet(tmp_path / "skip")) == 0
+    metrics = json.loads((tmp_path / "skip" / "metrics.json").read_text())
+    assert metrics["excluded_files"] == ["ghost.wav"] and metrics["num_files"] == 2
+    assert "ghost.wav" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "name, samples, message",
+    [("aaa_empty.wav", 0, "empty"), ("aaa_short.wav", 1600, "too short"), ("aaa_broken.wav", None, "cannot decode")],
+)
+def test_bad_audio_files(tiny_dir, short_scenes, tmp_path, capsys, caplog, name, samples, message):
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    for path in (short_scenes / "audio").iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    if samples is None:
+        (folder / name).write_bytes(b"RIFF....WAVEfmt garbage")
+    else:
+        soundfile.write(folder / name, np.zeros(samples, np.float32), RATE)
+    common = ["--model_name_or_path", tiny_dir, "--inputs", folder, "--plot", "false"]
+    error = _run_failing(capsys, *common, *quiet(tmp_path / "out"))
+    assert str(folder / name) in error and message in error
+
+    with caplog.at_level(logging.WARNING):
+        assert run_sed(*common, "--skip_bad_audio", *quiet(tmp_path / "skip")) == 0
+    skipped = pd.read_csv(tmp_path / "skip" / "skipped_audio.tsv", sep="\t")
+    assert skipped["filename"].tolist() == [name] and message in skipped["reason"][0]
+    assert sorted(p.name for p in (tmp_path / "skip" / "scores").iterdir()) == ["scene_000.tsv", "scene_001.tsv"]
+    assert "1 of 3 files were skipped" in caplog.text
+
+
+def test_unwritable_output_directory(tiny_dir, short_scenes, tmp_path, capsys):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the output directory's parent should be")
+    error = _run_failing(capsys, "--model_name_or_path", tiny_dir, "--inputs", short_scenes / "audio",
+                         *quiet(blocker / "out"))
+    assert "cannot write to the output directory" in error and str(blocker / "out") in error
+
+
+def test_missing_inputs(tiny_dir, tmp_path, capsys):
+    listing = tmp_path / "files.txt"
+    listing.write_text("missing.wav\n")
+    error = _run_failing(capsys, "--model_name_or_path", tiny_dir, "--inputs", listing, *quiet(tmp_path / "out"))
+    assert str(listing) in error and "line 1" in error and "missing.wav" in error
+    error = _run_failing(capsys, "--model_name_or_path", tiny_dir, "--inputs", tmp_path / "nowhere",
+                         *quiet(tmp_path / "out"))
+    assert "nowhere" in error
+    error = _run_failing(capsys, "--score_only", "--predictions", listing, *quiet(tmp_path / "out"))
+    assert "--ground_truth and --durations" in error
+
+
+# ---------------------------------------------------------------------------------------------------------- configs
+
+
+def test_desed_configs():
+    zero_shot = RUN_SED.parse_arguments([str(REPO_ROOT / "configs" / "desed.json")])
+    modern = RUN_SED.parse_arguments([str(REPO_ROOT / "configs" / "desed_modern.json")])
+    for args in (zero_shot, modern):
+        model_args, detection, evaluation, _, training = args
+        assert detection.class_map == "desed" and evaluation.ground_truth and detection.inputs
+        assert detection.short_audio == "pad" and not training.do_train
+    # The paper's protocol: the class map's per-class thresholds, no median filter.
+    assert zero_shot[1].threshold is None and not zero_shot[1].median_filter_seconds
+    assert modern[1].threshold == 0.5 and modern[1].median_filter_seconds == pytest.approx(0.45)
+
+
+# --------------------------------------------------------------------------------------------------------- training
+
+
+def test_frame_targets():
+    labels = ["a", "b"]
+    targets = frame_targets([(0.1, 0.4, "a"), (0.3, 0.6, "a"), (0.9, 2.0, "b")], labels, 4, 0.25)
+    # a: union [0.1, 0.6): steps [0, .25) 0.6, [.25, .5) 1, [.5, .75) 0.4; b: [0.9, 1.0) of the grid's last step.
+    np.testing.assert_allclose(targets[:, 0], [0.6, 1.0, 0.4, 0.0], atol=1e-6)
+    np.testing.assert_allclose(targets[:, 1], [0.0, 0.0, 0.0, 0.4], atol=1e-6)
+    majority = frame_targets([(0.1, 0.4, "a"), (0.3, 0.6, "a"), (0.9, 2.0, "b")], labels, 4, 0.25, mode="majority")
+    np.testing.assert_array_equal(majority, [[1, 0], [1, 0], [0, 0], [0, 0]])
+    with pytest.raises(ValueError, match="'c'"):
+        frame_targets([(0.0, 1.0, "c")], labels, 4, 0.25)
+    assert grid_step_seconds(320000, 320, 32, 32000) == 0.3125
+
+
+def test_strong_label_windows_and_collator(tmp_path):
+    """A 25 s file is cut into 10 s clips (the last 5 s, zero-padded): events clipped to each, targets on the 10 s
+    grid of the padded clip."""
+    root = tmp_path / "data"
+    (root / "audio").mkdir(parents=True)
+    soundfile.write(root / "audio" / "long.wav", np.full(25 * RATE, 0.01, np.float32), RATE)
+    soundfile.write(root / "audio" / "short.wav", np.full(3 * RATE, 0.01, np.float32), RATE)
+    (root / "annotations.tsv").write_text(
+        "filename\tonset\toffset\tevent_label\nlong.wav\t8.0\t12.0\ttone\nlong.wav\t19.0\t23.0\thum\n"
+        "short.wav\t\t\t\n"
+    )
+    examples, labels, skipped = read_strong_label_dir(root)
+    assert labels == ["hum", "tone"] and skipped == []
+    assert [(e.filename, e.start, e.seconds) for e in examples] == [
+        ("long.wav", 0.0, 10.0), ("long.wav", 10.0, 10.0), ("long.wav", 20.0, 5.0), ("short.wav", 0.0, 3.0)
+    ]
+    assert examples[0].events == [(8.0, 10.0, "tone")]
+    assert examples[1].events == [(0.0, 2.0, "tone"), (9.0, 10.0, "hum")]
+    assert examples[2].events == [(0.0, 3.0, "hum")]
+    assert examples[3].events == []
+
+    extractor = HTSATFeatureExtractor()
+    collator = StrongLabelCollator(extractor, labels)
+    batch = collator(examples)
+    assert batch["input_features"].shape == (4, 1001, 64)
+    assert batch["labels"].shape == (4, 32, 2) and batch["labels"].dtype == torch.float32
+    assert collator.step_seconds == 0.3125
+    hum = batch["labels"][2, :, 0].numpy()  # 0-3 s of the padded 20-25 s clip: 9.6 steps
+    np.testing.assert_allclose(hum[:9], 1.0)
+    assert hum[9] == pytest.approx(0.6) and not hum[10:].any()
+    assert not batch["labels"][3].any()
+    # The padding is silence (-100 dB), whatever the extractor's pad mode.
+    assert batch["input_features"][2, 600:].max() == pytest.approx(-100.0)
+
+    with pytest.raises(SEDRunError, match="annotations.tsv, line 3: unknown event label"):
+        read_strong_label_dir(root, labels=["tone"])
+    (root / "audio" / "short.wav").unlink()
+    with pytest.raises(SEDRunError, match="short.wav"):
+        read_strong_label_dir(root)
+    assert [e.filename for e in read_strong_label_dir(root, skip_bad_audio=True)[0]] == ["long.wav"] * 3
+
+
+def test_frame_f1():
+    targets = np.zeros((2, 4, 2))
+    targets[0, :2, 0] = 1
+    perfect = frame_f1(np.where(targets > 0, 0.9, 0.1), targets)
+    assert perfect == {"frame_f1_micro": 1.0, "frame_f1_macro": 1.0}
+    half = frame_f1(np.full_like(targets, 0.9), targets)  # everything predicted: 2 TP, 14 FP
+    assert half["frame_f1_micro"] == pytest.approx(4 / 18)
+
+
+def test_fine_tuning_improves_detection(tmp_path, capsys):
+    """A tiny model trained from scratch on 12 generated scenes (3 classes) for 6 epochs, then scored on 6 held-out
+    scenes, against the same model before training."""
+    train_dir = make_detection_folder(tmp_path / "train", num_files=12, classes=CLASSES, seed=0)
+    eval_dir = make_detection_folder(tmp_path / "eval", num_files=6, classes=CLASSES, seed=1)
+    initial = save_tiny_model(tmp_path / "initial")
+    started = time.perf_counter()
+    assert run_sed("--model_name_or_path", initial, "--inputs", eval_dir / "audio", "--ground_truth",
+                   eval_dir / "annotations.tsv", "--plot", "false", *quiet(tmp_path / "before")) == 0
+    before = json.loads((tmp_path / "before" / "metrics.json").read_text())
+    out = tmp_path / "trained"
+    code = run_sed(
+        "--do_train", "--train_dir", train_dir, "--eval_dir", eval_dir, "--model_name_or_path", initial,
+        "--num_train_epochs", 6, "--per_device_train_batch_size", 4, "--learning_rate", 2e-3, "--warmup_steps", 2,
+        "--spec_augment", "false", "--save_strategy", "no", "--seed", 0, "--logging_steps", 6, "--plot", "false",
+        "--dataloader_pin_memory", "false",
+        *quiet(out),
+    )
+    elapsed = time.perf_counter() - started
+    assert code == 0
+    after = json.loads((out / "eval_detection" / "metrics.json").read_text())
+    frame = json.loads((out / "eval_results.json").read_text())
+    assert (out / "model.safetensors").is_file() and (out / "preprocessor_config.json").is_file()
+    summary = {
+        key: (round(before[key]["macro_f1"], 4), round(after[key]["macro_f1"], 4))
+        for key in ("intersection_f1", "collar_event_f1", "segment_f1")
+    }
+    summary["psds1"] = (round(before["psds1"]["psds"], 3), round(after["psds1"]["psds"], 3))
+    with capsys.disabled():
+        print(f"\nstrong-label fine-tuning ({elapsed:.0f} s), before -> after: {summary}; frame F1 after "
+              f"{frame['eval_frame_f1_macro']:.3f} (macro), {frame['eval_frame_f1_micro']:.3f} (micro)")
+    assert after["segment_f1"]["macro_f1"] > before["segment_f1"]["macro_f1"] + 0.3, summary
+    assert after["intersection_f1"]["macro_f1"] > before["intersection_f1"]["macro_f1"] + 0.3, summary
+    assert after["psds1"]["psds"] > before["psds1"]["psds"] + 0.2, summary
+    assert frame["eval_frame_f1_macro"] > 0.6
+
+    # The fine-tuned model loads for detection like any other.
+    assert run_sed("--model_name_or_path", out, "--inputs", eval_dir / "audio" / "scene_000.wav", "--plot", "false",
+                   *quiet(tmp_path / "reloaded")) == 0
+
+
+def test_training_refuses_evaluation_labels_outside_the_training_set(tmp_path, capsys):
+    train_dir = make_detection_folder(tmp_path / "train", num_files=1, seconds=4.0, classes=("tone",),
+                                      events_per_file=1)
+    eval_dir = make_detection_folder(tmp_path / "eval", num_files=1, seconds=4.0, classes=("chirp",),
+                                     events_per_file=1)
+    error = _run_failing(capsys, "--do_train", "--train_dir", train_dir, "--eval_dir", eval_dir,
+                         "--config_overrides", "embed_dim=16,depths=[2,2,2,2],num_heads=[1,2,4,8]",
+                         *quiet(tmp_path / "out"))
+    assert str(eval_dir / "annotations.tsv") in error and "unknown event label" in error and "chirp" in error
+
+
+# ---------------------------------------------------------------------------------------------------------- plotting
+
+
+def test_plot_from_pipeline_output(tmp_path):
+    """The pipeline's event dicts and frame scores plot directly; audio past 2 min is drawn as an envelope."""
+    from test_sed_inference import scene
+    from transformers import pipeline
+
+    from htsat_hf.sed_plot import plot_detection, select_classes
+
+    model, extractor = loudness_model(("low", "high"))
+    detector = pipeline("sound-event-detection", model=model, feature_extractor=extractor)
+    for seconds in (6.0, 150.0):
+        wave = scene(seconds, [(1.0, 2.5, 500.0), (seconds - 3.0, seconds - 1.0, 7000.0)])
+        output = detector(wave, return_frame_scores=True)
+        assert [event["label"] for event in output["events"]] == ["low", "high"]
+        assert sorted(select_classes(output["frame_scores"], output["events"], top_k=0)) == [0, 1]
+        path = plot_detection(tmp_path / f"{seconds:.0f}.png", wave, RATE, output["frame_scores"], output["events"],
+                              reference=[(1.0, 2.5, "low")], thresholds=0.5)
+        assert path.read_bytes()[:8] == PNG_SIGNATURE and path.stat().st_size < 200_000
