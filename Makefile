@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test install
 
 demo: $(STAMP)
-	$(PYTHON) -m htsat_hf.demo
+	$(PYTHON) examples/demo.py
 
 test: $(STAMP)
 	$(PYTHON) -m pytest -q tests
