@@ -639,6 +639,10 @@ def _psds(scores: dict[str, pd.DataFrame], inputs: _Inputs, scenario: int) -> di
     if scenario not in PSDS_SCENARIOS:
         raise ValueError(f"scenario must be one of {sorted(PSDS_SCENARIOS)}, got {scenario!r}")
     parameters = PSDS_SCENARIOS[scenario]
+    if len(inputs.labels) == 1 and parameters["cttc_threshold"] is not None:
+        # sed_scores_eval 0.0.4 fails (TypeError) on cross-trigger statistics without a second class. With one class
+        # nothing can cross-trigger: the term is zero, and the value is the same computation without it.
+        parameters = {**parameters, "cttc_threshold": None, "alpha_ct": 0.0}
     value, class_wise, _, _ = sed_scores_eval.intersection_based.psds(
         scores,
         read_ground_truth_events(inputs.ground_truth),

@@ -724,40 +724,10 @@ def score_detections(detections, reference, durations, psds_source=None) -> dict
 
 
 def psds_score(source, reference: pd.DataFrame, durations: dict[str, float], scenario: int) -> dict:
-    """`sed_metrics.psds`, except for scenario 2 with a single class: sed_scores_eval 0.0.4 fails (TypeError) on the
-    cross-trigger statistics when there is no other class. With one class nothing can cross-trigger, so the
-    cross-trigger term is zero and PSDS2 equals the same computation without it (cttc None, alpha_ct 0), which is
-    what is computed then."""
-    import sed_scores_eval
-    from sed_scores_eval.base_modules.io import read_ground_truth_events
+    """`sed_metrics.psds` of a score source (tables, a directory of score TSVs, or operating points)."""
+    from .sed_metrics import psds
 
-    from .sed_metrics import PSDS_SCENARIOS, operating_points_to_scores, psds
-
-    classes = sorted(reference["event_label"].dropna().unique())
-    if scenario != 2 or len(classes) != 1:
-        return psds(source, reference, durations, scenario)
-    if isinstance(source, (str, Path)):
-        source = _read_psds_source(source, "scores")
-    if all(isinstance(key, (int, float, np.number)) for key in source):
-        source = operating_points_to_scores(source, reference, durations)
-    missing = [key for key, table in source.items() if classes[0] not in table.columns]
-    if missing:
-        raise SEDRunError(f"score tables without the class {classes[0]!r}: {missing[:3]}")
-    scores = {key: table[["onset", "offset", classes[0]]] for key, table in source.items()}
-    parameters = {**PSDS_SCENARIOS[2], "cttc_threshold": None, "alpha_ct": 0.0}
-    value, class_wise, _, _ = sed_scores_eval.intersection_based.psds(
-        scores,
-        read_ground_truth_events(reference),
-        {name.rsplit(".", maxsplit=1)[0]: duration for name, duration in durations.items()},
-        **parameters,
-    )
-    return {
-        "psds": float(value),
-        "class_wise": {classes[0]: float(class_wise[classes[0]])},
-        "scenario": 2,
-        **parameters,
-        "note": "single class: no cross-triggers possible, computed without the cross-trigger term",
-    }
+    return psds(source, reference, durations, scenario)
 
 
 def write_metrics(metrics: dict, output_dir: str | Path, settings: dict | None = None) -> str:
