@@ -26,6 +26,7 @@ setup(
         "train": ["datasets>=4", "accelerate>=1.0", "evaluate>=0.4", "scikit-learn", "h5py"],
         # Detection metrics as DCASE computes them; sed_eval's dcase_util needs pkg_resources (setuptools < 81).
         "sed": ["scipy", "sed_scores_eval==0.0.4", "sed_eval>=0.2.1", "psds_eval==0.5.3", "setuptools<81", "matplotlib"],
+        "onnx": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript"],
         "test": ["pytest", "librosa>=0.10", "soundfile", "scipy"],
     },
     entry_points={"console_scripts": ["htsat-hf=htsat_hf.cli:main"]},

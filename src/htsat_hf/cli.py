@@ -1,4 +1,9 @@
-"""The `htsat-hf` command line."""
+"""The `htsat-hf` command line: `convert`, `predict`, `average`, `export-onnx` and `card`.
+
+This module only parses arguments and calls the package: `convert_htsat_original_checkpoint`, `predict`,
+`training.checkpoints`, `onnx_export` and `model_card` hold the logic. Every command prints errors as
+`htsat-hf COMMAND: error: ...` on stderr and exits with a nonzero status.
+"""
 
 import argparse
 import sys
@@ -27,6 +32,251 @@ def _convert(args: argparse.Namespace) -> int:
         return 2
     print(report.summary())
     return 0
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the None/False of optional flags, whose help says what happens without them."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _error(command: str, message) -> None:
+    print(f"htsat-hf {command}: error: {message}", file=sys.stderr)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as transformers_logging
+
+    from .predict import AudioReadError, format_predictions, load_predictor, predict_file, resolve_class_map
+
+    # The weight-loading progress bar would interleave with the per-file output.
+    transformers_logging.disable_progress_bar()
+    try:
+        model, extractor = load_predictor(args.model, device=args.device)
+        class_map = resolve_class_map(args.class_map, model.config.num_labels)
+    except (OSError, ValueError) as error:
+        _error("predict", error)
+        return 2
+    predictions, failed = [], 0
+    for path in args.files:
+        try:
+            predictions.append(
+                predict_file(
+                    model,
+                    extractor,
+                    path,
+                    top_k=args.top_k,
+                    threshold=args.threshold,
+                    class_map=class_map,
+                    median_filter_seconds=args.median_filter,
+                    batch_size=args.batch_size,
+                )
+            )
+        except AudioReadError as error:
+            # Keep going: one bad file in a batch should not discard the others' results.
+            _error("predict", error)
+            failed += 1
+    if predictions:
+        print(format_predictions(predictions, args.format))
+    return 1 if failed else 0
+
+
+def _average(args: argparse.Namespace) -> int:
+    from .training.checkpoints import average_checkpoints
+
+    try:
+        average_checkpoints(args.model_dirs, args.output)
+    except (OSError, ValueError) as error:
+        _error("average", error)
+        return 2
+    print(f"averaged the weights of {len(args.model_dirs)} models into {args.output}")
+    return 0
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    from .onnx_export import OnnxExportError, export_onnx
+
+    try:
+        result = export_onnx(
+            args.model_dir,
+            args.output,
+            task=args.task,
+            opset=args.opset,
+            exporter=args.exporter,
+            verify=not args.no_verify,
+        )
+    except (OSError, ValueError, ImportError, OnnxExportError) as error:
+        _error("export-onnx", error)
+        return 2
+    print(result.summary())
+    return 0
+
+
+def _card(args: argparse.Namespace) -> int:
+    from .model_card import read_metrics_json, save_model_card
+
+    try:
+        metrics = read_metrics_json(args.metrics_json) if args.metrics_json else None
+        path = save_model_card(
+            args.model_dir,
+            base_model=args.base_model,
+            datasets=args.dataset,
+            license=args.license,
+            metrics=metrics,
+            dataset_name=args.dataset_name,
+            dataset_type=args.dataset_type,
+            dataset_split=args.dataset_split,
+            task=args.task,
+            repo_id=args.repo_id,
+        )
+    except (OSError, ValueError) as error:
+        _error("card", error)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_predict(commands) -> None:
+    predict = commands.add_parser(
+        "predict",
+        help="tag audio files of any length and list the sound events in them",
+        description=(
+            "Decode each FILE (soundfile, or the ffmpeg program for formats soundfile cannot read), downmix to mono, "
+            "resample to the model's rate (torchaudio), and run the model over windows of its clip length (10 s). "
+            "Tags: the top-k classes by clip score; multi-label models score each class with the sigmoid of the "
+            "window's clip logits, single-label models with the softmax, both averaged over the windows. Events "
+            "(onset, offset, label, score): per-step sigmoid probabilities (about 0.31 s steps for a 10 s model), "
+            "optionally median filtered, above the threshold, joined into runs; score is the peak probability. "
+            "Files that cannot be read are reported on stderr by name, the others still processed; the exit "
+            "status is then 1."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    predict.add_argument("files", nargs="+", metavar="FILE", help="audio files (wav, flac, ogg, mp3, ...)")
+    predict.add_argument("--model", required=True, help="saved model folder (or Hub id) of an HTS-AT model")
+    predict.add_argument("--top-k", type=int, default=5, help="number of tags to print per file")
+    predict.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="event threshold on the frame probabilities, for every class (default: the class map's own "
+        "thresholds when it has some, else 0.5)",
+    )
+    predict.add_argument(
+        "--class-map",
+        default=None,
+        help="map the model's classes to other classes before tagging and detection: 'desed' (AudioSet to the 10 "
+        "DESED classes, with HTS-AT's thresholds) or a class-map JSON file",
+    )
+    predict.add_argument(
+        "--median-filter",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="median filter length over the frame probabilities before thresholding (DCASE practice: 0.45)",
+    )
+    predict.add_argument(
+        "--format",
+        choices=["table", "json", "tsv"],
+        default="table",
+        help="table: readable; json: one array with file, duration, tags and events per file; tsv: columns "
+        "filename, onset, offset, event_label, score, kind (kind 'tag' rows span the whole file, 'event' rows "
+        "are the detected events)",
+    )
+    predict.add_argument("--device", default="cpu", help="torch device to run the model on (cpu, cuda, cuda:1, ...)")
+    predict.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    predict.set_defaults(handler=_predict)
+
+
+def _add_average(commands) -> None:
+    average = commands.add_parser(
+        "average",
+        help="average the weights of several saved models into one",
+        description=(
+            "Average every floating-point weight and buffer (BatchNorm statistics included) of saved models of one "
+            "architecture and label set, e.g. the best checkpoints of one training run, as the released AudioSet "
+            "model was made. Config and feature extractor come from the first folder. Models that differ in "
+            "architecture or labels are refused."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    average.add_argument("model_dirs", nargs="+", metavar="DIR", help="saved model folders (save_pretrained output)")
+    average.add_argument("--output", required=True, help="folder to write the averaged model to")
+    average.set_defaults(handler=_average)
+
+
+def _add_export_onnx(commands) -> None:
+    export = commands.add_parser(
+        "export-onnx",
+        help="export a saved model to ONNX and check it against PyTorch with onnxruntime",
+        description=(
+            "Write one self-contained .onnx file that takes log-mel input_features (batch, frames, mel_bins) "
+            "float32 from the model's feature extractor, with a dynamic batch axis (and, with the default exporter, "
+            "a dynamic frame axis below the model's 1024 frames). classification: -> logits (batch, labels); "
+            "detection: -> frame_logits (batch, steps, labels), clip_logits (batch, labels). Logits are "
+            "pre-sigmoid/softmax. Labels and front-end settings are stored in the file's metadata. Unless "
+            "--no-verify, the file is run with onnxruntime on batches of 1 and 3 and compared with PyTorch "
+            "(tolerance 1e-4 plus 1e-4 times the largest output magnitude: float32 rounding in the bicubic stretch "
+            "to 1024 frames differs between the runtimes)."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    export.add_argument("model_dir", help="saved model folder")
+    export.add_argument("output", help="the .onnx file to write")
+    export.add_argument("--task", choices=["classification", "detection"], default="classification", help="outputs")
+    export.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
+    export.add_argument(
+        "--exporter",
+        choices=["auto", "dynamo", "torchscript"],
+        default="auto",
+        help="torch.onnx exporter: dynamo (torch.export based), torchscript (legacy), or auto (dynamo, then "
+        "torchscript if it fails)",
+    )
+    export.add_argument(
+        "--opset", type=int, default=None, help="ONNX opset (default: 18 with dynamo, 17 with torchscript)"
+    )
+    export.set_defaults(handler=_export_onnx)
+
+
+def _add_card(commands) -> None:
+    card = commands.add_parser(
+        "card",
+        help="write a Hub model card (README.md) into a saved model folder",
+        description=(
+            "Write MODEL_DIR/README.md (replacing an existing one): Hub metadata (pipeline tag, library, tags, "
+            "datasets, base model, license, and a model-index with the evaluation metrics), usage snippets with "
+            "htsat_hf and with trust_remote_code=True, the model's input requirements, its labels and the citation."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    card.add_argument("model_dir", help="saved model folder")
+    card.add_argument("--repo-id", default=None, help="Hub id the usage snippets load (default: the folder's name)")
+    card.add_argument("--base-model", default=None, help="Hub id of the model this one was fine-tuned from")
+    card.add_argument(
+        "--dataset", action="append", default=None, help="Hub id of a training dataset (repeat for several)"
+    )
+    card.add_argument(
+        "--metrics-json",
+        default=None,
+        help="evaluation results as a JSON object, e.g. Trainer's eval_results.json (eval_ prefixes and "
+        "loss/runtime/epoch entries are dropped)",
+    )
+    card.add_argument(
+        "--dataset-type", default=None, help="Hub id of the evaluation dataset (default: the first --dataset)"
+    )
+    card.add_argument("--dataset-name", default=None, help="display name of the evaluation dataset")
+    card.add_argument("--dataset-split", default=None, help="evaluation split, e.g. test")
+    card.add_argument("--license", default="mit", help="license identifier")
+    card.add_argument(
+        "--task",
+        choices=["audio-classification", "sound-event-detection"],
+        default="audio-classification",
+        help="task of the evaluation results; also which usage example comes first",
+    )
+    card.set_defaults(handler=_card)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("--max-length-seconds", type=float, default=10.0, help="clip length of the model")
     convert.set_defaults(handler=_convert)
+    _add_predict(commands)
+    _add_average(commands)
+    _add_export_onnx(commands)
+    _add_card(commands)
     return parser
 
 
