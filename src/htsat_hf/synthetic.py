@@ -49,8 +49,11 @@ def make_classification_folder(
     seconds: float = 2.0,
     sampling_rate: int = 32000,
     seed: int = 0,
+    background_clips: int = 0,
 ) -> Path:
-    """An `audiofolder` directory: `<root>/<kind>_<i>.wav` mono clips and `metadata.csv` (file_name, label)."""
+    """An `audiofolder` directory: `<root>/<kind>_<i>.wav` mono clips and `metadata.csv` (file_name, label), plus
+    `background_clips` clips of background noise alone with an empty label (no class: all-zero multi-label
+    targets), which teach a detector to stay silent between events."""
     import soundfile
 
     root = Path(root)
@@ -65,6 +68,10 @@ def make_classification_folder(
                 clip = synth_sound(kind, seconds, sampling_rate, rng) + background(seconds, sampling_rate, rng)
                 soundfile.write(root / name, clip, sampling_rate)
                 writer.writerow([name, kind])
+        for index in range(background_clips):
+            name = f"background_{index}.wav"
+            soundfile.write(root / name, background(seconds, sampling_rate, rng, rng.uniform(0.002, 0.02)), sampling_rate)
+            writer.writerow([name, ""])
     return root
 
 

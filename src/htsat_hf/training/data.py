@@ -81,12 +81,14 @@ def _preview(names: Sequence[str], limit: int = 8) -> str:
 
 
 def _split_label_value(value, separator: str | None) -> list:
+    """The labels in one label-column value. With a separator (multi-label) strings are split on it, and an empty
+    or missing value is a clip with no labels (an all-zero target, e.g. background only)."""
     if isinstance(value, np.ndarray):
         value = value.tolist()
     if isinstance(value, (list, tuple)):
         return list(value)
-    if isinstance(value, str) and separator and separator in value:
-        return [part for part in (p.strip() for p in value.split(separator)) if part]
+    if separator and (value is None or isinstance(value, str)):
+        return [part for part in (p.strip() for p in (value or "").split(separator)) if part]
     return [value]
 
 
