@@ -23,6 +23,7 @@ from htsat_hf.training.data import (
     AudioClassificationCollator,
     DataError,
     LabelSpec,
+    check_audio_files,
     check_labels,
     infer_label_spec,
     load_audio_splits,
@@ -141,6 +142,12 @@ def main(argv=None):
     for role, split in splits.items():
         if not data_args.streaming:
             check_labels(split, label_spec, data_args.label_column_name, role)
+    skipped_before_training = 0
+    if training_args.do_train and "eval" in splits and not data_args.streaming:
+        # A broken evaluation file should stop the run now, not after the first epoch.
+        splits["eval"], skipped_before_training = check_audio_files(
+            splits["eval"], data_args.audio_column_name, data_args.skip_bad_audio, "eval"
+        )
     logger.info("%d classes (%s), splits: %s", len(label_spec.names), label_spec.problem_type,
                 {role: getattr(split, "num_rows", "streamed") for role, split in splits.items()})
 
@@ -191,7 +198,7 @@ def main(argv=None):
         metrics = trainer.evaluate()
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
-    skipped = train_collator.skipped + eval_collator.skipped
+    skipped = skipped_before_training + train_collator.skipped + eval_collator.skipped
     if skipped:
         logger.warning("%d undecodable audio files were skipped in this process (--skip_bad_audio)", skipped)
     return 0

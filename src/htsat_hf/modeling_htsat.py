@@ -468,10 +468,16 @@ class HTSATPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module):
         std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
+        if isinstance(module, nn.Linear):
             init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):
+            # PyTorch's default, as the original (which re-initialises only Linear and LayerNorm). A zero patch
+            # embedding bias would turn SpecAugment's zeroed stripes into zero-variance tokens for LayerNorm.
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            bound = 1 / math.sqrt(module.weight[0].numel())
+            init.uniform_(module.bias, -bound, bound)
         elif isinstance(module, (nn.LayerNorm, nn.BatchNorm1d)):
             super()._init_weights(module)
         elif isinstance(module, HTSATWindowAttention):

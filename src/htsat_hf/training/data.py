@@ -330,6 +330,36 @@ def decode_audio(value, sampling_rate: int) -> np.ndarray:
     return waveform
 
 
+def check_audio_files(split, audio_column: str, skip_bad_audio: bool, role: str):
+    """Open every file of a (small, non-streaming) split's audio column before training, reading only headers, so
+    that a broken evaluation file fails at once rather than after the first epoch.
+
+    Returns:
+        The split (without the unreadable rows when `skip_bad_audio`) and the number of rows skipped.
+
+    Raises:
+        DataError: naming the first unreadable file, unless `skip_bad_audio`.
+    """
+    from torchcodec.decoders import AudioDecoder
+
+    bad = []
+    for row, value in enumerate(split.select_columns([audio_column])[audio_column]):
+        if "hdf5_path" in value:
+            continue  # AudioSet packs are read row by row; a missing pack fails at its first batch
+        source = value.get("bytes") or value.get("path")
+        try:
+            AudioDecoder(source).metadata
+        except Exception as error:  # torchcodec raises several types; the user needs the file named
+            if not skip_bad_audio:
+                raise DataError(f"{value.get('path') or f'{role} row {row}'}: cannot decode audio ({error})") from error
+            bad.append(row)
+            logger.warning("skipping undecodable audio in the %s split: %s (%s)", role, value.get("path") or row, error)
+    if bad:
+        bad_rows = set(bad)
+        split = split.select([i for i in range(len(split)) if i not in bad_rows])
+    return split, len(bad)
+
+
 def _mono(waveform: np.ndarray) -> np.ndarray:
     return waveform.mean(axis=0) if waveform.ndim == 2 else waveform
 
@@ -402,6 +432,7 @@ __all__ = [
     "read_label_names",
     "DataError",
     "LabelSpec",
+    "check_audio_files",
     "check_labels",
     "crop",
     "decode_audio",

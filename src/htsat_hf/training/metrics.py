@@ -196,10 +196,14 @@ def make_compute_metrics(problem_type: str, top_k: int = 5) -> Callable[[EvalPre
 
     Args:
         problem_type: the model's `config.problem_type`: `"multi_label_classification"` gives
-            `{"mAP", "mAUC", "d_prime"}` from multi-hot `label_ids`; `"single_label_classification"` gives
+            `{"mAP", "mAUC", "d_prime"}` from multi-hot `label_ids` (plus accuracy when every target is one-hot);
+            `"single_label_classification"` gives
             `{"accuracy", "top{top_k}_accuracy"}` from class-id `label_ids`. `Trainer` logs them with an `eval_`
             prefix (`metric_for_best_model="mAP"` or `"accuracy"` selects models as the original does).
         top_k: k of the top-k accuracy (single-label only).
+
+    Both also return `"loss"`, the model's loss over all gathered predictions (with `HTSATTrainer`, this is the
+    `eval_loss`, free of the distributed padding that Trainer's per-batch losses carry).
 
     The scores are the model's logits as they come: both metrics depend only on their order, and a sigmoid in float32
     would turn distinct large logits into ties at 1.0. If the model returns several tensors, the first (the logits)
@@ -209,15 +213,19 @@ def make_compute_metrics(problem_type: str, top_k: int = 5) -> Callable[[EvalPre
         metric = AudioTaggingMetrics()
 
         def compute_metrics(eval_prediction: EvalPrediction) -> dict[str, float]:
-            return metric.compute(predictions=_logits(eval_prediction), references=eval_prediction.label_ids)
+            logits, targets = _logits(eval_prediction), eval_prediction.label_ids
+            results = metric.compute(predictions=logits, references=targets)
+            if np.all(np.asarray(targets).sum(axis=1) == 1):  # one-hot targets (Speech Commands recipe): accuracy too
+                results.update(classification_accuracy(logits, np.asarray(targets).argmax(axis=1), top_k))
+            return {**results, "loss": _loss(logits, targets, problem_type)}
 
     elif problem_type == "single_label_classification":
         metric = Accuracy()
 
         def compute_metrics(eval_prediction: EvalPrediction) -> dict[str, float]:
-            return metric.compute(
-                predictions=_logits(eval_prediction), references=eval_prediction.label_ids, top_k=top_k
-            )
+            logits, targets = _logits(eval_prediction), eval_prediction.label_ids
+            results = metric.compute(predictions=logits, references=targets, top_k=top_k)
+            return {**results, "loss": _loss(logits, targets, problem_type)}
 
     else:
         raise ValueError(
@@ -225,6 +233,16 @@ def make_compute_metrics(problem_type: str, top_k: int = 5) -> Callable[[EvalPre
             f"{problem_type!r}"
         )
     return compute_metrics
+
+
+def _loss(logits: np.ndarray, targets: np.ndarray, problem_type: str) -> float:
+    """The model's own loss over the whole evaluation set at once (Trainer reports it as `eval_loss`)."""
+    import torch
+
+    from ..modeling_htsat import clip_classification_loss
+
+    labels = torch.from_numpy(np.asarray(targets))
+    return float(clip_classification_loss(torch.from_numpy(np.asarray(logits, dtype=np.float32)), labels, problem_type))
 
 
 def _logits(eval_prediction: EvalPrediction) -> np.ndarray:

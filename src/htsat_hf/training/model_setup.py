@@ -76,7 +76,10 @@ def load_for_labels(
         ignore_mismatched_sizes=True,
         **kwargs,
     )
-    # Same-sized heads load without a size mismatch, so re-initialise explicitly whatever the sizes.
+    # Same-sized heads load without a size mismatch, so re-initialise explicitly whatever the sizes; loaded
+    # parameters carry transformers' "already initialised" flag, which the init functions respect.
+    for parameter in model.head.parameters():
+        parameter._is_hf_initialized = False
     model.head.apply(model._init_weights)
     return model
 

@@ -91,6 +91,14 @@ class HTSATTrainer(Trainer):
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        loss, logits, labels = self._predict(model, inputs, prediction_loss_only, ignore_keys)
+        if self.compute_metrics is not None and not prediction_loss_only:
+            # Trainer averages per-batch losses, and accelerate's padding of the last batch with repeated examples
+            # leaks into them; `make_compute_metrics` computes the loss once over the gathered predictions instead.
+            loss = None
+        return loss, logits, labels
+
+    def _predict(self, model, inputs, prediction_loss_only, ignore_keys):
         features = inputs["input_features"]
         if features.ndim != 4:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
