@@ -242,21 +242,22 @@ class HTSATWindowAttention(nn.Module):
         self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
         self._bias_cache: tuple[tuple, torch.Tensor] | None = None
 
-    def attention_bias(self, shift_mask: torch.Tensor | None) -> torch.Tensor:
+    def attention_bias(self, shift_mask: torch.Tensor | None, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Relative position bias, plus the shift mask when given, as an additive attention mask.
 
-        Returns `(1, heads, N, N)` without a shift mask, `(1, num_windows * heads, N, N)` with one: the windows of an
+        Returns, in `dtype` (the table's by default), `(1, heads, N, N)` without a shift mask, `(1, num_windows * heads, N, N)` with one: the windows of an
         image then share the batch row, so the mask broadcasts over images without being copied per image.
         Without gradients the result is cached until the bias table changes (a new tensor, or an in-place update
         such as an optimizer step or `load_state_dict`; edits through `.data` bypass that check, so the cache is
         also dropped by every `train()`/`eval()` call).
         """
         table = self.relative_position_bias_table
+        dtype = table.dtype if dtype is None else dtype
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return self._compute_attention_bias(shift_mask)
-        key = (table.data_ptr(), table._version, table.device, table.dtype, shift_mask is None)
+            return self._compute_attention_bias(shift_mask).to(dtype)
+        key = (table.data_ptr(), table._version, table.device, dtype, shift_mask is None)
         if self._bias_cache is None or self._bias_cache[0] != key:
-            self._bias_cache = (key, self._compute_attention_bias(shift_mask))
+            self._bias_cache = (key, self._compute_attention_bias(shift_mask).to(dtype))
         return self._bias_cache[1]
 
     def train(self, mode: bool = True):
@@ -286,7 +287,8 @@ class HTSATWindowAttention(nn.Module):
         batch_windows, tokens, dim = windows.shape
         qkv = self.qkv(windows).view(batch_windows, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         query, key, value = qkv.unbind(0)  # each (batch * num_windows, heads, N, head_dim)
-        bias = self.attention_bias(shift_mask)
+        # In the scores' dtype: a float32 bias would promote bf16 scores, softmax and all, back to float32.
+        bias = self.attention_bias(shift_mask, query.dtype)
         if shift_mask is not None:
             grouped = (-1, shift_mask.shape[0] * self.num_heads, tokens, self.head_dim)
             query, key, value = query.reshape(grouped), key.reshape(grouped), value.reshape(grouped)
@@ -305,7 +307,7 @@ class HTSATWindowAttention(nn.Module):
             weights = weights.reshape(batch_windows, self.num_heads, tokens, tokens)
         else:
             context = F.scaled_dot_product_attention(
-                query, key, value, attn_mask=bias.to(query.dtype), dropout_p=dropout, scale=self.scale
+                query, key, value, attn_mask=bias, dropout_p=dropout, scale=self.scale
             )
         context = context.reshape(batch_windows, self.num_heads, tokens, self.head_dim).transpose(1, 2)
         output = self.proj_dropout(self.proj(context.reshape(batch_windows, tokens, dim)))
