@@ -544,3 +544,39 @@ def test_saved_model_folder_holds_the_first_models_config(saved_models, tmp_path
     assert {key: saved[key] for key in ("architectures", "depths", "id2label", "problem_type")} == {
         key: first[key] for key in ("architectures", "depths", "id2label", "problem_type")
     }
+
+
+def test_swin_initialisation_loads_matching_tensors_and_reports_the_rest(tmp_path, caplog):
+    """An ImageNet Swin-T state dict (official names, RGB patch embedding, 1000-class head) initialises the backbone:
+    the patch embedding is averaged over RGB, matching tensors are copied, the rest is reported."""
+    import logging
+
+    from conftest import tiny_config
+
+    from htsat_hf import HTSATForAudioClassification
+    from htsat_hf.training.model_setup import load_swin_weights
+
+    model = HTSATForAudioClassification(tiny_config())
+    swin = {
+        "patch_embed.proj.weight": torch.randn(16, 3, 4, 4),
+        "patch_embed.proj.bias": torch.randn(16),
+        "layers.0.blocks.0.attn.qkv.weight": torch.randn(48, 16),
+        "layers.0.blocks.1.attn.relative_position_bias_table": torch.randn(169, 1),  # window 7: does not fit
+        "layers.3.downsample.reduction.weight": torch.randn(4, 4),  # no such tensor in HTS-AT
+        "norm.weight": torch.randn(128),
+        "head.weight": torch.randn(1000, 128),
+    }
+    path = tmp_path / "swin.pth"
+    torch.save({"model": swin}, path)
+    with caplog.at_level(logging.WARNING):
+        report = load_swin_weights(model, path)
+    htsat = model.htsat
+    assert torch.equal(htsat.patch_embed.projection.weight, swin["patch_embed.proj.weight"].mean(1, keepdim=True))
+    assert torch.equal(htsat.encoder.stages[0].blocks[0].attention.qkv.weight, swin["layers.0.blocks.0.attn.qkv.weight"])
+    assert torch.equal(htsat.layernorm.weight, swin["norm.weight"])
+    assert len(report["loaded"]) == 4
+    assert {entry.split()[0] for entry in report["skipped"]} == {
+        "layers.0.blocks.1.attn.relative_position_bias_table", "layers.3.downsample.reduction.weight", "head.weight"
+    }
+    assert "head.conv.weight" in report["missing"]
+    assert any("Swin initialisation" in record.getMessage() for record in caplog.records)
