@@ -358,13 +358,21 @@ def test_compute_metrics_for_trainer(offline):
     multi = make_compute_metrics("multi_label_classification")
     # Models with extra outputs give a tuple of predictions; the logits come first.
     result = multi(EvalPrediction(predictions=(scores, np.zeros((300, 3))), label_ids=targets.astype(np.float32)))
-    assert result == pytest.approx(audio_tagging_scores(scores, targets))
+    logits = torch.from_numpy(scores).float()
+    # The loss over the whole set at once, as Trainer reports it (eval_loss), next to the metrics.
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(targets).float())
+    assert result == pytest.approx({**audio_tagging_scores(scores, targets), "loss": float(bce)}, rel=1e-6)
 
     labels = np.random.default_rng(5).integers(0, 12, 300)
     single = make_compute_metrics("single_label_classification", top_k=2)
+    cross_entropy = torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels))
     assert single(EvalPrediction(predictions=scores, label_ids=labels)) == pytest.approx(
-        classification_accuracy(scores, labels, top_k=2)
+        {**classification_accuracy(scores, labels, top_k=2), "loss": float(cross_entropy)}, rel=1e-6
     )
+
+    one_hot = np.eye(12, dtype=np.float32)[labels]  # BCE on one-hot targets (Speech Commands): accuracy as well
+    result = multi(EvalPrediction(predictions=scores, label_ids=one_hot))
+    assert result["accuracy"] == pytest.approx(accuracy_score(labels, scores.argmax(1)))
     with pytest.raises(ValueError, match="problem_type"):
         make_compute_metrics("regression")
 
