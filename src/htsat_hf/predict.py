@@ -1,8 +1,7 @@
 """Tags and timed events for audio files of any length: the logic behind `htsat-hf predict`.
 
-Files are decoded with soundfile (WAV, FLAC, OGG, MP3 with libsndfile >= 1.1, ...) or, for formats it cannot read,
-with the `ffmpeg` program (transformers' `ffmpeg_read`), downmixed to mono and resampled to the model's rate with
-torchaudio when they differ. `sliding_window_scores` then runs the model over windows of its clip length:
+Files are read by `audio_io.read_audio` (soundfile, or FFmpeg for formats it cannot read), downmixed to mono and
+resampled to the model's rate. `sliding_window_scores` then runs the model over windows of its clip length:
 
 - clip tags: multi-label models (`problem_type="multi_label_classification"`) score each class with the sigmoid of
   each window's clip logits, averaged over the windows; single-label models with the softmax of each window's clip
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .audio_io import AudioReadError, read_audio
 from .feature_extraction_htsat import HTSATFeatureExtractor
 from .modeling_htsat import HTSATForSoundEventDetection
 from .sed_inference import sliding_window_scores
@@ -29,10 +29,6 @@ from .sed_postprocessing import ClassMap, Event, load_class_map, map_scores
 FORMATS = ("table", "json", "tsv")
 TSV_COLUMNS = ("filename", "onset", "offset", "event_label", "score", "kind")
 DEFAULT_THRESHOLD = 0.5
-
-
-class AudioReadError(ValueError):
-    """A file that cannot be read or decoded as audio; the message names the file."""
 
 
 @dataclass
@@ -69,51 +65,6 @@ class FilePrediction:
                 for e in self.events
             ],
         }
-
-
-def _resample(waveform: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    from .pipeline_sed import resample
-
-    return resample(waveform, orig_sr, target_sr)
-
-
-def load_audio(path: str | PathLike, sampling_rate: int) -> tuple[np.ndarray, int | None]:
-    """Decode an audio file to mono float32 at `sampling_rate`.
-
-    Returns:
-        `(waveform (samples,), the file's own rate or None when ffmpeg resampled it while decoding)`.
-
-    Raises:
-        AudioReadError: missing, empty or undecodable files; the message names the file and both decoders' errors.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise AudioReadError(f"{path}: no such file")
-    source_rate = None
-    try:
-        import soundfile
-
-        data, source_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-        waveform = data.mean(axis=1)  # (samples, channels) -> mono
-    except Exception as soundfile_error:  # noqa: BLE001  (any soundfile failure: try ffmpeg next)
-        from transformers.pipelines.audio_utils import ffmpeg_read
-
-        try:
-            # ffmpeg downmixes and resamples while decoding.
-            waveform = ffmpeg_read(path.read_bytes(), sampling_rate)
-        except Exception as ffmpeg_error:  # noqa: BLE001
-            raise AudioReadError(
-                f"{path}: cannot decode the file as audio (soundfile: {soundfile_error}; ffmpeg: {ffmpeg_error})"
-            ) from None
-        source_rate = None
-    if waveform.shape[0] == 0:
-        raise AudioReadError(f"{path}: the file holds no audio samples")
-    if source_rate is not None and source_rate != sampling_rate:
-        try:
-            waveform = _resample(waveform, source_rate, sampling_rate)
-        except ImportError as error:
-            raise AudioReadError(f"{path}: {error}") from None
-    return np.ascontiguousarray(waveform, dtype=np.float32), source_rate
 
 
 def load_predictor(
@@ -215,7 +166,7 @@ def predict_file(
     Raises:
         AudioReadError: for files that cannot be decoded or are too short, naming the file.
     """
-    waveform, source_rate = load_audio(path, feature_extractor.sampling_rate)
+    waveform, source_rate = read_audio(path, feature_extractor.sampling_rate)
     try:
         tags, events = predict_waveform(model, feature_extractor, waveform, **kwargs)
     except ValueError as error:
@@ -269,7 +220,6 @@ __all__ = [
     "AudioReadError",
     "FilePrediction",
     "format_predictions",
-    "load_audio",
     "load_predictor",
     "predict_file",
     "predict_waveform",

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .audio_io import AudioReadError, read_audio
+from .audio_io import audio_duration as read_duration
 from .sed_inference import MIN_AUDIO_SECONDS, FrameScores, sliding_window_scores
 from .sed_postprocessing import ClassMap, Event, load_class_map, median_filter_scores, read_thresholds, threshold_vector
 
@@ -166,73 +168,19 @@ class StrongLabelArguments:
 
 
 def load_audio(path: str | Path, sampling_rate: int, start: float = 0.0, seconds: float | None = None) -> np.ndarray:
-    """Mono float32 samples of an audio file at `sampling_rate` (downmixed, resampled with torchaudio).
-
-    Read with soundfile (WAV, FLAC, OGG, MP3 in libsndfile >= 1.1), otherwise decoded by FFmpeg through
-    torchcodec. `start` and `seconds` select a part (seconds from the start of the file).
-
-    Raises:
-        SEDRunError naming the file: missing, undecodable, empty (no samples in the selected part), NaN/Inf samples.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise SEDRunError(f"{path}: no such audio file")
+    """`audio_io.read_audio`'s waveform, with its errors as `SEDRunError` (what this module's callers handle)."""
     try:
-        import soundfile
-
-        with soundfile.SoundFile(str(path)) as handle:
-            native = handle.samplerate
-            if start > 0:
-                handle.seek(min(int(round(start * native)), handle.frames))
-            frames = -1 if seconds is None else int(round(seconds * native))
-            data = handle.read(frames=frames, dtype="float32", always_2d=True)
-        wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    except Exception as soundfile_error:  # libsndfile's many error types; fall back to FFmpeg
-        wave, native = _decode_with_ffmpeg(path, soundfile_error)
-        first = int(round(start * native))
-        wave = wave[first:] if seconds is None else wave[first : first + int(round(seconds * native))]
-    if wave.size == 0:
-        raise SEDRunError(f"{path}: the audio is empty (0 samples)")
-    if not np.all(np.isfinite(wave)):
-        raise SEDRunError(f"{path}: the audio has NaN or infinite samples")
-    if native != sampling_rate:
-        from .pipeline_sed import resample
-
-        wave = resample(wave, native, sampling_rate)
-    return np.ascontiguousarray(wave, dtype=np.float32)
-
-
-def _decode_with_ffmpeg(path: Path, first_error: Exception) -> tuple[np.ndarray, int]:
-    try:
-        from torchcodec.decoders import AudioDecoder
-
-        samples = AudioDecoder(str(path)).get_all_samples()
-    except Exception as error:
-        raise SEDRunError(f"{path}: cannot decode audio (soundfile: {first_error}; FFmpeg: {error})") from None
-    data = samples.data.numpy()
-    return (data.mean(axis=0) if data.ndim == 2 else data).astype(np.float32), int(samples.sample_rate)
+        return read_audio(path, sampling_rate, start, seconds)[0]
+    except AudioReadError as error:
+        raise SEDRunError(str(error)) from None
 
 
 def audio_duration(path: str | Path) -> float:
-    """Duration in seconds of an audio file from its header (decoding it only when soundfile cannot read it).
-
-    Raises:
-        SEDRunError naming the file when it is missing, undecodable or empty.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise SEDRunError(f"{path}: no such audio file")
+    """`audio_io.audio_duration`, with its errors as `SEDRunError`."""
     try:
-        import soundfile
-
-        info = soundfile.info(str(path))
-        duration = info.frames / info.samplerate
-    except Exception as error:
-        wave, native = _decode_with_ffmpeg(path, error)
-        duration = wave.size / native
-    if duration <= 0:
-        raise SEDRunError(f"{path}: the audio is empty (0 samples)")
-    return duration
+        return read_duration(path)
+    except AudioReadError as error:
+        raise SEDRunError(str(error)) from None
 
 
 # ------------------------------------------------------------------------------------------------------------- inputs
