@@ -8,12 +8,22 @@ import pytest
 import torch
 from conftest import REPO_ROOT, tiny_config
 
-from htsat_hf import HTSATForAudioClassification
+from torch import nn
+
+from htsat_hf import HTSATFeatureExtractor, HTSATForAudioClassification
+from htsat_hf import feature_extraction_htsat, modeling_htsat
 from htsat_hf.modeling_htsat import (
+    HTSATPatchEmbeddings,
     HTSATSwinBlock,
+    clips_per_cpu_chunk,
+    cpu_linear,
     shifted_window_order,
     window_partition,
     window_reverse,
+)
+
+requires_onednn = pytest.mark.skipif(
+    modeling_htsat._ONEDNN_LINEAR is None, reason="this torch build has no oneDNN fused linear"
 )
 
 
@@ -99,3 +109,124 @@ def test_benchmark_script_runs_on_tiny_configs(tmp_path):
     assert ("htsat", "train_step", "fp32", 2) in seen
     assert all(r["clips_per_s"] > 0 for r in rows)
     assert "vs CLAP e2e fp32" in result.stdout
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# CPU inference path: cache-sized chunks, oneDNN fused linear layers, patch embedding as a matmul
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_clips_per_cpu_chunk_respects_the_budget(monkeypatch):
+    monkeypatch.setattr(modeling_htsat, "CPU_CHUNK_BYTES", 6 * 2**20)
+    assert clips_per_cpu_chunk(4096, 384, 4) == 1  # stage 1 of the full model: 6 MiB per clip
+    assert clips_per_cpu_chunk(4096, 384, 2) == 2  # the same under bfloat16
+    assert clips_per_cpu_chunk(1024, 768, 4) == 2
+    assert clips_per_cpu_chunk(64, 3072, 4) == 8
+    assert clips_per_cpu_chunk(10**6, 10**3, 4) == 1  # never zero
+
+
+def _plain_forward(model, features, **kwargs):
+    """The model with autograd on, which takes neither chunks nor fused linear layers."""
+    with torch.enable_grad():
+        return model(features, **kwargs)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 2_200_000])  # tiny config's stage 1: 1 MiB of MLP activation per clip
+def test_chunked_cpu_inference_matches_one_pass(monkeypatch, chunk_bytes):
+    model = HTSATForAudioClassification(tiny_config()).eval()
+    features = torch.randn(5, 1001, 64) * 10 - 40
+    monkeypatch.setattr(modeling_htsat, "CPU_CHUNK_BYTES", chunk_bytes)
+    calls = []
+    block = model.htsat.encoder.stages[0].blocks[0]
+    block.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    with torch.no_grad():
+        fast = model(features, output_attentions=True, output_hidden_states=True)
+    assert calls == ([1] * 5 if chunk_bytes == 1 else [2, 2, 1])  # the chunks the budget asks for
+    plain = _plain_forward(model, features, output_attentions=True, output_hidden_states=True)
+    assert calls[-1] == 5  # and the plain path takes the batch whole
+    assert (fast.logits - plain.logits).abs().max() < 1e-5
+    assert len(fast.attentions) == len(plain.attentions) == 8
+    for fast_attention, plain_attention in zip(fast.attentions, plain.attentions):
+        assert fast_attention.shape == plain_attention.shape
+        assert (fast_attention - plain_attention).abs().max() < 1e-5
+    for fast_hidden, plain_hidden in zip(fast.hidden_states, plain.hidden_states):
+        assert (fast_hidden - plain_hidden).abs().max() < 1e-4
+
+
+def test_full_size_fast_path_matches_plain_path():
+    """The default (AudioSet) architecture: chunked, fused CPU inference against the unfused single pass."""
+    from htsat_hf import HTSATConfig
+
+    model = HTSATForAudioClassification(HTSATConfig()).eval()
+    features = torch.randn(3, 1001, 64) * 10 - 40
+    with torch.no_grad():
+        fast = model(features).logits
+    plain = _plain_forward(model, features).logits
+    assert (fast - plain).abs().max() < 1e-5
+
+
+@requires_onednn
+@pytest.mark.parametrize("gelu", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_cpu_linear_fused_matches_plain(gelu, bias):
+    layer = nn.Linear(48, 80, bias=bias).eval()
+    inputs = torch.randn(3, 70, 48)
+    expected = layer(inputs)
+    expected = nn.functional.gelu(expected) if gelu else expected
+    calls = []
+    original = modeling_htsat._ONEDNN_LINEAR
+    with torch.no_grad():
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(modeling_htsat, "_ONEDNN_LINEAR", lambda *args: calls.append(1) or original(*args))
+            fused = cpu_linear(layer, inputs, gelu=gelu)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                reduced = cpu_linear(layer, inputs, gelu=gelu)
+    assert calls == [1, 1]
+    assert fused.dtype == torch.float32 and (fused - expected).abs().max() < 1e-5
+    assert reduced.dtype == torch.bfloat16  # as autocast's own linear layer
+    assert (reduced.float() - expected).abs().max() < 0.05 * expected.abs().max()
+
+
+def test_cpu_linear_falls_back_to_the_layer(monkeypatch):
+    """Autograd, training mode and hooks must see the plain layer."""
+    layer = nn.Linear(8, 4)
+    inputs = torch.randn(2, 8)
+    fused_calls = []
+    monkeypatch.setattr(modeling_htsat, "_ONEDNN_LINEAR", lambda *args: fused_calls.append(1))
+    output = cpu_linear(layer.eval(), inputs)  # autograd on
+    output.sum().backward()
+    assert layer.weight.grad is not None
+    with torch.no_grad():
+        cpu_linear(layer.train(), inputs)
+        hooked = []
+        handle = layer.eval().register_forward_hook(lambda *args: hooked.append(1))
+        cpu_linear(layer, inputs)
+        handle.remove()
+        cpu_linear(nn.Identity(), inputs)  # not a Linear at all (a test or an adapter may swap one in)
+    assert fused_calls == [] and hooked == [1]
+    with torch.no_grad():
+        cpu_linear(layer, inputs)
+    assert fused_calls == [1]
+
+
+def test_patch_embedding_matmul_equals_the_convolution():
+    embeddings = HTSATPatchEmbeddings(tiny_config()).eval()
+    image = torch.randn(2, 1, 256, 256)
+    with torch.no_grad():
+        expected = embeddings.norm(embeddings.projection(image).flatten(2).transpose(1, 2))
+        assert torch.allclose(embeddings(image), expected, rtol=0, atol=1e-5)
+    image.requires_grad_(True)
+    embeddings(image).sum().backward()
+    assert embeddings.projection.weight.grad is not None and image.grad.shape == image.shape
+
+
+def test_feature_extractor_chunks_and_ignores_autocast(monkeypatch):
+    extractor = HTSATFeatureExtractor()
+    waves = (torch.randn(5, 32000 * 3) * 0.1).numpy()
+    whole = extractor(waves, sampling_rate=32000, return_tensors="pt")["input_features"]
+    monkeypatch.setattr(feature_extraction_htsat, "CPU_CHUNK_BYTES", 1)  # one clip at a time
+    chunked = extractor(waves, sampling_rate=32000, return_tensors="pt")["input_features"]
+    assert torch.equal(whole, chunked)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a bfloat16 mel matmul would be ~0.1 dB off
+        under_autocast = extractor(waves, sampling_rate=32000, return_tensors="pt")["input_features"]
+    assert under_autocast.dtype == torch.float32 and torch.equal(whole, under_autocast)

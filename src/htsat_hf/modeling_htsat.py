@@ -33,6 +33,11 @@ REMOTE_CODE_AUTO_MAP = {
     "AutoModelForAudioFrameClassification": "modeling_htsat.HTSATForSoundEventDetection",
 }
 SHIFT_MASK_VALUE = -100.0  # the original's value for token pairs from different regions of a shifted window
+# Largest MLP hidden activation a stage produces at once on CPU. A batch-8 stage 1 makes 50 MB ones that spill from
+# the caches (and, above glibc's 32 MB mmap threshold, are page-faulted afresh on every call); chunks of this size
+# ran the whole model 15-18% faster on a 2-core EPYC (1 MiB L2 per core, 32 MiB L3), results bit for bit the same.
+CPU_CHUNK_BYTES = 6 * 2**20
+_ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -116,6 +121,48 @@ def shifted_window_order(height: int, width: int, window_size: int, shift_size: 
     if shift_size:
         grid = torch.roll(grid, shifts=(-shift_size, -shift_size), dims=(1, 2))
     return window_partition(grid, window_size).reshape(-1)
+
+
+def clips_per_cpu_chunk(tokens_per_clip: int, hidden_channels: int, element_size: int) -> int:
+    """How many clips a stage runs at once on CPU: as many as keep the MLP's hidden activation,
+    `clips * tokens_per_clip * hidden_channels * element_size` bytes, within `CPU_CHUNK_BYTES`, and at least one."""
+    return max(1, CPU_CHUNK_BYTES // (tokens_per_clip * hidden_channels * element_size))
+
+
+def cpu_linear(layer: nn.Linear, inputs: torch.Tensor, gelu: bool = False) -> torch.Tensor:
+    """`layer(inputs)`, then the exact (erf) GELU when `gelu`.
+
+    For inference on CPU in eager mode, in float32 or under bfloat16 autocast, this is one oneDNN matmul with the
+    bias and the GELU fused into it, the kernel `torch.compile` picks for CPU linear layers: in float32 8-13% faster
+    than PyTorch's default MKL GEMM on the model's shapes on AMD EPYC, and in both no separate passes for the bias
+    and the activation (a bfloat16 GELU pass costs more than its matmul's bias). Under autocast the operands are cast
+    to bfloat16 as autocast would. Anywhere else (autograd, accelerators, compilers and exporters, a layer in
+    training mode, wrapped or hooked) it is the plain layer.
+    """
+    fused = (
+        _ONEDNN_LINEAR is not None
+        and type(layer) is nn.Linear
+        and not (layer.training or layer._forward_hooks or layer._forward_pre_hooks)
+        and inputs.device.type == layer.weight.device.type == "cpu"
+        and layer.weight.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and not _is_tracing()
+    )
+    weight, bias = (layer.weight, layer.bias) if fused else (None, None)
+    if fused and torch.is_autocast_enabled("cpu"):
+        fused = torch.get_autocast_dtype("cpu") == torch.bfloat16
+        inputs, weight = inputs.to(torch.bfloat16), weight.to(torch.bfloat16)
+        bias = None if bias is None else bias.to(torch.bfloat16)
+    elif fused:
+        fused = inputs.dtype == torch.float32
+    if fused:
+        return _ONEDNN_LINEAR(inputs, weight, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
+    outputs = layer(inputs)
+    return F.gelu(outputs) if gelu else outputs
+
+
+def _is_tracing() -> bool:
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
 
 
 def tokens_to_time_grid(tokens: torch.Tensor, freq_ratio: int) -> torch.Tensor:
@@ -213,15 +260,25 @@ class HTSATDropPath(nn.Module):
 
 
 class HTSATPatchEmbeddings(nn.Module):
-    """`(batch, 1, spec_size, spec_size)` image to `(batch, (spec_size // patch_size)**2, embed_dim)` tokens."""
+    """`(batch, 1, spec_size, spec_size)` image to `(batch, (spec_size // patch_size)**2, embed_dim)` tokens.
+
+    The projection is a convolution whose stride equals its kernel (the original's, and its weights), applied as
+    the equivalent matmul over the non-overlapping patches: the same sums, in the token layout the encoder reads,
+    and about 8x faster on CPU than the one-input-channel convolution.
+    """
 
     def __init__(self, config: HTSATConfig):
         super().__init__()
+        self.patch_size = config.patch_size
         self.projection = nn.Conv2d(1, config.embed_dim, kernel_size=config.patch_size, stride=config.patch_size)
         self.norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.projection(image).flatten(2).transpose(1, 2))
+        batch, _, height, width = image.shape
+        size = self.patch_size
+        patches = image.view(batch, height // size, size, width // size, size).transpose(2, 3)
+        patches = patches.reshape(batch, (height // size) * (width // size), size * size)
+        return self.norm(F.linear(patches, self.projection.weight.flatten(1), self.projection.bias))
 
 
 class HTSATWindowAttention(nn.Module):
@@ -253,7 +310,7 @@ class HTSATWindowAttention(nn.Module):
         """
         table = self.relative_position_bias_table
         dtype = table.dtype if dtype is None else dtype
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if torch.is_grad_enabled() or _is_tracing():
             return self._compute_attention_bias(shift_mask).to(dtype)
         key = (table.data_ptr(), table._version, table.device, dtype, shift_mask is None)
         if self._bias_cache is None or self._bias_cache[0] != key:
@@ -285,7 +342,7 @@ class HTSATWindowAttention(nn.Module):
             attention probabilities.
         """
         batch_windows, tokens, dim = windows.shape
-        qkv = self.qkv(windows).view(batch_windows, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = cpu_linear(self.qkv, windows).view(batch_windows, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         query, key, value = qkv.unbind(0)  # each (batch * num_windows, heads, N, head_dim)
         # In the scores' dtype: a float32 bias would promote bf16 scores, softmax and all, back to float32.
         bias = self.attention_bias(shift_mask, query.dtype)
@@ -310,7 +367,7 @@ class HTSATWindowAttention(nn.Module):
                 query, key, value, attn_mask=bias, dropout_p=dropout, scale=self.scale
             )
         context = context.reshape(batch_windows, self.num_heads, tokens, self.head_dim).transpose(1, 2)
-        output = self.proj_dropout(self.proj(context.reshape(batch_windows, tokens, dim)))
+        output = self.proj_dropout(cpu_linear(self.proj, context.reshape(batch_windows, tokens, dim)))
         return output, (weights if output_attentions else None)
 
 
@@ -320,10 +377,13 @@ class HTSATMLP(nn.Module):
         hidden = int(dim * config.mlp_ratio)
         self.fc1 = nn.Linear(dim, hidden)
         self.act = ACT2FN[config.hidden_act]
+        self.fuses_gelu = config.hidden_act == "gelu"  # transformers' "gelu" is the exact one, as cpu_linear's
         self.fc2 = nn.Linear(hidden, dim)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.fuses_gelu:
+            return self.dropout(cpu_linear(self.fc2, self.dropout(cpu_linear(self.fc1, hidden_states, gelu=True))))
         return self.dropout(self.fc2(self.dropout(self.act(self.fc1(hidden_states)))))
 
 
@@ -406,7 +466,7 @@ class HTSATPatchMerging(nn.Module):
         grid = hidden_states.view(batch, height // 2, 2, width // 2, 2, channels)
         # (row half, row parity, col half, col parity) -> neighbours ordered with the row parity varying fastest
         merged = grid.permute(0, 1, 3, 4, 2, 5).reshape(batch, (height // 2) * (width // 2), 4 * channels)
-        return self.reduction(self.norm(merged))
+        return cpu_linear(self.reduction, self.norm(merged))
 
 
 class HTSATStage(nn.Module):
@@ -420,6 +480,43 @@ class HTSATStage(nn.Module):
         )
         last = stage == len(config.depths) - 1
         self.downsample = None if last else HTSATPatchMerging(config, (side, side), dim)
+        self.mlp_hidden_size = int(dim * config.mlp_ratio)
+
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """`(batch, H * W, dim)` to `(batch, H * W / 4, 2 * dim)` (unchanged in the last stage), and each block's
+        attention probabilities when `output_attentions` (else an empty tuple).
+
+        In CPU inference the batch goes through in chunks of [`clips_per_cpu_chunk`] clips, so that a chunk's
+        activations stay in the processor's cache; every operation is per clip, so the results are those of one
+        pass. Training (whose saved activations leave the cache anyway), accelerators, `torch.compile` and exporters
+        get the whole batch at once.
+        """
+        batch, tokens, _ = hidden_states.shape
+        clips = batch
+        if hidden_states.device.type == "cpu" and not torch.is_grad_enabled() and not _is_tracing():
+            element_size = (
+                torch.get_autocast_dtype("cpu").itemsize
+                if torch.is_autocast_enabled("cpu")
+                else hidden_states.element_size()
+            )
+            clips = clips_per_cpu_chunk(tokens, self.mlp_hidden_size, element_size)
+        if clips >= batch:
+            return self._run(hidden_states, output_attentions)
+        outputs = [self._run(chunk, output_attentions) for chunk in hidden_states.split(clips)]
+        attentions = tuple(torch.cat(per_block) for per_block in zip(*(chunk for _, chunk in outputs)))
+        return torch.cat([chunk for chunk, _ in outputs]), attentions
+
+    def _run(self, hidden_states: torch.Tensor, output_attentions: bool):
+        attentions = ()
+        for block in self.blocks:
+            hidden_states, block_attentions = block(hidden_states, output_attentions)
+            if output_attentions:
+                attentions += (block_attentions,)
+        if self.downsample is not None:
+            hidden_states = self.downsample(hidden_states)
+        return hidden_states, attentions
 
 
 class HTSATEncoder(nn.Module):
@@ -437,12 +534,9 @@ class HTSATEncoder(nn.Module):
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for stage in self.stages:
-            for block in stage.blocks:
-                hidden_states, attentions = block(hidden_states, output_attentions)
-                if output_attentions:
-                    all_attentions += (attentions,)
-            if stage.downsample is not None:
-                hidden_states = stage.downsample(hidden_states)
+            hidden_states, attentions = stage(hidden_states, output_attentions)
+            if output_attentions:
+                all_attentions += attentions
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
         return hidden_states, all_hidden_states, all_attentions
