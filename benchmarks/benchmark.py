@@ -79,23 +79,46 @@ def synchronize(device: str):
         torch.cuda.synchronize()
 
 
-def time_call(fn, device: str, warmup: int, repeats: int) -> tuple[float, int]:
-    """Median seconds per call and peak memory in bytes above the start (GPU allocator or process RSS)."""
-    for _ in range(warmup):
-        fn()
+def time_interleaved(calls: dict, device: str, warmup: int, repeats: int) -> dict:
+    """Median seconds per call of each of `calls` (name -> function), timed in rounds that run every call once.
+
+    Interleaving makes the ratios between calls robust to the machine's speed drifting during the run (other
+    tenants, frequency scaling), which would bias calls timed one after the other. A call that raises is reported
+    and left out.
+    """
+    calls = dict(calls)
+    for name, fn in list(calls.items()):
+        try:
+            for _ in range(warmup):
+                fn()
+        except Exception as error:  # a model/precision pair the installed stack cannot run is reported
+            print(f"  {' '.join(name) if isinstance(name, tuple) else name}: failed: {error!r}", file=sys.stderr)
+            del calls[name]
+    synchronize(device)
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def peak_memory(fn, device: str) -> int:
+    """Bytes above the start at the peak of one call: the GPU allocator's count, or the process's resident set
+    sampled by a thread (torch allocations bypass tracemalloc). Measured apart from the timed calls, which the
+    sampling thread would slow down."""
     synchronize(device)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         start_memory = torch.cuda.memory_allocated()
-    times = []
-    with PeakRSS() if device == "cpu" else nullcontext() as rss:
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() - start_memory if device == "cuda" else rss.peak - rss.baseline
-    return statistics.median(times), peak
+        fn()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated() - start_memory
+    with PeakRSS() as rss:
+        fn()
+    return rss.peak - rss.baseline
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -169,45 +192,52 @@ def count_gflops(model, forward, features) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def benchmark_model(name, args, rows, flops):
-    model, extract, forward, rate = BUILDERS[name](args.tiny, args.device)
+def benchmark_models(args, rows, flops):
+    """Every model at every batch size, precision and stage; at each batch size and precision the calls of all
+    models and stages are interleaved (see `time_interleaved`)."""
     rng = np.random.default_rng(0)
-    waves_all = (rng.standard_normal((max(args.batch_sizes), int(rate * CLIP_SECONDS))) * 0.1).astype(np.float32)
-    compiled = None
+    built = {}
+    for name in args.models:
+        model, extract, forward, rate = BUILDERS[name](args.tiny, args.device)
+        waves = (rng.standard_normal((max(args.batch_sizes), int(rate * CLIP_SECONDS))) * 0.1).astype(np.float32)
+        flops[name] = count_gflops(model, forward, extract(waves[:1]))
+        built[name] = dict(model=model, extract=extract, forward=forward, waves=waves, compiled=None)
+
     for batch_size in args.batch_sizes:
-        waves = waves_all[:batch_size]
-        features = extract(waves)
-        if name not in flops:
-            flops[name] = count_gflops(model, forward, extract(waves[:1]))
+        features = {name: m["extract"](m["waves"][:batch_size]) for name, m in built.items()}
         for precision in args.precisions:
             if precision == "tf32" and args.device != "cuda":
                 continue
-            if precision == "compile":
-                if compiled is None:
-                    compiled = torch.compile(model, fullgraph=name == "htsat")
-                target, context = compiled, "fp32"
-            else:
-                target, context = model, precision
-            for stage in ("e2e", "model"):
-                def run():
-                    with torch.inference_mode():
-                        inputs = extract(waves) if stage == "e2e" else features
-                        with precision_context(context, args.device):  # the model's precision, not the front end's
-                            forward(target, inputs)
-
-                try:
-                    seconds, peak = time_call(run, args.device, args.warmup, args.repeats)
-                except Exception as error:  # a model/precision pair the installed stack cannot run is reported
-                    print(f"  {name} {stage} {precision} b{batch_size}: failed: {error!r}", file=sys.stderr)
-                    continue
+            calls = {}
+            for name, m in built.items():
+                if precision == "compile" and m["compiled"] is None:
+                    m["compiled"] = torch.compile(m["model"], fullgraph=name == "htsat")
+                for stage in ("e2e", "model"):
+                    calls[name, stage] = _make_call(m, stage, precision, batch_size, features[name], args.device)
+            seconds = time_interleaved(calls, args.device, args.warmup, args.repeats)
+            for (name, stage), value in seconds.items():
                 row = dict(
                     model=name, stage=stage, precision=precision, batch_size=batch_size,
-                    clips_per_s=batch_size / seconds, latency_ms=seconds * 1000, peak_mem_mb=peak / 2**20,
+                    clips_per_s=batch_size / value, latency_ms=value * 1000,
+                    peak_mem_mb=peak_memory(calls[name, stage], args.device) / 2**20,
                 )
                 rows.append(row)
                 print(f"  {name:5s} {stage:5s} {precision:7s} b{batch_size:<3d} {row['clips_per_s']:8.2f} clips/s "
                       f"{row['latency_ms']:9.1f} ms {row['peak_mem_mb']:8.1f} MB", flush=True)
-    del model, compiled
+
+
+def _make_call(built, stage: str, precision: str, batch_size: int, features, device: str):
+    target = built["compiled"] if precision == "compile" else built["model"]
+    context = "fp32" if precision == "compile" else precision
+    waves = built["waves"][:batch_size]
+
+    def run():
+        with torch.inference_mode():
+            inputs = built["extract"](waves) if stage == "e2e" else features
+            with precision_context(context, device):  # the model's precision, not the front end's
+                built["forward"](target, inputs)
+
+    return run
 
 
 def benchmark_train_step(args, rows):
@@ -233,7 +263,8 @@ def benchmark_train_step(args, rows):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-        seconds, peak = time_call(step, args.device, 1, max(2, args.repeats // 2))
+        seconds = time_interleaved({"train": step}, args.device, 1, max(2, args.repeats // 2))["train"]
+        peak = peak_memory(step, args.device)
         rows.append(dict(model="htsat", stage="train_step", precision=precision, batch_size=batch_size,
                          clips_per_s=batch_size / seconds, latency_ms=seconds * 1000, peak_mem_mb=peak / 2**20,
                          steps_per_s=1 / seconds))
@@ -287,8 +318,7 @@ def main(argv=None):
     )
     print(f"environment: {environment}")
     rows, flops = [], {}
-    for name in args.models:
-        benchmark_model(name, args, rows, flops)
+    benchmark_models(args, rows, flops)
     if args.train_step:
         benchmark_train_step(args, rows)
     print(summarize(rows, flops, args))
