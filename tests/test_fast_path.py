@@ -102,7 +102,15 @@ def test_benchmark_script_runs_on_tiny_configs(tmp_path):
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    rows = json.loads(output.read_text())["rows"]
+    report = json.loads(output.read_text())
+    rows = report["rows"]
+    # Every linear layer counted, although CPU inference runs them as oneDNN ops that FlopCounterMode cannot see.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = HTSATForAudioClassification(tiny_config(num_labels=527)).eval()
+    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.randn(1, 1001, 64))
+    assert report["gflops"]["htsat"] == pytest.approx(counter.get_total_flops() / 1e9, rel=1e-6)
     seen = {(r["model"], r["stage"], r["precision"], r["batch_size"]) for r in rows}
     for model in ("htsat", "clap", "ast"):
         assert (model, "e2e", "fp32", 2) in seen
@@ -187,26 +195,74 @@ def test_cpu_linear_fused_matches_plain(gelu, bias):
     assert (reduced.float() - expected).abs().max() < 0.05 * expected.abs().max()
 
 
+class _Marked(torch.Tensor):
+    """A tensor subclass standing in for quantized weights (torchao and the like keep `nn.Linear` as the module)."""
+
+
 def test_cpu_linear_falls_back_to_the_layer(monkeypatch):
-    """Autograd, training mode and hooks must see the plain layer."""
+    """Autograd, training mode, hooks, replaced forwards, tensor-subclass weights and other precisions must see the
+    plain layer."""
     layer = nn.Linear(8, 4)
     inputs = torch.randn(2, 8)
     fused_calls = []
-    monkeypatch.setattr(modeling_htsat, "_ONEDNN_LINEAR", lambda *args: fused_calls.append(1))
+    monkeypatch.setattr(modeling_htsat, "_ONEDNN_LINEAR", lambda *args: fused_calls.append(args[0].dtype))
     output = cpu_linear(layer.eval(), inputs)  # autograd on
     output.sum().backward()
     assert layer.weight.grad is not None
     with torch.no_grad():
         cpu_linear(layer.train(), inputs)
+        layer.eval()
         hooked = []
-        handle = layer.eval().register_forward_hook(lambda *args: hooked.append(1))
+        handle = layer.register_forward_hook(lambda *args: hooked.append("own"))
+        cpu_linear(layer, inputs)
+        handle.remove()
+        handle = nn.modules.module.register_module_forward_hook(lambda *args: hooked.append("global"))
         cpu_linear(layer, inputs)
         handle.remove()
         cpu_linear(nn.Identity(), inputs)  # not a Linear at all (a test or an adapter may swap one in)
-    assert fused_calls == [] and hooked == [1]
-    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.float16):
+            cpu_linear(layer, inputs)
+        cpu_linear(nn.Linear(8, 4).to(torch.bfloat16).eval(), inputs.to(torch.bfloat16))
+        replaced = nn.Linear(8, 4).eval()
+        replaced.forward = lambda x: torch.zeros(2, 4)  # as accelerate's hooks do
+        assert torch.equal(cpu_linear(replaced, inputs), torch.zeros(2, 4))
+        marked = nn.Linear(8, 4).eval()
+        marked.weight = nn.Parameter(layer.weight.detach().clone().as_subclass(_Marked))
+        cpu_linear(marked, inputs)
+    assert fused_calls == [] and hooked == ["own", "global"]
+    with torch.inference_mode():
         cpu_linear(layer, inputs)
-    assert fused_calls == [1]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            cpu_linear(layer, inputs)
+    assert fused_calls == [torch.float32, torch.bfloat16]
+
+
+def test_hooks_and_adapters_inside_the_model_still_run():
+    """The fast paths must not skip a hook on any module they replace: the MLP's activation, an inner linear layer,
+    the patch embedding's convolution."""
+    model = HTSATForAudioClassification(tiny_config()).eval()
+    block = model.htsat.encoder.stages[1].blocks[0]
+    seen = []
+    for name, module in [("act", block.mlp.act), ("fc1", block.mlp.fc1), ("qkv", block.attention.qkv),
+                         ("projection", model.htsat.patch_embed.projection)]:
+        module.register_forward_hook(lambda *args, name=name: seen.append(name))
+    features = torch.randn(2, 1001, 64) * 10 - 40
+    with torch.inference_mode():
+        hooked = model(features).logits
+    assert set(seen) == {"act", "fc1", "qkv", "projection"}
+    plain = _plain_forward(model, features).logits
+    assert (hooked - plain).abs().max() < 1e-5
+
+
+@requires_onednn
+def test_bf16_fused_path_close_to_plain_autocast():
+    model = HTSATForAudioClassification(tiny_config(num_labels=10)).eval()
+    features = torch.randn(3, 1001, 64) * 10 - 40
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.inference_mode():
+            fused = model(features).logits.float().sigmoid()
+        plain = _plain_forward(model, features).logits.float().sigmoid()
+    assert (fused - plain).abs().max() < 5e-3
 
 
 def test_patch_embedding_matmul_equals_the_convolution():
@@ -226,7 +282,19 @@ def test_feature_extractor_chunks_and_ignores_autocast(monkeypatch):
     whole = extractor(waves, sampling_rate=32000, return_tensors="pt")["input_features"]
     monkeypatch.setattr(feature_extraction_htsat, "CPU_CHUNK_BYTES", 1)  # one clip at a time
     chunked = extractor(waves, sampling_rate=32000, return_tensors="pt")["input_features"]
-    assert torch.equal(whole, chunked)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-4)  # dB; equal with MKL, but BLAS may block rows
     with torch.autocast("cpu", dtype=torch.bfloat16):  # a bfloat16 mel matmul would be ~0.1 dB off
         under_autocast = extractor(waves, sampling_rate=32000, return_tensors="pt")["input_features"]
     assert under_autocast.dtype == torch.float32 and torch.equal(whole, under_autocast)
+
+
+def test_ablation_script_runs_on_a_tiny_config():
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "ablation.py"), "--tiny", "--batch-size", "2", "--rounds", "1"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for row in ("| model | fp32 | no-chunks |", "| model | bf16 | plain |", "| patch embedding | fp32 | conv"):
+        assert row in result.stdout
+    differences = [float(line.rsplit("=", 1)[1]) for line in result.stdout.splitlines() if "max |logit" in line]
+    assert len(differences) == 8 and max(differences[:4]) < 1e-5 and max(differences[4:]) < 0.1

@@ -9,6 +9,7 @@ frames with reflect padding, power spectrum, Slaney-scale mel filters with Slane
 
 import warnings
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -65,13 +66,21 @@ def log_mel_spectrogram(
         # batch of eight 10 s clips on a 2-core EPYC, results bit for bit the same.
         spectrum_bytes = (1 + waveforms.shape[1] // hop_length) * (n_fft // 2 + 1) * 2 * waveforms.element_size()
         clips = max(1, CPU_CHUNK_BYTES // spectrum_bytes)
-    with torch.autocast(waveforms.device.type, enabled=False):  # the caller's autocast must not reach the front end
-        chunks = [_log_mel(chunk, mel_filters, n_fft, hop_length) for chunk in waveforms.split(clips)]
+    # The power re² + im² is summed inside the mel projection: squaring the (real, imaginary) pairs in place and
+    # giving both halves of a bin the same filter weight saves a pass and a copy over the whole spectrum.
+    pair_filters = mel_filters.to(waveforms.dtype).repeat_interleave(2, dim=0)  # (2 * freq, mel_bins)
+    window = torch.hann_window(n_fft, periodic=True, dtype=waveforms.dtype, device=waveforms.device)
+    device_type = waveforms.device.type
+    # The caller's autocast must not reach the front end: a bfloat16 mel matmul is 0.14 dB off.
+    with torch.autocast(device_type, enabled=False) if torch.amp.is_autocast_available(device_type) else nullcontext():
+        chunks = [_log_mel(chunk, pair_filters, window, hop_length) for chunk in waveforms.split(clips)]
     return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
 
-def _log_mel(waveforms: torch.Tensor, mel_filters: torch.Tensor, n_fft: int, hop_length: int) -> torch.Tensor:
-    window = torch.hann_window(n_fft, periodic=True, dtype=waveforms.dtype, device=waveforms.device)
+def _log_mel(
+    waveforms: torch.Tensor, pair_filters: torch.Tensor, window: torch.Tensor, hop_length: int
+) -> torch.Tensor:
+    n_fft = window.shape[0]
     spectrum = torch.stft(
         waveforms,
         n_fft=n_fft,
@@ -82,10 +91,8 @@ def _log_mel(waveforms: torch.Tensor, mel_filters: torch.Tensor, n_fft: int, hop
         pad_mode="reflect",
         return_complex=True,
     )
-    # The power re² + im² is summed inside the mel projection: squaring the (real, imaginary) pairs in place and
-    # giving both halves of a bin the same filter weight saves a pass and a copy over the whole spectrum.
     squares = torch.view_as_real(spectrum.transpose(1, 2)).square_().flatten(2)  # (batch, frames, 2 * freq)
-    mel = torch.matmul(squares, mel_filters.to(squares.dtype).repeat_interleave(2, dim=0))
+    mel = torch.matmul(squares, pair_filters)
     return 10.0 * torch.log10(torch.clamp(mel, min=1e-10))
 
 

@@ -10,16 +10,20 @@ The data path, in call order (each stage is a function or module of this file):
    and `HTSATPatchMerging`; final LayerNorm; `pooler_output` is the mean of the final tokens.
 4. Heads: `tokens_to_time_grid` regroups the final tokens into chronological time steps, then
    `HTSATTokenSemanticHead` (the paper's head) or `HTSATLinearHead` gives frame and clip logits.
+
+CPU inference takes a faster route with the same results: `HTSATStage.forward` runs the batch in cache-sized chunks
+of clips (`clips_per_cpu_chunk`) and `cpu_linear` fuses each linear layer's bias and GELU into one oneDNN matmul.
 """
 
 import math
+import platform
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
-from transformers.activations import ACT2FN
+from transformers.activations import ACT2FN, GELUActivation
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
 from transformers.modeling_utils import PreTrainedModel
@@ -33,11 +37,17 @@ REMOTE_CODE_AUTO_MAP = {
     "AutoModelForAudioFrameClassification": "modeling_htsat.HTSATForSoundEventDetection",
 }
 SHIFT_MASK_VALUE = -100.0  # the original's value for token pairs from different regions of a shifted window
-# Largest MLP hidden activation a stage produces at once on CPU. A batch-8 stage 1 makes 50 MB ones that spill from
-# the caches (and, above glibc's 32 MB mmap threshold, are page-faulted afresh on every call); chunks of this size
-# ran the whole model 15-18% faster on a 2-core EPYC (1 MiB L2 per core, 32 MiB L3), results bit for bit the same.
+# Largest MLP hidden activation a stage produces at once on CPU. At batch 8 the first stage makes 50 MB ones, which
+# spill from the caches (and, above glibc's 32 MB mmap threshold, are page-faulted afresh on every call); chunks of
+# this size ran the whole model 15-18% faster on a 2-core EPYC (1 MiB L2 per core, 32 MiB L3), results bit for bit
+# the same.
 CPU_CHUNK_BYTES = 6 * 2**20
-_ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+# oneDNN's fused linear op; only on x86, where it was measured (see `cpu_linear`).
+_ONEDNN_LINEAR = (
+    getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    if torch.backends.mkldnn.is_available() and platform.machine().lower() in ("x86_64", "amd64")
+    else None
+)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -129,40 +139,63 @@ def clips_per_cpu_chunk(tokens_per_clip: int, hidden_channels: int, element_size
     return max(1, CPU_CHUNK_BYTES // (tokens_per_clip * hidden_channels * element_size))
 
 
-def cpu_linear(layer: nn.Linear, inputs: torch.Tensor, gelu: bool = False) -> torch.Tensor:
-    """`layer(inputs)`, then the exact (erf) GELU when `gelu`.
+def is_plain_module(module: nn.Module) -> bool:
+    """Whether calling `module` runs nothing but its class's own `forward`: no hooks of its own or global ones, no
+    `forward` replaced on the instance (as accelerate's hooks do), a class of exactly its kind, parameters that are
+    plain strided tensors (not quantized or other tensor subclasses). Only then may a fast path compute the module's
+    result without calling it."""
+    global_hooks = (nn.modules.module._global_forward_hooks, nn.modules.module._global_forward_pre_hooks)
+    return (
+        type(module) in (nn.Linear, nn.Conv2d, GELUActivation)
+        and not (module._forward_hooks or module._forward_pre_hooks or any(global_hooks))
+        and "forward" not in module.__dict__
+        and all(type(p) is nn.Parameter and p.layout == torch.strided for p in module.parameters(recurse=False))
+    )
 
-    For inference on CPU in eager mode, in float32 or under bfloat16 autocast, this is one oneDNN matmul with the
-    bias and the GELU fused into it, the kernel `torch.compile` picks for CPU linear layers: in float32 8-13% faster
-    than PyTorch's default MKL GEMM on the model's shapes on AMD EPYC, and in both no separate passes for the bias
-    and the activation (a bfloat16 GELU pass costs more than its matmul's bias). Under autocast the operands are cast
-    to bfloat16 as autocast would. Anywhere else (autograd, accelerators, compilers and exporters, a layer in
-    training mode, wrapped or hooked) it is the plain layer.
-    """
-    fused = (
+
+def onednn_linear_dtype(layer: nn.Module, inputs: torch.Tensor) -> torch.dtype | None:
+    """The dtype in which `layer(inputs)` may run as oneDNN's fused linear op, or `None` where it must run as the
+    layer itself: only a plain float32 `nn.Linear` in eval mode, for inference (no autograd) on an x86 CPU in eager
+    mode, with float32 inputs or under bfloat16 autocast on a CPU with bfloat16 support."""
+    if not (
         _ONEDNN_LINEAR is not None
+        and torch.backends.mkldnn.enabled
+        and is_plain_module(layer)
         and type(layer) is nn.Linear
-        and not (layer.training or layer._forward_hooks or layer._forward_pre_hooks)
+        and not layer.training
         and inputs.device.type == layer.weight.device.type == "cpu"
         and layer.weight.dtype == torch.float32
         and not torch.is_grad_enabled()
         and not _is_tracing()
-    )
-    weight, bias = (layer.weight, layer.bias) if fused else (None, None)
-    if fused and torch.is_autocast_enabled("cpu"):
-        fused = torch.get_autocast_dtype("cpu") == torch.bfloat16
-        inputs, weight = inputs.to(torch.bfloat16), weight.to(torch.bfloat16)
-        bias = None if bias is None else bias.to(torch.bfloat16)
-    elif fused:
-        fused = inputs.dtype == torch.float32
-    if fused:
-        return _ONEDNN_LINEAR(inputs, weight, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
-    outputs = layer(inputs)
-    return F.gelu(outputs) if gelu else outputs
+    ):
+        return None
+    if torch.is_autocast_enabled("cpu"):
+        bf16 = torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return torch.bfloat16 if bf16 else None
+    return torch.float32 if inputs.dtype == torch.float32 else None
+
+
+def cpu_linear(layer: nn.Linear, inputs: torch.Tensor, gelu: bool = False) -> torch.Tensor:
+    """`layer(inputs)`, then the exact (erf) GELU when `gelu`.
+
+    Where [`onednn_linear_dtype`] allows, this is one oneDNN matmul with the bias and the GELU fused into it (the
+    kernel torch.compile's CPU backend emits for such layers): in float32 8-13% faster than PyTorch's default MKL
+    GEMM on the model's shapes on AMD EPYC, and in both precisions no separate passes for the bias and the
+    activation (a bfloat16 GELU pass costs more than its matmul's bias). Under autocast the operands are cast to
+    bfloat16 on each call, as autocast casts them once per autocast region. Anywhere else it is the plain layer.
+    """
+    dtype = onednn_linear_dtype(layer, inputs)
+    if dtype is None:
+        outputs = layer(inputs)
+        return F.gelu(outputs) if gelu else outputs
+    weight, bias = layer.weight.to(dtype), None if layer.bias is None else layer.bias.to(dtype)
+    post_op, algorithm = ("gelu", "none") if gelu else ("none", "")
+    return _ONEDNN_LINEAR(inputs.to(dtype), weight, bias, post_op, [], algorithm)
 
 
 def _is_tracing() -> bool:
-    return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+    exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.6
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or bool(exporting and exporting())
 
 
 def tokens_to_time_grid(tokens: torch.Tensor, freq_ratio: int) -> torch.Tensor:
@@ -274,9 +307,11 @@ class HTSATPatchEmbeddings(nn.Module):
         self.norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if not is_plain_module(self.projection):  # an adapter, a hook or a quantized convolution: call it
+            return self.norm(self.projection(image).flatten(2).transpose(1, 2))
         batch, _, height, width = image.shape
         size = self.patch_size
-        patches = image.view(batch, height // size, size, width // size, size).transpose(2, 3)
+        patches = image.reshape(batch, height // size, size, width // size, size).transpose(2, 3)
         patches = patches.reshape(batch, (height // size) * (width // size), size * size)
         return self.norm(F.linear(patches, self.projection.weight.flatten(1), self.projection.bias))
 
@@ -302,8 +337,9 @@ class HTSATWindowAttention(nn.Module):
     def attention_bias(self, shift_mask: torch.Tensor | None, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Relative position bias, plus the shift mask when given, as an additive attention mask.
 
-        Returns, in `dtype` (the table's by default), `(1, heads, N, N)` without a shift mask, `(1, num_windows * heads, N, N)` with one: the windows of an
-        image then share the batch row, so the mask broadcasts over images without being copied per image.
+        Returns, in `dtype` (the table's by default), `(1, heads, N, N)` without a shift mask,
+        `(1, num_windows * heads, N, N)` with one: the windows of an image then share the batch row, so the mask
+        broadcasts over images without being copied per image.
         Without gradients the result is cached until the bias table changes (a new tensor, or an in-place update
         such as an optimizer step or `load_state_dict`; edits through `.data` bypass that check, so the cache is
         also dropped by every `train()`/`eval()` call).
@@ -342,8 +378,8 @@ class HTSATWindowAttention(nn.Module):
             attention probabilities.
         """
         batch_windows, tokens, dim = windows.shape
-        qkv = cpu_linear(self.qkv, windows).view(batch_windows, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        query, key, value = qkv.unbind(0)  # each (batch * num_windows, heads, N, head_dim)
+        qkv = cpu_linear(self.qkv, windows).view(batch_windows, tokens, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (batch * num_windows, heads, N, head_dim)
         # In the scores' dtype: a float32 bias would promote bf16 scores, softmax and all, back to float32.
         bias = self.attention_bias(shift_mask, query.dtype)
         if shift_mask is not None:
@@ -377,14 +413,17 @@ class HTSATMLP(nn.Module):
         hidden = int(dim * config.mlp_ratio)
         self.fc1 = nn.Linear(dim, hidden)
         self.act = ACT2FN[config.hidden_act]
-        self.fuses_gelu = config.hidden_act == "gelu"  # transformers' "gelu" is the exact one, as cpu_linear's
+        # transformers' "gelu" is the exact one, as cpu_linear's fused GELU
+        self.fuses_gelu = config.hidden_act == "gelu" and type(self.act) is GELUActivation
         self.fc2 = nn.Linear(hidden, dim)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if self.fuses_gelu:
-            return self.dropout(cpu_linear(self.fc2, self.dropout(cpu_linear(self.fc1, hidden_states, gelu=True))))
-        return self.dropout(self.fc2(self.dropout(self.act(self.fc1(hidden_states)))))
+        if self.fuses_gelu and is_plain_module(self.act) and onednn_linear_dtype(self.fc1, hidden_states) is not None:
+            hidden = cpu_linear(self.fc1, hidden_states, gelu=True)
+        else:
+            hidden = self.act(cpu_linear(self.fc1, hidden_states))
+        return self.dropout(cpu_linear(self.fc2, self.dropout(hidden)))
 
 
 class HTSATSwinBlock(GradientCheckpointingLayer):
@@ -488,10 +527,10 @@ class HTSATStage(nn.Module):
         """`(batch, H * W, dim)` to `(batch, H * W / 4, 2 * dim)` (unchanged in the last stage), and each block's
         attention probabilities when `output_attentions` (else an empty tuple).
 
-        In CPU inference the batch goes through in chunks of [`clips_per_cpu_chunk`] clips, so that a chunk's
+        On CPU without autograd the batch goes through in chunks of [`clips_per_cpu_chunk`] clips, so that a chunk's
         activations stay in the processor's cache; every operation is per clip, so the results are those of one
-        pass. Training (whose saved activations leave the cache anyway), accelerators, `torch.compile` and exporters
-        get the whole batch at once.
+        pass. With autograd (whose saved activations leave the cache anyway), on accelerators, under
+        `torch.compile` and in exporters the batch goes through whole.
         """
         batch, tokens, _ = hidden_states.shape
         clips = batch
