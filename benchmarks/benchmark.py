@@ -10,6 +10,8 @@ Ratios against CLAP in the same run are the figures of merit on shared machines.
 """
 
 import argparse
+import ctypes
+import gc
 import json
 import os
 import platform
@@ -28,7 +30,10 @@ CPU_FP32_PEAK_GFLOPS = 216.0  # this project's 2-core reference machine (avx512)
 
 
 class PeakRSS:
-    """Samples the process's resident memory in a thread; torch allocations bypass tracemalloc."""
+    """Samples the process's resident memory in a thread; torch allocations bypass tracemalloc.
+
+    Memory that earlier calls freed stays in the C heap and would hide this call's needs, so the heap is first
+    handed back to the system (glibc's `malloc_trim`, where there is one)."""
 
     def __init__(self, interval: float = 0.002):
         self.interval = interval
@@ -46,6 +51,11 @@ class PeakRSS:
             time.sleep(self.interval)
 
     def __enter__(self):
+        gc.collect()
+        try:
+            ctypes.CDLL(None).malloc_trim(0)
+        except (AttributeError, OSError):  # not glibc
+            pass
         self.baseline = self.current()
         self.peak = self.baseline
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -87,38 +97,47 @@ def time_interleaved(calls: dict, device: str, warmup: int, repeats: int) -> dic
     and left out.
     """
     calls = dict(calls)
-    for name, fn in list(calls.items()):
+    times = {name: [] for name in calls}
+
+    def attempt(name, timed: bool):
         try:
-            for _ in range(warmup):
-                fn()
+            start = time.perf_counter()
+            calls[name]()
+            synchronize(device)
+            if timed:
+                times[name].append(time.perf_counter() - start)
         except Exception as error:  # a model/precision pair the installed stack cannot run is reported
             print(f"  {' '.join(name) if isinstance(name, tuple) else name}: failed: {error!r}", file=sys.stderr)
-            del calls[name]
-    synchronize(device)
-    times = {name: [] for name in calls}
+            del calls[name], times[name]
+
+    for name in list(calls):
+        for _ in range(warmup):
+            if name in calls:
+                attempt(name, timed=False)
     for _ in range(repeats):
-        for name, fn in calls.items():
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
+        for name in list(calls):
+            attempt(name, timed=True)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def peak_memory(fn, device: str) -> int:
-    """Bytes above the start at the peak of one call: the GPU allocator's count, or the process's resident set
-    sampled by a thread (torch allocations bypass tracemalloc). Measured apart from the timed calls, which the
-    sampling thread would slow down."""
-    synchronize(device)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        start_memory = torch.cuda.memory_allocated()
-        fn()
+def peak_memory(fn, device: str, calls: int = 3) -> int:
+    """Bytes above the start at the peak of a call, the largest of `calls` calls: the GPU allocator's count, or the
+    process's resident set sampled by a thread (torch allocations bypass tracemalloc; a short call can slip between
+    two samples, hence several calls). Measured apart from the timed calls, which the sampling thread would slow."""
+    peaks = []
+    for _ in range(calls):
         synchronize(device)
-        return torch.cuda.max_memory_allocated() - start_memory
-    with PeakRSS() as rss:
-        fn()
-    return rss.peak - rss.baseline
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            start_memory = torch.cuda.memory_allocated()
+            fn()
+            synchronize(device)
+            peaks.append(torch.cuda.max_memory_allocated() - start_memory)
+        else:
+            with PeakRSS() as rss:
+                fn()
+            peaks.append(rss.peak - rss.baseline)
+    return max(peaks)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -187,7 +206,9 @@ BUILDERS = {"htsat": build_htsat, "clap": build_clap, "ast": build_ast}
 def count_gflops(model, forward, features) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    # With autograd on, HTS-AT takes its plain path: FlopCounterMode does not know the fused oneDNN linear op of its
+    # CPU inference path (same arithmetic).
+    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
         forward(model, features)
     return counter.get_total_flops() / 1e9
 
