@@ -213,7 +213,18 @@ def count_gflops(model, forward, features) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def benchmark_models(args, rows, flops):
+def bf16_probability_gap(built, batch_size: int, device: str) -> float:
+    """Largest difference between HTS-AT's clip probabilities under bf16 autocast and in fp32, on the benchmark's
+    clips (the issue's bound is 5e-3)."""
+    with torch.inference_mode():
+        features = built["extract"](built["waves"][:batch_size])
+        reference = built["forward"](built["model"], features).float().sigmoid()
+        with precision_context("bf16", device):
+            reduced = built["forward"](built["model"], features).float().sigmoid()
+    return (reduced - reference).abs().max().item()
+
+
+def benchmark_models(args, rows, flops, checks):
     """Every model at every batch size, precision and stage; at each batch size and precision the calls of all
     models and stages are interleaved (see `time_interleaved`)."""
     rng = np.random.default_rng(0)
@@ -225,6 +236,10 @@ def benchmark_models(args, rows, flops):
         built[name] = dict(model=model, extract=extract, forward=forward, waves=waves, compiled=None)
 
     for batch_size in args.batch_sizes:
+        if "htsat" in built and "bf16" in args.precisions:
+            checks[f"htsat bf16 max clip probability gap, batch {batch_size}"] = bf16_probability_gap(
+                built["htsat"], batch_size, args.device
+            )
         features = {name: m["extract"](m["waves"][:batch_size]) for name, m in built.items()}
         for precision in args.precisions:
             if precision == "tf32" and args.device != "cuda":
@@ -293,7 +308,7 @@ def benchmark_train_step(args, rows):
               f"({batch_size / seconds:.2f} clips/s) {peak / 2**20:8.1f} MB", flush=True)
 
 
-def summarize(rows, flops, args) -> str:
+def summarize(rows, flops, checks, args) -> str:
     lines = ["", "| model | stage | precision | batch | clips/s | latency (ms) | peak mem (MB) | vs CLAP e2e fp32 |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     reference = {r["batch_size"]: r["clips_per_s"] for r in rows
@@ -304,6 +319,7 @@ def summarize(rows, flops, args) -> str:
                      f"| {r['latency_ms']:.1f} | {r['peak_mem_mb']:.0f} | {ratio:.2f}x |")
     lines.append("")
     lines += [f"{name}: {gflops:.2f} GFLOPs per 10 s clip (forward, FlopCounterMode)" for name, gflops in flops.items()]
+    lines += [f"{name}: {value:.1e}" for name, value in checks.items()]
     if args.device == "cpu" and "htsat" in flops:
         best = max((r for r in rows if r["model"] == "htsat" and r["stage"] == "model" and r["precision"] == "fp32"),
                    key=lambda r: r["clips_per_s"], default=None)
@@ -338,13 +354,14 @@ def main(argv=None):
         tiny=args.tiny,
     )
     print(f"environment: {environment}")
-    rows, flops = [], {}
-    benchmark_models(args, rows, flops)
+    rows, flops, checks = [], {}, {}
+    benchmark_models(args, rows, flops, checks)
     if args.train_step:
         benchmark_train_step(args, rows)
-    print(summarize(rows, flops, args))
+    print(summarize(rows, flops, checks, args))
     if args.json:
-        args.json.write_text(json.dumps(dict(environment=environment, gflops=flops, rows=rows), indent=1))
+        report = dict(environment=environment, gflops=flops, checks=checks, rows=rows)
+        args.json.write_text(json.dumps(report, indent=1))
     return 0
 
 
