@@ -179,8 +179,8 @@ def cpu_linear(layer: nn.Linear, inputs: torch.Tensor, gelu: bool = False) -> to
     """`layer(inputs)`, then the exact (erf) GELU when `gelu`.
 
     Where [`onednn_linear_dtype`] allows, this is one oneDNN matmul with the bias and the GELU fused into it (the
-    kernel torch.compile's CPU backend emits for such layers): in float32 8-13% faster than PyTorch's default MKL
-    GEMM on the model's shapes on AMD EPYC, and in both precisions no separate passes for the bias and the
+    kernel torch.compile's CPU backend emits for such layers): in float32 up to 13% faster than PyTorch's default
+    MKL GEMM on the model's shapes on AMD EPYC, and in both precisions no separate passes for the bias and the
     activation (a bfloat16 GELU pass costs more than its matmul's bias). Under autocast the operands are cast to
     bfloat16 on each call, as autocast casts them once per autocast region. Anywhere else it is the plain layer.
     """
