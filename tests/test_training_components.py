@@ -29,7 +29,6 @@ from htsat_hf.training import (
     get_htsat_schedule,
     htsat_lr_factor,
     make_compute_metrics,
-    mix,
     sample_mixup,
     time_shift_offsets,
     time_shift_tta,
@@ -231,52 +230,29 @@ def test_balanced_sampler_resumes_mid_epoch_from_its_state(tmp_path):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def test_sample_mixup_draws_beta_weights_and_reversed_partners():
-    lam, index = sample_mixup(20000, alpha=0.5, generator=np.random.default_rng(0))
-    assert lam.dtype == torch.float32 and lam.shape == (20000,) and index.dtype == torch.int64
-    assert index.tolist() == list(range(19999, -1, -1))
+def test_sample_mixup_draws_beta_weights():
+    lam = sample_mixup(20000, alpha=0.5, generator=np.random.default_rng(0))
+    assert lam.dtype == torch.float32 and lam.shape == (20000,)
     assert stats.kstest(lam.numpy(), "beta", args=(0.5, 0.5)).pvalue > 1e-3
     assert not stats.kstest(lam.numpy(), "uniform").pvalue > 1e-3
-
-    again, _ = sample_mixup(20000, alpha=0.5, generator=np.random.default_rng(0))
-    assert torch.equal(lam, again)
-    _, permutation = sample_mixup(64, partner="random", generator=np.random.default_rng(1))
-    assert sorted(permutation.tolist()) == list(range(64)) and permutation.tolist() != list(range(63, -1, -1))
-    with pytest.raises(ValueError):
-        sample_mixup(4, partner="shuffle")
+    assert torch.equal(lam, sample_mixup(20000, alpha=0.5, generator=np.random.default_rng(0)))
+    with pytest.raises(ValueError, match="alpha"):
+        sample_mixup(4, alpha=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        sample_mixup(0)
 
 
-def test_mix_matches_the_original_and_leaves_targets_unmixed_by_default():
+def test_mixup_with_sampled_weights_matches_the_original():
+    """utils.do_mixup of the original: the batch mixed with its reversal; the middle of an odd batch is its own
+    partner."""
+    from htsat_hf.modeling_htsat import mixup
+
     features = torch.randn(5, 7, 3)
-    targets = (torch.rand(5, 4) > 0.5).float()
-    lam, index = sample_mixup(5, generator=np.random.default_rng(2))
-
-    mixed, kept = mix(features, lam, index, targets)
-    # utils.do_mixup of the original: the batch mixed with its reversal.
+    lam = sample_mixup(5, generator=np.random.default_rng(2))
     flipped = torch.flip(features, dims=[0])
     original = (features.transpose(0, -1) * lam + flipped.transpose(0, -1) * (1 - lam)).transpose(0, -1)
-    torch.testing.assert_close(mixed, original)
-    assert kept is targets
-    torch.testing.assert_close(mixed[2], features[2])  # the middle of an odd batch is its own partner
-
-    _, mixed_targets = mix(features, lam, index, targets, mix_targets=True)
-    torch.testing.assert_close(mixed_targets, lam[:, None] * targets + (1 - lam[:, None]) * targets.flip(0))
-
-
-def test_mix_with_a_random_partner_and_its_errors():
-    features, targets = torch.randn(4, 6, 2), torch.eye(4)
-    lam, index = torch.tensor([1.0, 0.0, 0.25, 0.5]), torch.tensor([2, 3, 0, 1])
-    mixed, mixed_targets = mix(features, lam, index, targets, mix_targets=True)
-    torch.testing.assert_close(mixed[0], features[0])
-    torch.testing.assert_close(mixed[1], features[3])
-    torch.testing.assert_close(mixed[2], 0.25 * features[2] + 0.75 * features[0])
-    torch.testing.assert_close(mixed_targets[3], torch.tensor([0.0, 0.5, 0.0, 0.5]))
-    with pytest.raises(ValueError, match="needs the targets"):
-        mix(features, lam, index, mix_targets=True)
-    with pytest.raises(ValueError, match="one-hot"):
-        mix(features, lam, index, torch.arange(4), mix_targets=True)
-    with pytest.raises(ValueError, match="shape"):
-        mix(features, lam[:3], index)
+    torch.testing.assert_close(mixup(features, lam), original)
+    torch.testing.assert_close(mixup(features, lam)[2], features[2])
 
 
 # --------------------------------------------------------------------------------------------------------------------

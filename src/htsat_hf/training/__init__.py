@@ -3,13 +3,13 @@ hand-written loop. Needs the `train` extras (`datasets`, `accelerate`, `evaluate
 
 - `schedules`: the per-epoch learning-rate table as a per-step `LambdaLR`.
 - `sampling`: class-balanced sampling of AudioSet clips, distributed and resumable.
-- `augmentation`: mixup weights and partners, and the mix itself.
+- `augmentation`: mixup weights (the model mixes its features with them, `modeling_htsat.mixup`).
 - `metrics`: mAP, mAUC, d-prime and (top-k) accuracy as offline `evaluate` metrics, and a `compute_metrics` factory.
 - `tta`: the 10-copy time-shift test-time augmentation of the AudioSet evaluation.
 - `checkpoints`: weight averaging of saved models, and probability ensembles.
 """
 
-from .augmentation import mix, sample_mixup
+from .augmentation import sample_mixup
 from .checkpoints import average_checkpoints, check_compatible, ensemble_evaluate, ensemble_predict
 from .metrics import (
     Accuracy,
@@ -38,7 +38,6 @@ __all__ = [
     "get_htsat_schedule",
     "htsat_lr_factor",
     "make_compute_metrics",
-    "mix",
     "sample_mixup",
     "time_shift_offsets",
     "time_shift_tta",

@@ -81,7 +81,7 @@ class HTSATTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.mixup_alpha > 0 and model.training:
             batch = inputs["input_features"].shape[0]
-            lam, _ = sample_mixup(batch, self.mixup_alpha, device=inputs["input_features"].device)
+            lam = sample_mixup(batch, self.mixup_alpha, device=inputs["input_features"].device)
             inputs = {**inputs, "mixup_lambda": lam}
             if self.mix_targets and "labels" in inputs:
                 labels = inputs["labels"]
