@@ -9,6 +9,7 @@ import torch
 from conftest import REPO_ROOT, tiny_config
 
 from torch import nn
+from transformers.activations import GELUActivation
 
 from htsat_hf import HTSATFeatureExtractor, HTSATForAudioClassification
 from htsat_hf import feature_extraction_htsat, modeling_htsat
@@ -183,15 +184,18 @@ def test_cpu_linear_fused_matches_plain(gelu, bias):
     inputs = torch.randn(3, 70, 48)
     expected = layer(inputs)
     expected = nn.functional.gelu(expected) if gelu else expected
+    activation = GELUActivation() if gelu else None
     calls = []
     original = modeling_htsat._ONEDNN_LINEAR
     with torch.no_grad():
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(modeling_htsat, "_ONEDNN_LINEAR", lambda *args: calls.append(1) or original(*args))
-            fused = cpu_linear(layer, inputs, gelu=gelu)
+            patch.setattr(modeling_htsat, "_ONEDNN_LINEAR", lambda *args: calls.append(args[3]) or original(*args))
+            fused = cpu_linear(layer, inputs, activation=activation)
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                reduced = cpu_linear(layer, inputs, gelu=gelu)
-    assert calls == [1, 1]
+                reduced = cpu_linear(layer, inputs, activation=activation)
+            other = cpu_linear(layer, inputs, activation=nn.ReLU())  # not fusable: applied after the fused matmul
+    assert calls == ["gelu" if gelu else "none"] * 2 + ["none"]
+    assert (other - torch.relu(layer(inputs))).abs().max() < 1e-5
     assert fused.dtype == torch.float32 and (fused - expected).abs().max() < 1e-5
     assert reduced.dtype == torch.bfloat16  # as autocast's own linear layer
     assert (reduced.float() - expected).abs().max() < 0.05 * expected.abs().max()

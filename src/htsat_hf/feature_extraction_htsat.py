@@ -59,8 +59,8 @@ def log_mel_spectrogram(
     Returns:
         `(batch, frames, mel_bins)` tensor in dB with `frames = 1 + samples // hop_length`.
     """
-    clips = waveforms.shape[0]
-    if waveforms.device.type == "cpu":
+    clips, device_type = waveforms.shape[0], waveforms.device.type
+    if device_type == "cpu":
         # A few clips at a time, so the complex spectrum (4 MB per 10 s clip) stays in cache and its memory is
         # reused; a whole batch's spectrum is page-faulted afresh on every call. Per clip was 2.8x faster for a
         # batch of eight 10 s clips on a 2-core EPYC, results bit for bit the same.
@@ -70,7 +70,6 @@ def log_mel_spectrogram(
     # giving both halves of a bin the same filter weight saves a pass and a copy over the whole spectrum.
     pair_filters = mel_filters.to(waveforms.dtype).repeat_interleave(2, dim=0)  # (2 * freq, mel_bins)
     window = torch.hann_window(n_fft, periodic=True, dtype=waveforms.dtype, device=waveforms.device)
-    device_type = waveforms.device.type
     # The caller's autocast must not reach the front end: a bfloat16 mel matmul is 0.14 dB off.
     with torch.autocast(device_type, enabled=False) if torch.amp.is_autocast_available(device_type) else nullcontext():
         chunks = [_log_mel(chunk, pair_filters, window, hop_length) for chunk in waveforms.split(clips)]

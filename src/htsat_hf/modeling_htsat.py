@@ -12,7 +12,7 @@ The data path, in call order (each stage is a function or module of this file):
    `HTSATTokenSemanticHead` (the paper's head) or `HTSATLinearHead` gives frame and clip logits.
 
 CPU inference takes a faster route with the same results: `HTSATStage.forward` runs the batch in cache-sized chunks
-of clips (`clips_per_cpu_chunk`) and `cpu_linear` fuses each linear layer's bias and GELU into one oneDNN matmul.
+of clips (`clips_per_cpu_chunk`) and `cpu_linear` fuses each linear layer's bias (and GELU) into one oneDNN matmul.
 """
 
 import math
@@ -175,22 +175,30 @@ def onednn_linear_dtype(layer: nn.Module, inputs: torch.Tensor) -> torch.dtype |
     return torch.float32 if inputs.dtype == torch.float32 else None
 
 
-def cpu_linear(layer: nn.Linear, inputs: torch.Tensor, gelu: bool = False) -> torch.Tensor:
-    """`layer(inputs)`, then the exact (erf) GELU when `gelu`.
+def cpu_linear(layer: nn.Linear, inputs: torch.Tensor, activation: nn.Module | None = None) -> torch.Tensor:
+    """`layer(inputs)`, then `activation` when given.
 
-    Where [`onednn_linear_dtype`] allows, this is one oneDNN matmul with the bias and the GELU fused into it (the
-    kernel torch.compile's CPU backend emits for such layers): in float32 up to 13% faster than PyTorch's default
-    MKL GEMM on the model's shapes on AMD EPYC, and in both precisions no separate passes for the bias and the
-    activation (a bfloat16 GELU pass costs more than its matmul's bias). Under autocast the operands are cast to
-    bfloat16 on each call, as autocast casts them once per autocast region. Anywhere else it is the plain layer.
+    Where [`onednn_linear_dtype`] allows, this is one oneDNN matmul with the bias, and the activation when it is
+    transformers' exact (erf) GELU module unaltered, fused into it (the kernel torch.compile's CPU backend emits for
+    such layers): in float32 up to 13% faster than PyTorch's default MKL GEMM on the model's shapes on AMD EPYC, and
+    in both precisions no separate passes for the bias and the activation (a bfloat16 GELU pass costs more than its
+    matmul's bias). Under autocast the operands are cast to bfloat16 on each call, as autocast casts them once per
+    autocast region. Anywhere else it is the plain layer, then the activation module.
     """
     dtype = onednn_linear_dtype(layer, inputs)
     if dtype is None:
         outputs = layer(inputs)
-        return F.gelu(outputs) if gelu else outputs
+        return outputs if activation is None else activation(outputs)
+    fuses_gelu = (
+        activation is not None
+        and is_plain_module(activation)
+        and type(activation) is GELUActivation
+        and activation.act is F.gelu
+    )
     weight, bias = layer.weight.to(dtype), None if layer.bias is None else layer.bias.to(dtype)
-    post_op, algorithm = ("gelu", "none") if gelu else ("none", "")
-    return _ONEDNN_LINEAR(inputs.to(dtype), weight, bias, post_op, [], algorithm)
+    post_op, algorithm = ("gelu", "none") if fuses_gelu else ("none", "")
+    outputs = _ONEDNN_LINEAR(inputs.to(dtype), weight, bias, post_op, [], algorithm)
+    return outputs if activation is None or fuses_gelu else activation(outputs)
 
 
 def _is_tracing() -> bool:
@@ -413,17 +421,12 @@ class HTSATMLP(nn.Module):
         hidden = int(dim * config.mlp_ratio)
         self.fc1 = nn.Linear(dim, hidden)
         self.act = ACT2FN[config.hidden_act]
-        # transformers' "gelu" is the exact one, as cpu_linear's fused GELU
-        self.fuses_gelu = config.hidden_act == "gelu" and type(self.act) is GELUActivation
         self.fc2 = nn.Linear(hidden, dim)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if self.fuses_gelu and is_plain_module(self.act) and onednn_linear_dtype(self.fc1, hidden_states) is not None:
-            hidden = cpu_linear(self.fc1, hidden_states, gelu=True)
-        else:
-            hidden = self.act(cpu_linear(self.fc1, hidden_states))
-        return self.dropout(cpu_linear(self.fc2, self.dropout(hidden)))
+        hidden = self.dropout(cpu_linear(self.fc1, hidden_states, activation=self.act))
+        return self.dropout(cpu_linear(self.fc2, hidden))
 
 
 class HTSATSwinBlock(GradientCheckpointingLayer):
