@@ -1,0 +1,355 @@
+"""The one audio input layer: every entry point (the feature extractor, both pipelines, `htsat-hf predict`,
+`run_sed.py`, training data) turns what a user gives into mono float32 samples here, with the same rules and the
+same errors.
+
+Forms of audio ([`load_waveform`]):
+
+| form | rate | channels |
+| --- | --- | --- |
+| a path (`str` or `PathLike`) | the file's, resampled to the model's | downmixed (mean) |
+| `bytes` (an encoded file) | the file's, resampled | downmixed |
+| a numpy array, torch tensor or list of numbers | taken to be the model's | 1-D, or 2-D with one channel |
+| `{"raw" or "array": samples, "sampling_rate": rate}` (transformers' pipelines, decoded `datasets` values) | `rate`, resampled | as arrays |
+| `{"path": ..., "bytes": ...}` (undecoded `datasets` values) | the file's, resampled | downmixed |
+| a torchcodec `AudioDecoder` (`datasets` >= 4 decoded values) | its own, resampled | downmixed |
+
+Samples: float in [-1, 1], or integer PCM (int8, uint8, int16, int32), scaled by the format's full scale as
+soundfile and the WAV format define it (uint8 is offset by 128). Float samples that are obviously unscaled integer
+PCM (whole numbers with a peak above 2, or any peak above 64: int16 cast to float peaks near 32767) are refused:
+they would shift the log-mel by about 90 dB and silently ruin every score.
+
+Files are read by soundfile (WAV, FLAC, OGG, MP3 with libsndfile >= 1.1, with seeking, so part of a long file is read
+without the rest); other formats by FFmpeg, through torchcodec when installed, else through the `ffmpeg` program (as
+transformers' audio pipelines do), so inference needs neither torchcodec nor torchaudio. Resampling uses torchaudio
+(as transformers' pipelines do); without it, audio at another rate is refused with a message saying so.
+
+Every problem is an [`InputError`] whose message names the file (or `name`).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import InputError
+
+AUDIO_EXTENSIONS = (
+    ".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif", ".aiff", ".wma", ".webm",
+)
+# Full scale of integer PCM: the divisor that maps the format's range to [-1, 1) (libsndfile's convention).
+PCM_FULL_SCALE = {
+    np.dtype(np.int8): 128.0,
+    np.dtype(np.int16): 32768.0,
+    np.dtype(np.int32): 2147483648.0,
+}
+# 8-bit WAV is unsigned with silence at 128.
+_UINT8_OFFSET = 128.0
+# Float audio above these peaks is not [-1, 1] audio: whole numbers past 2 are integer PCM cast to float, and no
+# float recording of a real scene peaks at 64x full scale.
+UNSCALED_INTEGER_PEAK = 2.0
+UNSCALED_FLOAT_PEAK = 64.0
+
+
+# --------------------------------------------------------------------------------------------------------- samples
+
+
+def pcm_to_float(samples, name: str = "the audio") -> np.ndarray:
+    """Samples of any accepted dtype as float32 in [-1, 1].
+
+    Args:
+        samples: numpy array or torch tensor of any shape; float, or integer PCM (int8, uint8, int16, int32).
+        name: how messages name the audio (a file name, "clip 3").
+
+    Returns:
+        float32 array of the same shape.
+
+    Raises:
+        InputError: another dtype (bool, int64, complex, object), or float samples that are obviously unscaled
+            integer PCM (see the module docstring).
+    """
+    if isinstance(samples, torch.Tensor):
+        samples = samples.detach().cpu()
+        samples = samples.float().numpy() if samples.dtype in (torch.bfloat16, torch.float16) else samples.numpy()
+    samples = np.asarray(samples)
+    if samples.dtype in PCM_FULL_SCALE:
+        return (samples.astype(np.float64) / PCM_FULL_SCALE[samples.dtype]).astype(np.float32)
+    if samples.dtype == np.uint8:
+        return ((samples.astype(np.float64) - _UINT8_OFFSET) / _UINT8_OFFSET).astype(np.float32)
+    if not np.issubdtype(samples.dtype, np.floating):
+        raise InputError(
+            f"{name}: samples of dtype {samples.dtype} are not audio; pass float samples in [-1, 1] or integer PCM "
+            "(int8, uint8, int16, int32)"
+        )
+    samples = samples.astype(np.float32, copy=False)
+    if samples.size:
+        finite = samples[np.isfinite(samples)]
+        peak = float(np.abs(finite).max()) if finite.size else 0.0
+        if peak > UNSCALED_FLOAT_PEAK or (peak > UNSCALED_INTEGER_PEAK and np.array_equal(finite, np.round(finite))):
+            raise InputError(
+                f"{name}: float samples peak at {peak:g}, so they look like integer PCM that was cast to float "
+                "without scaling; pass the integer array itself (int16/int32 are scaled), or divide by 32768 for "
+                "16-bit audio (2147483648 for 32-bit)"
+            )
+    return samples
+
+
+def check_waveform(waveform: np.ndarray, name: str = "the audio") -> np.ndarray:
+    """Refuse empty audio and NaN/Inf samples; returns `waveform` as contiguous float32.
+
+    Raises:
+        InputError: naming `name`.
+    """
+    if waveform.size == 0:
+        raise InputError(f"{name}: the audio is empty (0 samples)")
+    finite = np.isfinite(waveform)
+    if not finite.all():
+        raise InputError(
+            f"{name}: the audio has {int((~finite).sum())} NaN or infinite samples (first at sample "
+            f"{int(np.argmin(finite))}); clean or drop it"
+        )
+    return np.ascontiguousarray(waveform, dtype=np.float32)
+
+
+def _mono_array(samples: np.ndarray, name: str) -> np.ndarray:
+    """A 1-D array from an in-memory array: one channel may be given as `(1, n)` or `(n, 1)`; more are refused,
+    since the channel axis of an in-memory array cannot be told apart from a batch axis."""
+    if samples.ndim == 0:
+        raise InputError(f"{name}: got a single number, not a sequence of samples")
+    if samples.ndim == 2 and 1 in samples.shape:
+        samples = samples.reshape(-1)
+    if samples.ndim != 1:
+        raise InputError(
+            f"{name}: got samples of shape {tuple(samples.shape)}, but HTS-AT takes mono audio; downmix it "
+            "(wave.mean(axis=0) for (channels, samples), wave.mean(axis=1) for (samples, channels)) or pick a channel"
+        )
+    return samples
+
+
+def _downmix(samples: np.ndarray, channel_axis: int) -> np.ndarray:
+    return samples.mean(axis=channel_axis) if samples.ndim == 2 else samples.reshape(-1)
+
+
+def resample(waveform: np.ndarray, orig_sr: int, target_sr: int, name: str = "the audio") -> np.ndarray:
+    """`(samples,)` float32 audio from `orig_sr` to `target_sr` Hz with torchaudio's windowed-sinc resampler (its
+    defaults, as transformers' audio pipelines use).
+
+    Raises:
+        InputError: torchaudio is not installed, or a rate is not a positive number.
+    """
+    orig_sr = _check_rate(orig_sr, name)
+    if orig_sr == target_sr:
+        return waveform
+    try:
+        from torchaudio.functional import resample as torchaudio_resample
+    except ImportError:
+        raise InputError(
+            f"{name}: audio at {orig_sr} Hz must be resampled to the model's {target_sr} Hz: install torchaudio "
+            "(pip install 'htsat-hf[audio]'), or resample it yourself"
+        ) from None
+    tensor = torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32))
+    return torchaudio_resample(tensor, orig_sr, int(target_sr)).numpy()
+
+
+def _check_rate(rate, name: str) -> int:
+    """`rate` as an int, refusing what is not a positive whole number of Hz (a string, 0, 22050.5, NaN, True)."""
+    if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, (int, float, np.integer, np.floating)):
+        raise InputError(f"{name}: sampling_rate must be a positive whole number of Hz, got {rate!r}")
+    if not (np.isfinite(rate) and float(rate).is_integer() and rate > 0):
+        raise InputError(f"{name}: sampling_rate must be a positive whole number of Hz, got {rate!r}")
+    return int(rate)
+
+
+# ----------------------------------------------------------------------------------------------------------- files
+
+
+def read_audio(
+    path: str | PathLike, sampling_rate: int, start: float = 0.0, seconds: float | None = None
+) -> tuple[np.ndarray, int | None]:
+    """Decode an audio file (or `seconds` of it from `start`, in seconds) to mono float32 at `sampling_rate`.
+
+    Returns:
+        `(waveform (samples,), the file's own rate)`; the rate is None when the `ffmpeg` program decoded the file,
+        since it resamples while decoding.
+
+    Raises:
+        InputError: naming the file when it is missing, a folder, undecodable, empty, or has NaN/Inf samples.
+    """
+    path = _existing_file(path)
+    try:
+        import soundfile
+
+        with soundfile.SoundFile(str(path)) as handle:
+            native = handle.samplerate
+            if start > 0:
+                handle.seek(min(int(round(start * native)), handle.frames))
+            frames = -1 if seconds is None else int(round(seconds * native))
+            data = handle.read(frames=frames, dtype="float32", always_2d=True)
+        wave = _downmix(data, channel_axis=1)
+    except Exception as soundfile_error:  # libsndfile's many error types (and no soundfile): let FFmpeg try
+        wave, native = _decode_with_ffmpeg(path, sampling_rate, soundfile_error, str(path))
+        rate = native or sampling_rate
+        first = int(round(start * rate))
+        wave = wave[first:] if seconds is None else wave[first : first + int(round(seconds * rate))]
+    wave = check_waveform(wave, str(path))
+    if native is not None:
+        wave = resample(wave, native, sampling_rate, str(path))
+    return np.ascontiguousarray(wave, dtype=np.float32), native
+
+
+def audio_duration(source: str | PathLike | bytes, name: str | None = None) -> float:
+    """Duration in seconds of an audio file (a path, or its bytes) from its header, decoding it only when soundfile
+    cannot read it.
+
+    Raises:
+        InputError: naming the file (or `name`) when it is missing, undecodable or empty.
+    """
+    if isinstance(source, (bytes, bytearray)):
+        source, name = bytes(source), name or "the audio bytes"
+        opened = io.BytesIO(source)
+    else:
+        source = _existing_file(source)
+        name, opened = name or str(source), str(source)
+    try:
+        import soundfile
+
+        info = soundfile.info(opened)
+        duration = info.frames / info.samplerate
+    except Exception as error:  # libsndfile's many error types: let FFmpeg try
+        # Any decoding rate gives the duration; a low one keeps the ffmpeg program's output small.
+        wave, native = _decode_with_ffmpeg(source, 16000, error, name)
+        duration = wave.size / (native or 16000)
+    if duration <= 0:
+        raise InputError(f"{name}: the audio is empty (0 samples)")
+    return duration
+
+
+def _existing_file(path: str | PathLike) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not an audio file")
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    return path
+
+
+def _decode_with_ffmpeg(
+    source: Path | bytes, sampling_rate: int, first_error: Exception, name: str
+) -> tuple[np.ndarray, int | None]:
+    """Mono samples and their rate through torchcodec, or at `sampling_rate` (rate None) through the program."""
+    try:
+        from torchcodec.decoders import AudioDecoder
+    except ImportError:
+        from transformers.pipelines.audio_utils import ffmpeg_read
+
+        try:
+            data = source if isinstance(source, bytes) else source.read_bytes()
+            return ffmpeg_read(data, sampling_rate), None
+        except Exception as error:  # a missing program or a file FFmpeg cannot read
+            raise InputError(
+                f"{name}: cannot decode audio (soundfile: {_one_line(first_error)}; ffmpeg: {_one_line(error)})"
+            ) from None
+    try:
+        samples = AudioDecoder(source if isinstance(source, bytes) else str(source)).get_all_samples()
+    except Exception as error:  # torchcodec raises several types; the user needs the file named
+        raise InputError(
+            f"{name}: cannot decode audio (soundfile: {_one_line(first_error)}; FFmpeg: {_one_line(error)})"
+        ) from None
+    return _downmix(samples.data.numpy(), channel_axis=0).astype(np.float32), int(samples.sample_rate)
+
+
+def _decode_bytes(data: bytes, sampling_rate: int, name: str) -> np.ndarray:
+    try:
+        import soundfile
+
+        samples, native = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        wave = _downmix(samples, channel_axis=1)
+    except Exception as soundfile_error:  # libsndfile's many error types: let FFmpeg try
+        wave, native = _decode_with_ffmpeg(data, sampling_rate, soundfile_error, name)
+    wave = check_waveform(wave, name)
+    return wave if native is None else resample(wave, native, sampling_rate, name)
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
+
+# ------------------------------------------------------------------------------------------------ any form of audio
+
+
+def load_waveform(audio, sampling_rate: int, name: str | None = None) -> np.ndarray:
+    """Mono float32 samples at `sampling_rate` from any accepted form of audio (see the module docstring).
+
+    Args:
+        audio: a path, bytes, an array/tensor/list of samples at `sampling_rate`, a `{"raw"|"array",
+            "sampling_rate"}` or `{"path", "bytes"}` dict, or a torchcodec `AudioDecoder`.
+        sampling_rate: the model's rate in Hz.
+        name: how errors name the audio (default: its path, or "the audio").
+
+    Returns:
+        `(samples,)` float32, finite, non-empty. Float32 arrays that need no change may be returned as they are
+        (not copied).
+
+    Raises:
+        InputError: one line naming the audio, for a form it does not take, a missing or undecodable file, a
+            folder, multi-channel arrays, empty audio, NaN/Inf samples, unscaled PCM, or a dict without its rate.
+    """
+    if isinstance(audio, (str, PathLike)):
+        return read_audio(audio, sampling_rate)[0]
+    if isinstance(audio, (bytes, bytearray, memoryview)):
+        return _decode_bytes(bytes(audio), sampling_rate, name or "the audio bytes")
+    if isinstance(audio, dict):
+        return _waveform_from_dict(audio, sampling_rate, name)
+    if hasattr(audio, "get_all_samples"):  # torchcodec's AudioDecoder, as datasets >= 4 decodes audio
+        # datasets records the file on the decoder's metadata.
+        name = name or str(getattr(getattr(audio, "metadata", None), "path", None) or "the decoded audio")
+        try:
+            samples = audio.get_all_samples()
+        except Exception as error:  # torchcodec raises several types; name the audio instead
+            raise InputError(f"{name}: cannot decode audio ({_one_line(error)})") from None
+        wave = check_waveform(_downmix(samples.data.numpy(), channel_axis=0), name)
+        return resample(wave, int(samples.sample_rate), sampling_rate, name)
+    name = name or "the audio"
+    if isinstance(audio, (np.ndarray, torch.Tensor)):
+        return check_waveform(_mono_array(pcm_to_float(audio, name), name), name)
+    if isinstance(audio, Sequence) and all(isinstance(x, (int, float, np.number)) for x in audio[:16]):
+        return check_waveform(_mono_array(pcm_to_float(np.asarray(audio, dtype=np.float32), name), name), name)
+    raise InputError(
+        f"{name}: cannot read audio from a {type(audio).__name__}; give a file path, a numpy array or torch tensor "
+        "of samples, or a {'raw': samples, 'sampling_rate': rate} dict"
+    )
+
+
+def _waveform_from_dict(audio: dict, sampling_rate: int, name: str | None) -> np.ndarray:
+    samples = audio.get("raw")
+    samples = audio.get("array") if samples is None else samples
+    name = name or str(audio.get("path") or "the audio")
+    if samples is not None:
+        if audio.get("sampling_rate") is None:
+            raise InputError(f'{name}: a dict of samples needs its "sampling_rate" besides "raw" (or "array")')
+        rate = _check_rate(audio["sampling_rate"], name)
+        return resample(load_waveform(samples, sampling_rate=rate, name=name), rate, sampling_rate, name)
+    if audio.get("bytes") is not None:
+        return _decode_bytes(bytes(audio["bytes"]), sampling_rate, name)
+    if audio.get("path") is not None:
+        return read_audio(audio["path"], sampling_rate)[0]
+    raise InputError(
+        f"{name}: a dict input needs \"raw\" (or \"array\") with \"sampling_rate\", or \"path\"/\"bytes\"; got keys "
+        f"{sorted(map(str, audio))}"
+    )
+
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "PCM_FULL_SCALE",
+    "audio_duration",
+    "check_waveform",
+    "load_waveform",
+    "pcm_to_float",
+    "read_audio",
+    "resample",
+]
