@@ -1,11 +1,11 @@
-"""What each part of HTS-AT's CPU inference path buys, measured in one process with the parts switched off in turn.
+"""What each part of HTS-AT's CPU inference fast path buys, measured in one process with the parts switched off in
+turn through the package's switch (`htsat_hf.cpu_fast_path`, see src/htsat_hf/cpu_fast_path_htsat.py).
 
-Variants (timed in interleaved rounds, medians; the same random features for all):
-  fast          the package as shipped
-  no-chunks     stages and the front end take the whole batch at once (`CPU_CHUNK_BYTES` set beyond any batch)
-  no-onednn     linear layers through PyTorch's default GEMM, bias and GELU as separate passes
-  plain         neither
-Also the front end alone (chunked against whole-batch) and the patch embedding (matmul against the convolution).
+Variants (timed in interleaved rounds, medians; the same features for all):
+  fast             the package as shipped: every part on
+  no <part>        that part off, the others on
+  reference        the fast path off: every module runs its reference forward
+Also the patch embedding alone: the matmul over patches against the convolution.
 
     python benchmarks/ablation.py --batch-size 8 --precisions fp32 bf16
 """
@@ -19,35 +19,37 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from htsat_hf import HTSATConfig, HTSATFeatureExtractor, HTSATForAudioClassification
-from htsat_hf import feature_extraction_htsat, modeling_htsat
+from htsat_hf import HTSATConfig, HTSATFeatureExtractor, HTSATForAudioClassification, cpu_fast_path
+from htsat_hf.cpu_fast_path_htsat import ONEDNN_LINEAR_AVAILABLE
 
-UNLIMITED = 2**62
 VARIANTS = {
-    "fast": dict(chunks=True, onednn=True),
-    "no-chunks": dict(chunks=False, onednn=True),
-    "no-onednn": dict(chunks=True, onednn=False),
-    "plain": dict(chunks=False, onednn=False),
+    "fast": {},
+    "no chunks": dict(chunks=False),
+    "no oneDNN linear": dict(onednn_linear=False),
+    "no window gather": dict(window_gather=False),
+    "no patch matmul": dict(patch_matmul=False),
+    "no bias cache": dict(bias_cache=False),
+    "reference": dict(enabled=False),
 }
 
 
-def configure(chunks: bool, onednn: bool, defaults: dict):
-    modeling_htsat.CPU_CHUNK_BYTES = defaults["model_chunk"] if chunks else UNLIMITED
-    feature_extraction_htsat.CPU_CHUNK_BYTES = defaults["front_chunk"] if chunks else UNLIMITED
-    modeling_htsat._ONEDNN_LINEAR = defaults["onednn"] if onednn else None
-
-
 def interleaved_medians(calls: dict, rounds: int) -> dict:
+    """Median seconds per call of each of `calls` (name -> (fast path settings, function)), in interleaved rounds
+    after one warm-up call each."""
     times = {name: [] for name in calls}
-    for name, (setup, fn) in calls.items():  # warm-up
-        setup()
-        fn()
-    for _ in range(rounds):
-        for name, (setup, fn) in calls.items():
-            setup()
+
+    def timed(name):
+        settings, fn = calls[name]
+        with cpu_fast_path(**settings):
             start = time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - start)
+            return time.perf_counter() - start
+
+    for name in calls:
+        timed(name)
+    for _ in range(rounds):
+        for name in calls:
+            times[name].append(timed(name))
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -59,20 +61,15 @@ def main(argv=None):
     parser.add_argument("--tiny", action="store_true", help="a tiny configuration (a smoke test, not a measurement)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    defaults = dict(
-        model_chunk=modeling_htsat.CPU_CHUNK_BYTES,
-        front_chunk=feature_extraction_htsat.CPU_CHUNK_BYTES,
-        onednn=modeling_htsat._ONEDNN_LINEAR,
-    )
-    if defaults["onednn"] is None:
-        print("note: this torch build has no oneDNN fused linear; the -onednn variants equal the others")
+    if not ONEDNN_LINEAR_AVAILABLE:
+        print("note: this torch build has no oneDNN fused linear; 'no oneDNN linear' equals 'fast'")
     overrides = dict(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8]) if args.tiny else {}
     config = HTSATConfig(**overrides)
     model = HTSATForAudioClassification(config).eval()
     extractor = HTSATFeatureExtractor.from_config(config)
     waves = (np.random.default_rng(0).standard_normal((args.batch_size, extractor.max_length_samples)) * 0.1)
-    waves = waves.astype(np.float32)
-    features = extractor(waves, sampling_rate=config.sampling_rate, return_tensors="pt")["input_features"]
+    features = extractor(waves.astype(np.float32), sampling_rate=config.sampling_rate, return_tensors="pt")
+    features = features["input_features"]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
           f"{args.rounds} interleaved rounds")
 
@@ -86,35 +83,21 @@ def main(argv=None):
                 with context():
                     return model(features).logits
 
-            calls = {name: (lambda flags=flags: configure(**flags, defaults=defaults), forward)
-                     for name, flags in VARIANTS.items()}
-            for name, (setup, fn) in calls.items():
-                setup()
-                difference = (fn().float() - reference).abs().max().item()
+            for name, settings in VARIANTS.items():
+                with cpu_fast_path(**settings):
+                    difference = (forward().float() - reference).abs().max().item()
                 print(f"  model {precision} {name}: max |logit - fp32 fast| = {difference:.2e}")
-            medians = interleaved_medians(calls, args.rounds)
+            medians = interleaved_medians({name: (settings, forward) for name, settings in VARIANTS.items()},
+                                          args.rounds)
             for name, seconds in medians.items():
                 lines.append(f"| model | {precision} | {name} | {seconds * 1000:.1f} | "
                              f"{seconds / medians['fast']:.2f}x |")
 
-        def extract():
-            return extractor(waves, sampling_rate=config.sampling_rate, return_tensors="pt")
-
-        front = {name: (lambda flags=flags: configure(**flags, defaults=defaults), extract)
-                 for name, flags in (("fast", VARIANTS["fast"]), ("no-chunks", VARIANTS["no-chunks"]))}
-        for name, seconds in interleaved_medians(front, args.rounds).items():
-            lines.append(f"| feature extractor | fp32 | {name} | {seconds * 1000:.1f} | |")
-
-        configure(**VARIANTS["fast"], defaults=defaults)
         embeddings = model.htsat.patch_embed
         image = torch.randn(args.batch_size, 1, config.spec_size, config.spec_size)
-
-        def convolution():
-            return embeddings.norm(embeddings.projection(image).flatten(2).transpose(1, 2))
-
         patch = {
-            "matmul (shipped)": (lambda: None, lambda: embeddings(image)),
-            "convolution": (lambda: None, convolution),
+            "matmul over patches (fast)": ({}, lambda: embeddings(image)),
+            "convolution (reference)": (dict(patch_matmul=False), lambda: embeddings(image)),
         }
         for name, seconds in interleaved_medians(patch, args.rounds).items():
             lines.append(f"| patch embedding | fp32 | {name} | {seconds * 1000:.2f} | |")

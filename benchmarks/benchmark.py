@@ -19,11 +19,13 @@ import statistics
 import sys
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from htsat_hf import HTSATConfig, HTSATFeatureExtractor, HTSATForAudioClassification, cpu_fast_path
 
 CLIP_SECONDS = 10.0
 CPU_FP32_PEAK_GFLOPS = 216.0  # this project's 2-core reference machine (avx512), see benchmarks/README.md
@@ -146,8 +148,6 @@ def peak_memory(fn, device: str, calls: int = 3) -> int:
 
 
 def build_htsat(tiny: bool, device: str):
-    from htsat_hf import HTSATConfig, HTSATFeatureExtractor, HTSATForAudioClassification
-
     overrides = dict(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8]) if tiny else {}
     config = HTSATConfig(**overrides)
     model = HTSATForAudioClassification(config).eval().to(device)
@@ -206,9 +206,9 @@ BUILDERS = {"htsat": build_htsat, "clap": build_clap, "ast": build_ast}
 def count_gflops(model, forward, features) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
-    # With autograd on, HTS-AT takes its plain path: FlopCounterMode does not know the fused oneDNN linear op of its
-    # CPU inference path (same arithmetic).
-    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+    # HTS-AT's reference forwards: FlopCounterMode does not know the fused oneDNN linear op of its CPU fast path (same
+    # arithmetic).
+    with cpu_fast_path(False), FlopCounterMode(display=False) as counter:
         forward(model, features)
     return counter.get_total_flops() / 1e9
 
@@ -278,8 +278,6 @@ def _make_call(built, stage: str, precision: str, batch_size: int, features, dev
 
 def benchmark_train_step(args, rows):
     """Optimizer steps per second of the full HTS-AT classifier (AdamW, multi-label BCE, train mode)."""
-    from htsat_hf import HTSATConfig, HTSATForAudioClassification
-
     overrides = dict(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8]) if args.tiny else {}
     config = HTSATConfig(**overrides)
     model = HTSATForAudioClassification(config).train().to(args.device)

@@ -36,3 +36,8 @@ def tiny_config(**overrides):
     kwargs = dict(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], num_labels=5)
     kwargs.update(overrides)
     return HTSATConfig(**kwargs)
+
+
+def pytest_configure(config):
+    # Marked tests still run by default (`make test`); `-m "not slow"` leaves them out for a quick run.
+    config.addinivalue_line("markers", "slow: takes tens of seconds (full-size model, benchmark scripts)")

@@ -5,31 +5,43 @@ The data path, in call order (each stage is a function or module of this file):
 1. `HTSATModel.forward`: `feature_norm` (BatchNorm over mel bins), `spec_augment` in training only.
 2. `fold_spectrogram_to_image`: stretch to `max_frames` frames (bicubic), cut into `freq_ratio` time chunks and
    stack them along frequency into a `(spec_size, spec_size)` image.
-3. `HTSATPatchEmbeddings`, then `HTSATEncoder`: Swin stages of `HTSATSwinBlock` (`window_partition`,
-   `HTSATWindowAttention` with `relative_position_index` and `shifted_window_attention_mask`, `window_reverse`)
-   and `HTSATPatchMerging`; final LayerNorm; `pooler_output` is the mean of the final tokens.
+3. `HTSATPatchEmbeddings` (a strided convolution), then `HTSATEncoder`: Swin stages of `HTSATSwinBlock` (cyclic
+   shift, `window_partition`, `HTSATWindowAttention` with `relative_position_index` and
+   `shifted_window_attention_mask`, `window_reverse`, shift back; then the MLP) and `HTSATPatchMerging`; final
+   LayerNorm; `pooler_output` is the mean of the final tokens.
 4. Heads: `tokens_to_time_grid` regroups the final tokens into chronological time steps, then
    `HTSATTokenSemanticHead` (the paper's head) or `HTSATLinearHead` gives frame and clip logits.
 
-CPU inference takes a faster route with the same results: `HTSATStage.forward` runs the batch in cache-sized chunks
-of clips (`clips_per_cpu_chunk`) and `cpu_linear` fuses each linear layer's bias (and GELU) into one oneDNN matmul.
+The forwards in this file are the reference. For CPU inference (eval mode, no autograd, not compiled or exported)
+the forwards marked `@fast_forward` run faster implementations from `cpu_fast_path_htsat.py` with the same results:
+cache-sized chunks of clips, oneDNN fused linear layers, one token gather for shift and windows, the patch embedding
+as a matmul, a cached attention mask. `htsat_hf.set_cpu_fast_path` switches them.
 """
 
 import math
-import platform
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
-from transformers.activations import ACT2FN, GELUActivation
+from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
 from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_htsat import HTSATConfig
+from .cpu_fast_path_htsat import (
+    chunked_stage_forward,
+    fast_forward,
+    mlp_forward,
+    patch_embedding_forward,
+    patch_merging_forward,
+    shifted_window_order,
+    swin_block_forward,
+    window_attention_forward,
+)
 
 REMOTE_CODE_AUTO_MAP = {
     "AutoModel": "modeling_htsat.HTSATModel",
@@ -37,17 +49,6 @@ REMOTE_CODE_AUTO_MAP = {
     "AutoModelForAudioFrameClassification": "modeling_htsat.HTSATForSoundEventDetection",
 }
 SHIFT_MASK_VALUE = -100.0  # the original's value for token pairs from different regions of a shifted window
-# Largest MLP hidden activation a stage produces at once on CPU. At batch 8 the first stage makes 50 MB ones, which
-# spill from the caches (and, above glibc's 32 MB mmap threshold, are page-faulted afresh on every call); chunks of
-# this size ran the whole model 15-18% faster on a 2-core EPYC (1 MiB L2 per core, 32 MiB L3), results bit for bit
-# the same.
-CPU_CHUNK_BYTES = 6 * 2**20
-# oneDNN's fused linear op; only on x86, where it was measured (see `cpu_linear`).
-_ONEDNN_LINEAR = (
-    getattr(torch.ops.mkldnn, "_linear_pointwise", None)
-    if torch.backends.mkldnn.is_available() and platform.machine().lower() in ("x86_64", "amd64")
-    else None
-)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -120,90 +121,6 @@ def shifted_window_attention_mask(height: int, width: int, window_size: int, shi
     region_windows = window_partition(regions, window_size).squeeze(-1)
     different = region_windows.unsqueeze(1) != region_windows.unsqueeze(2)
     return torch.zeros(different.shape).masked_fill(different, SHIFT_MASK_VALUE)
-
-
-def shifted_window_order(height: int, width: int, window_size: int, shift_size: int) -> torch.Tensor:
-    """Token indices that cyclically shift a row-major `height x width` grid by `-shift_size` on both axes and
-    partition it into windows, as one gather: `tokens[:, order]` equals
-    `window_partition(torch.roll(grid, (-shift_size, -shift_size), (1, 2)), window_size)` flattened over windows.
-    `torch.argsort(order)` undoes it. One gather replaces a roll and a permute-copy, which cost far more on CPU."""
-    grid = torch.arange(height * width).view(1, height, width, 1)
-    if shift_size:
-        grid = torch.roll(grid, shifts=(-shift_size, -shift_size), dims=(1, 2))
-    return window_partition(grid, window_size).reshape(-1)
-
-
-def clips_per_cpu_chunk(tokens_per_clip: int, hidden_channels: int, element_size: int) -> int:
-    """How many clips a stage runs at once on CPU: as many as keep the MLP's hidden activation,
-    `clips * tokens_per_clip * hidden_channels * element_size` bytes, within `CPU_CHUNK_BYTES`, and at least one."""
-    return max(1, CPU_CHUNK_BYTES // (tokens_per_clip * hidden_channels * element_size))
-
-
-def is_plain_module(module: nn.Module) -> bool:
-    """Whether calling `module` runs nothing but its class's own `forward`: no hooks of its own or global ones, no
-    `forward` replaced on the instance (as accelerate's hooks do), a class of exactly its kind, parameters that are
-    plain strided tensors (not quantized or other tensor subclasses). Only then may a fast path compute the module's
-    result without calling it."""
-    global_hooks = (nn.modules.module._global_forward_hooks, nn.modules.module._global_forward_pre_hooks)
-    return (
-        type(module) in (nn.Linear, nn.Conv2d, GELUActivation)
-        and not (module._forward_hooks or module._forward_pre_hooks or any(global_hooks))
-        and "forward" not in module.__dict__
-        and all(type(p) is nn.Parameter and p.layout == torch.strided for p in module.parameters(recurse=False))
-    )
-
-
-def onednn_linear_dtype(layer: nn.Module, inputs: torch.Tensor) -> torch.dtype | None:
-    """The dtype in which `layer(inputs)` may run as oneDNN's fused linear op, or `None` where it must run as the
-    layer itself: only a plain float32 `nn.Linear` in eval mode, for inference (no autograd) on an x86 CPU in eager
-    mode, with float32 inputs or under bfloat16 autocast on a CPU with bfloat16 support."""
-    if not (
-        _ONEDNN_LINEAR is not None
-        and torch.backends.mkldnn.enabled
-        and is_plain_module(layer)
-        and type(layer) is nn.Linear
-        and not layer.training
-        and inputs.device.type == layer.weight.device.type == "cpu"
-        and layer.weight.dtype == torch.float32
-        and not torch.is_grad_enabled()
-        and not _is_tracing()
-    ):
-        return None
-    if torch.is_autocast_enabled("cpu"):
-        bf16 = torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        return torch.bfloat16 if bf16 else None
-    return torch.float32 if inputs.dtype == torch.float32 else None
-
-
-def cpu_linear(layer: nn.Linear, inputs: torch.Tensor, activation: nn.Module | None = None) -> torch.Tensor:
-    """`layer(inputs)`, then `activation` when given.
-
-    Where [`onednn_linear_dtype`] allows, this is one oneDNN matmul with the bias, and the activation when it is
-    transformers' exact (erf) GELU module unaltered, fused into it (the kernel torch.compile's CPU backend emits for
-    such layers): in float32 up to 13% faster than PyTorch's default MKL GEMM on the model's shapes on AMD EPYC, and
-    in both precisions no separate passes for the bias and the activation (a bfloat16 GELU pass costs more than its
-    matmul's bias). Under autocast the operands are cast to bfloat16 on each call, as autocast casts them once per
-    autocast region. Anywhere else it is the plain layer, then the activation module.
-    """
-    dtype = onednn_linear_dtype(layer, inputs)
-    if dtype is None:
-        outputs = layer(inputs)
-        return outputs if activation is None else activation(outputs)
-    fuses_gelu = (
-        activation is not None
-        and is_plain_module(activation)
-        and type(activation) is GELUActivation
-        and activation.act is F.gelu
-    )
-    weight, bias = layer.weight.to(dtype), None if layer.bias is None else layer.bias.to(dtype)
-    post_op, algorithm = ("gelu", "none") if fuses_gelu else ("none", "")
-    outputs = _ONEDNN_LINEAR(inputs.to(dtype), weight, bias, post_op, [], algorithm)
-    return outputs if activation is None or fuses_gelu else activation(outputs)
-
-
-def _is_tracing() -> bool:
-    exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.6
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or bool(exporting and exporting())
 
 
 def tokens_to_time_grid(tokens: torch.Tensor, freq_ratio: int) -> torch.Tensor:
@@ -301,27 +218,17 @@ class HTSATDropPath(nn.Module):
 
 
 class HTSATPatchEmbeddings(nn.Module):
-    """`(batch, 1, spec_size, spec_size)` image to `(batch, (spec_size // patch_size)**2, embed_dim)` tokens.
-
-    The projection is a convolution whose stride equals its kernel (the original's, and its weights), applied as
-    the equivalent matmul over the non-overlapping patches: the same sums, in the token layout the encoder reads,
-    and about 8x faster on CPU than the one-input-channel convolution.
-    """
+    """`(batch, 1, spec_size, spec_size)` image to `(batch, (spec_size // patch_size)**2, embed_dim)` tokens: a
+    convolution whose stride equals its kernel (the original's, and its weights), row-major tokens, LayerNorm."""
 
     def __init__(self, config: HTSATConfig):
         super().__init__()
-        self.patch_size = config.patch_size
         self.projection = nn.Conv2d(1, config.embed_dim, kernel_size=config.patch_size, stride=config.patch_size)
         self.norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
 
+    @fast_forward(patch_embedding_forward, part="patch_matmul")
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        if not is_plain_module(self.projection):  # an adapter, a hook or a quantized convolution: call it
-            return self.norm(self.projection(image).flatten(2).transpose(1, 2))
-        batch, _, height, width = image.shape
-        size = self.patch_size
-        patches = image.reshape(batch, height // size, size, width // size, size).transpose(2, 3)
-        patches = patches.reshape(batch, (height // size) * (width // size), size * size)
-        return self.norm(F.linear(patches, self.projection.weight.flatten(1), self.projection.bias))
+        return self.norm(self.projection(image).flatten(2).transpose(1, 2))
 
 
 class HTSATWindowAttention(nn.Module):
@@ -330,7 +237,6 @@ class HTSATWindowAttention(nn.Module):
     def __init__(self, config: HTSATConfig, dim: int, num_heads: int, window_size: int):
         super().__init__()
         self.config = config
-        self.is_causal = False
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
@@ -340,45 +246,32 @@ class HTSATWindowAttention(nn.Module):
         self.proj_dropout = nn.Dropout(config.hidden_dropout_prob)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
-        self._bias_cache: tuple[tuple, torch.Tensor] | None = None
 
-    def attention_bias(self, shift_mask: torch.Tensor | None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def attention_mask(self, shift_mask: torch.Tensor | None) -> torch.Tensor:
         """Relative position bias, plus the shift mask when given, as an additive attention mask.
 
-        Returns, in `dtype` (the table's by default), `(1, heads, N, N)` without a shift mask,
-        `(1, num_windows * heads, N, N)` with one: the windows of an image then share the batch row, so the mask
-        broadcasts over images without being copied per image.
-        Without gradients the result is cached until the bias table changes (a new tensor, or an in-place update
-        such as an optimizer step or `load_state_dict`; edits through `.data` bypass that check, so the cache is
-        also dropped by every `train()`/`eval()` call).
+        Args:
+            shift_mask: `(num_windows, N, N)` with `N = window_size**2`, or `None`.
+
+        Returns:
+            `(1, heads, N, N)` without a shift mask. With one, `(1, num_windows * heads, N, N)`: the attention then
+            runs on `(batch, num_windows * heads, N, head_dim)` (the windows of an image are consecutive in the
+            batch), so that the mask broadcasts over images without a copy per image.
         """
-        table = self.relative_position_bias_table
-        dtype = table.dtype if dtype is None else dtype
-        if torch.is_grad_enabled() or _is_tracing():
-            return self._compute_attention_bias(shift_mask).to(dtype)
-        key = (table.data_ptr(), table._version, table.device, dtype, shift_mask is None)
-        if self._bias_cache is None or self._bias_cache[0] != key:
-            self._bias_cache = (key, self._compute_attention_bias(shift_mask).to(dtype))
-        return self._bias_cache[1]
-
-    def train(self, mode: bool = True):
-        self._bias_cache = None
-        return super().train(mode)
-
-    def _compute_attention_bias(self, shift_mask: torch.Tensor | None) -> torch.Tensor:
         tokens = self.window_size**2
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        bias = bias.view(tokens, tokens, self.num_heads).permute(2, 0, 1)
+        bias = bias.view(tokens, tokens, self.num_heads).permute(2, 0, 1)  # (heads, N, N)
         if shift_mask is None:
             return bias.unsqueeze(0)
         return (shift_mask.unsqueeze(1) + bias.unsqueeze(0)).flatten(0, 1).unsqueeze(0)
 
+    @fast_forward(window_attention_forward)
     def forward(
         self, windows: torch.Tensor, shift_mask: torch.Tensor | None = None, output_attentions: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
         Args:
-            windows: `(batch * num_windows, N, dim)` with `N = window_size**2`.
+            windows: `(batch * num_windows, N, dim)` with `N = window_size**2`, the windows of each image consecutive.
             shift_mask: `(num_windows, N, N)` for shifted blocks, else `None`.
 
         Returns:
@@ -386,32 +279,26 @@ class HTSATWindowAttention(nn.Module):
             attention probabilities.
         """
         batch_windows, tokens, dim = windows.shape
-        qkv = cpu_linear(self.qkv, windows).view(batch_windows, tokens, 3, self.num_heads, self.head_dim)
+        qkv = self.qkv(windows).view(batch_windows, tokens, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (batch * num_windows, heads, N, head_dim)
-        # In the scores' dtype: a float32 bias would promote bf16 scores, softmax and all, back to float32.
-        bias = self.attention_bias(shift_mask, query.dtype)
-        if shift_mask is not None:
-            grouped = (-1, shift_mask.shape[0] * self.num_heads, tokens, self.head_dim)
-            query, key, value = query.reshape(grouped), key.reshape(grouped), value.reshape(grouped)
+        # In the scores' dtype: a float32 mask would promote bf16 scores, softmax and all, back to float32.
+        mask = self.attention_mask(shift_mask).to(query.dtype)
+        groups = mask.shape[1]  # heads, or windows of an image times heads (see `attention_mask`)
+        query, key, value = (x.reshape(-1, groups, tokens, self.head_dim) for x in (query, key, value))
 
         dropout = self.config.attention_dropout if self.training else 0.0
         weights = None
-        # PyTorch's CPU SDPA kernel is about twice slower than two batched matmuls on these 64-token windows in
-        # reduced precision, so SDPA serves float32 on CPU and every dtype on accelerators.
-        use_sdpa = self.config._attn_implementation == "sdpa" and (
-            query.device.type != "cpu" or query.dtype == torch.float32
-        )
-        if output_attentions or not use_sdpa:
-            scores = torch.matmul(query * self.scale, key.transpose(-2, -1)) + bias
+        if self.config._attn_implementation == "sdpa" and not output_attentions:
+            context = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=mask, dropout_p=dropout, scale=self.scale
+            )
+        else:
+            scores = torch.matmul(query * self.scale, key.transpose(-2, -1)) + mask
             weights = scores.softmax(dim=-1)
             context = torch.matmul(F.dropout(weights, p=dropout, training=self.training), value)
             weights = weights.reshape(batch_windows, self.num_heads, tokens, tokens)
-        else:
-            context = F.scaled_dot_product_attention(
-                query, key, value, attn_mask=bias, dropout_p=dropout, scale=self.scale
-            )
         context = context.reshape(batch_windows, self.num_heads, tokens, self.head_dim).transpose(1, 2)
-        output = self.proj_dropout(cpu_linear(self.proj, context.reshape(batch_windows, tokens, dim)))
+        output = self.proj_dropout(self.proj(context.reshape(batch_windows, tokens, dim)))
         return output, (weights if output_attentions else None)
 
 
@@ -424,9 +311,10 @@ class HTSATMLP(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
+    @fast_forward(mlp_forward, part="onednn_linear")
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden = self.dropout(cpu_linear(self.fc1, hidden_states, activation=self.act))
-        return self.dropout(cpu_linear(self.fc2, hidden))
+        hidden = self.dropout(self.act(self.fc1(hidden_states)))
+        return self.dropout(self.fc2(hidden))
 
 
 class HTSATSwinBlock(GradientCheckpointingLayer):
@@ -455,38 +343,42 @@ class HTSATSwinBlock(GradientCheckpointingLayer):
         self.drop_path = HTSATDropPath(drop_path)
         self.layernorm_after = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.mlp = HTSATMLP(config, dim)
-        # With a single unshifted window the window order is the identity and no gather is needed.
-        self.reorders_tokens = self.shift_size > 0 or self.window_size < max(input_resolution)
         buffers = self.make_buffers()
         for name in ("shift_mask", "token_order", "token_order_inverse"):
             self.register_buffer(name, buffers[name], persistent=False)
 
     def make_buffers(self) -> dict[str, torch.Tensor | None]:
-        """The block's constant tensors, recomputed rather than stored in checkpoints."""
+        """The block's constant tensors, recomputed rather than stored in checkpoints: the shift mask (shifted blocks
+        only) and, for the CPU fast path's token gather, the order of the tokens in the shifted windows and its
+        inverse (`None` for a single unshifted window, where the window order is the identity)."""
         height, width = self.input_resolution
-        order = shifted_window_order(height, width, self.window_size, self.shift_size)
+        reorders = self.shift_size > 0 or self.window_size < max(height, width)
+        order = shifted_window_order(height, width, self.window_size, self.shift_size) if reorders else None
         return {
             "shift_mask": shifted_window_attention_mask(height, width, self.window_size, self.shift_size)
             if self.shift_size
             else None,
-            "token_order": order if self.reorders_tokens else None,
-            "token_order_inverse": torch.argsort(order) if self.reorders_tokens else None,
+            "token_order": order,
+            "token_order_inverse": None if order is None else torch.argsort(order),
         }
 
+    @fast_forward(swin_block_forward, part="window_gather")
     def forward(
         self, hidden_states: torch.Tensor, output_attentions: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`(batch, H * W, dim)` to `(batch, H * W, dim)`, plus attention probabilities on request."""
-        batch, num_tokens, dim = hidden_states.shape
-        tokens = self.layernorm_before(hidden_states)
-        if self.reorders_tokens:
-            tokens = torch.index_select(tokens, 1, self.token_order)
-        windows = tokens.view(-1, self.window_size**2, dim)
+        height, width = self.input_resolution
+        batch, _, dim = hidden_states.shape
+        shift = self.shift_size
+        image = self.layernorm_before(hidden_states).view(batch, height, width, dim)
+        if shift:
+            image = torch.roll(image, shifts=(-shift, -shift), dims=(1, 2))
+        windows = window_partition(image, self.window_size)
         windows, attentions = self.attention(windows, self.shift_mask, output_attentions)
-        tokens = windows.view(batch, num_tokens, dim)
-        if self.reorders_tokens:
-            tokens = torch.index_select(tokens, 1, self.token_order_inverse)
-        hidden_states = hidden_states + self.drop_path(tokens)
+        image = window_reverse(windows, self.window_size, height, width)
+        if shift:
+            image = torch.roll(image, shifts=(shift, shift), dims=(1, 2))
+        hidden_states = hidden_states + self.drop_path(image.reshape(batch, height * width, dim))
         hidden_states = hidden_states + self.drop_path(self.mlp(self.layernorm_after(hidden_states)))
         return hidden_states, attentions
 
@@ -501,14 +393,18 @@ class HTSATPatchMerging(nn.Module):
         self.norm = nn.LayerNorm(4 * dim, eps=config.layer_norm_eps)
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """`(batch, H * W, C)` to `(batch, H * W / 4, 2C)`."""
+    def merge_neighbours(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """`(batch, H * W, C)` to `(batch, H * W / 4, 4C)`: each 2x2 neighbourhood's tokens concatenated."""
         height, width = self.input_resolution
         batch, _, channels = hidden_states.shape
         grid = hidden_states.view(batch, height // 2, 2, width // 2, 2, channels)
         # (row half, row parity, col half, col parity) -> neighbours ordered with the row parity varying fastest
-        merged = grid.permute(0, 1, 3, 4, 2, 5).reshape(batch, (height // 2) * (width // 2), 4 * channels)
-        return cpu_linear(self.reduction, self.norm(merged))
+        return grid.permute(0, 1, 3, 4, 2, 5).reshape(batch, (height // 2) * (width // 2), 4 * channels)
+
+    @fast_forward(patch_merging_forward, part="onednn_linear")
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """`(batch, H * W, C)` to `(batch, H * W / 4, 2C)`."""
+        return self.reduction(self.norm(self.merge_neighbours(hidden_states)))
 
 
 class HTSATStage(nn.Module):
@@ -522,35 +418,13 @@ class HTSATStage(nn.Module):
         )
         last = stage == len(config.depths) - 1
         self.downsample = None if last else HTSATPatchMerging(config, (side, side), dim)
-        self.mlp_hidden_size = int(dim * config.mlp_ratio)
 
+    @fast_forward(chunked_stage_forward, part="chunks")
     def forward(
         self, hidden_states: torch.Tensor, output_attentions: bool = False
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """`(batch, H * W, dim)` to `(batch, H * W / 4, 2 * dim)` (unchanged in the last stage), and each block's
-        attention probabilities when `output_attentions` (else an empty tuple).
-
-        On CPU without autograd the batch goes through in chunks of [`clips_per_cpu_chunk`] clips, so that a chunk's
-        activations stay in the processor's cache; every operation is per clip, so the results are those of one
-        pass. With autograd (whose saved activations leave the cache anyway), on accelerators, under
-        `torch.compile` and in exporters the batch goes through whole.
-        """
-        batch, tokens, _ = hidden_states.shape
-        clips = batch
-        if hidden_states.device.type == "cpu" and not torch.is_grad_enabled() and not _is_tracing():
-            element_size = (
-                torch.get_autocast_dtype("cpu").itemsize
-                if torch.is_autocast_enabled("cpu")
-                else hidden_states.element_size()
-            )
-            clips = clips_per_cpu_chunk(tokens, self.mlp_hidden_size, element_size)
-        if clips >= batch:
-            return self._run(hidden_states, output_attentions)
-        outputs = [self._run(chunk, output_attentions) for chunk in hidden_states.split(clips)]
-        attentions = tuple(torch.cat(per_block) for per_block in zip(*(chunk for _, chunk in outputs)))
-        return torch.cat([chunk for chunk, _ in outputs]), attentions
-
-    def _run(self, hidden_states: torch.Tensor, output_attentions: bool):
+        attention probabilities when `output_attentions` (else an empty tuple)."""
         attentions = ()
         for block in self.blocks:
             hidden_states, block_attentions = block(hidden_states, output_attentions)
@@ -854,7 +728,6 @@ __all__ = [
     "mixup",
     "relative_position_index",
     "shifted_window_attention_mask",
-    "shifted_window_order",
     "spec_augment",
     "tokens_to_time_grid",
     "window_partition",

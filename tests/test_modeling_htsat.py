@@ -1,5 +1,10 @@
-"""The pure helpers of modeling_htsat.py, each against a direct loop- or index-based reimplementation, plus the
-architecture's parameter counts, the clip/frame relation of the heads and HTSATConfig's validation."""
+"""The reference model of modeling_htsat.py: a model tester on a tiny configuration (output shapes and heads of every
+class, save/load), the Swin block against its formulation written out (roll, window partition, attention, window
+reverse, roll back, MLP), the pure helpers each against a direct loop- or index-based reimplementation, the
+architecture's parameter counts, the clip/frame relation of the heads and HTSATConfig's validation.
+
+Every test here runs the reference forwards: the CPU fast path is switched off (tests/test_cpu_fast_path_htsat.py
+compares it with them)."""
 
 import itertools
 
@@ -9,10 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from htsat_hf import HTSATConfig, HTSATForAudioClassification, HTSATForSoundEventDetection, HTSATModel
+from htsat_hf.cpu_fast_path_htsat import cpu_fast_path
 from htsat_hf.modeling_htsat import (
     HTSATPatchMerging,
     HTSATSwinBlock,
+    HTSATWindowAttention,
     fold_spectrogram_to_image,
+    mixup,
     relative_position_index,
     shifted_window_attention_mask,
     spec_augment,
@@ -22,6 +30,147 @@ from htsat_hf.modeling_htsat import (
 )
 
 from conftest import tiny_config
+
+
+@pytest.fixture(autouse=True)
+def _reference_forwards():
+    with cpu_fast_path(False):
+        yield
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model tester: every class on a tiny configuration
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class HTSATModelTester:
+    """A tiny configuration, inputs for it, and the output shapes each model class must give, as transformers' model
+    testers do. The tiny model keeps every code path of the full one: four stages (64x64, 32x32, 16x16, 8x8 tokens),
+    shifted windows, patch merging, the last stage as one unshifted window."""
+
+    batch_size = 2
+    frames = 1001  # a 10 s clip: stretched to the model's 1024 frames
+    num_labels = 5
+
+    def prepare_config_and_inputs(self, **overrides):
+        config = tiny_config(num_labels=self.num_labels, **overrides)
+        features = torch.randn(self.batch_size, self.frames, config.num_mel_bins) * 10 - 40
+        return config, features
+
+    def stage_sides(self, config):
+        grid = config.spec_size // config.patch_size
+        return [grid // 2**stage for stage in range(len(config.depths))]
+
+    def check_backbone_outputs(self, config, outputs):
+        sides, batch = self.stage_sides(config), self.batch_size
+        assert outputs.last_hidden_state.shape == (batch, sides[-1] ** 2, config.hidden_size)
+        assert outputs.pooler_output.shape == (batch, config.hidden_size)
+        # After the patch embedding, then after each stage (patch merging halves the grid and doubles the channels).
+        expected = [(batch, sides[0] ** 2, config.embed_dim)]
+        expected += [(batch, sides[min(s + 1, len(sides) - 1)] ** 2, config.embed_dim * 2 ** min(s + 1, len(sides) - 1))
+                     for s in range(len(sides))]
+        assert [tuple(h.shape) for h in outputs.hidden_states] == expected
+        expected = []
+        for stage, side in enumerate(sides):
+            window = min(config.window_size, side)
+            windows = (side // window) ** 2
+            expected += [(batch * windows, config.num_heads[stage], window**2, window**2)] * config.depths[stage]
+        assert [tuple(a.shape) for a in outputs.attentions] == expected
+
+
+tester = HTSATModelTester()
+
+
+def test_backbone_outputs():
+    config, features = tester.prepare_config_and_inputs()
+    model = HTSATModel(config).eval()
+    with torch.no_grad():
+        outputs = model(features, output_hidden_states=True, output_attentions=True)
+        plain = model(features)
+    tester.check_backbone_outputs(config, outputs)
+    assert plain.hidden_states is None and plain.attentions is None
+    # output_attentions computes the probabilities (matmuls), the plain call runs SDPA: rounding apart.
+    torch.testing.assert_close(plain.last_hidden_state, outputs.last_hidden_state, rtol=0, atol=1e-5)
+    for probabilities in outputs.attentions:
+        torch.testing.assert_close(probabilities.sum(-1), torch.ones(probabilities.shape[:-1]), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_class", [HTSATForAudioClassification, HTSATForSoundEventDetection])
+def test_head_outputs(model_class):
+    config, features = tester.prepare_config_and_inputs()
+    model = model_class(config).eval()
+    detector = model_class is HTSATForSoundEventDetection
+    labels = torch.rand(tester.batch_size, config.num_time_steps, tester.num_labels) if detector else (
+        torch.rand(tester.batch_size, tester.num_labels).round())
+    with torch.no_grad():
+        outputs = model(features, labels=labels, output_hidden_states=True, output_attentions=True)
+    clip_logits = outputs.clip_logits if detector else outputs.logits
+    assert clip_logits.shape == (tester.batch_size, tester.num_labels)
+    if detector:
+        assert outputs.logits.shape == (tester.batch_size, config.num_time_steps, tester.num_labels)
+    assert outputs.loss.ndim == 0 and outputs.loss > 0
+    assert len(outputs.hidden_states) == len(config.depths) + 1 and len(outputs.attentions) == sum(config.depths)
+
+
+def test_attention_heads_and_windows_per_stage():
+    config, _ = tester.prepare_config_and_inputs(num_heads=[2, 2, 4, 8])
+    model = HTSATModel(config)
+    for stage, (side, heads) in enumerate(zip(tester.stage_sides(config), config.num_heads)):
+        for index, block in enumerate(model.encoder.stages[stage].blocks):
+            attention = block.attention
+            assert attention.num_heads == heads
+            assert attention.num_heads * attention.head_dim == config.embed_dim * 2**stage
+            assert block.window_size == min(config.window_size, side)
+            assert block.shift_size == (config.window_size // 2 if index % 2 and side > config.window_size else 0)
+            assert attention.relative_position_bias_table.shape == ((2 * block.window_size - 1) ** 2, heads)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    config, features = tester.prepare_config_and_inputs()
+    model = HTSATForSoundEventDetection(config).eval()
+    model.save_pretrained(tmp_path)
+    loaded = HTSATForSoundEventDetection.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        expected, actual = model(features), loaded(features)
+    torch.testing.assert_close(actual.logits, expected.logits, rtol=0, atol=0)
+    torch.testing.assert_close(actual.clip_logits, expected.clip_logits, rtol=0, atol=0)
+    # Non-persistent buffers are recomputed by _init_weights (from_pretrained builds on the meta device).
+    for (name, buffer), (_, fresh) in zip(loaded.named_buffers(), model.named_buffers()):
+        assert torch.equal(buffer, fresh), name
+
+
+def test_checkpoint_keys_and_buffers():
+    """Checkpoints of this package and the original-checkpoint converter rely on these names."""
+    model = HTSATForSoundEventDetection(tiny_config())
+    block = "htsat.encoder.stages.0.blocks.1."
+    keys = model.state_dict().keys()
+    assert sorted(k[len(block):] for k in keys if k.startswith(block)) == [
+        "attention.proj.bias", "attention.proj.weight", "attention.qkv.bias", "attention.qkv.weight",
+        "attention.relative_position_bias_table", "layernorm_after.bias", "layernorm_after.weight",
+        "layernorm_before.bias", "layernorm_before.weight", "mlp.fc1.bias", "mlp.fc1.weight", "mlp.fc2.bias",
+        "mlp.fc2.weight",
+    ]
+    assert {k for k in keys if "blocks" not in k} == {
+        "head.conv.bias", "head.conv.weight", "htsat.encoder.stages.0.downsample.norm.bias",
+        "htsat.encoder.stages.0.downsample.norm.weight", "htsat.encoder.stages.0.downsample.reduction.weight",
+        "htsat.encoder.stages.1.downsample.norm.bias", "htsat.encoder.stages.1.downsample.norm.weight",
+        "htsat.encoder.stages.1.downsample.reduction.weight", "htsat.encoder.stages.2.downsample.norm.bias",
+        "htsat.encoder.stages.2.downsample.norm.weight", "htsat.encoder.stages.2.downsample.reduction.weight",
+        "htsat.feature_norm.bias", "htsat.feature_norm.num_batches_tracked", "htsat.feature_norm.running_mean",
+        "htsat.feature_norm.running_var", "htsat.feature_norm.weight", "htsat.layernorm.bias",
+        "htsat.layernorm.weight", "htsat.patch_embed.norm.bias", "htsat.patch_embed.norm.weight",
+        "htsat.patch_embed.projection.bias", "htsat.patch_embed.projection.weight",
+    }
+    assert len(keys) == 126
+    buffers = {name for name, _ in model.named_buffers()} - set(keys)  # the non-persistent ones
+    assert {name[len(block):] for name in buffers if name.startswith(block)} == {
+        "attention.relative_position_index", "shift_mask", "token_order", "token_order_inverse"
+    }
+    last = "htsat.encoder.stages.3.blocks.0."  # one unshifted window: no mask, no token reordering
+    assert {name[len(last):] for name in buffers if name.startswith(last)} == {"attention.relative_position_index"}
+    # An index per block; mask and both orders in each shifted block; both orders in the other multi-window blocks.
+    assert len(buffers) == 8 + 3 * 3 + 3 * 2
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Windows
@@ -319,40 +468,52 @@ def test_spec_augment_without_stripes_is_a_no_op():
 
 
 def loop_window_attention(attention, windows, shift_mask, windows_per_image):
-    """Window attention written out: per window and head, softmax(q k^T * scale + bias + mask) v, then proj."""
+    """Window attention written out from the parameters: per window and head, softmax(q k^T * scale + bias + mask) v,
+    then the output projection. Returns the output and the `(windows, heads, N, N)` probabilities."""
     batch_windows, n, dim = windows.shape
     heads, head_dim = attention.num_heads, dim // attention.num_heads
     ws = int(round(n**0.5))
     index = loop_relative_position_index(ws)
     table = attention.relative_position_bias_table
     bias = table[index.reshape(-1)].reshape(n, n, heads).permute(2, 0, 1)  # (heads, N, N)
-    qkv = attention.qkv(windows).reshape(batch_windows, n, 3, heads, head_dim)
+    qkv = F.linear(windows, attention.qkv.weight, attention.qkv.bias).reshape(batch_windows, n, 3, heads, head_dim)
     out = torch.empty(batch_windows, n, dim)
+    probabilities = torch.empty(batch_windows, heads, n, n)
     for w in range(batch_windows):
         for h in range(heads):
             q, k, v = qkv[w, :, 0, h], qkv[w, :, 1, h], qkv[w, :, 2, h]
             scores = (q @ k.T) * head_dim**-0.5 + bias[h]
             if shift_mask is not None:
                 scores = scores + shift_mask[w % windows_per_image]
-            out[w, :, h * head_dim : (h + 1) * head_dim] = scores.softmax(-1) @ v
-    return attention.proj(out)
+            probabilities[w, h] = scores.softmax(-1)
+            out[w, :, h * head_dim : (h + 1) * head_dim] = probabilities[w, h] @ v
+    return F.linear(out, attention.proj.weight, attention.proj.bias), probabilities
 
 
-def original_block(block, hidden_states):
+def explicit_swin_block(block, hidden_states):
+    """An HTS-AT Swin block in eval mode written out from its parameters as the original: LayerNorm, cyclic shift
+    (roll), window partition, window attention with relative position bias and shift mask, window reverse, roll
+    back, residual; LayerNorm, fc1, exact GELU, fc2, residual. Calls none of the block's modules."""
     height, width = block.input_resolution
     batch, _, dim = hidden_states.shape
     ws, shift = block.window_size, block.shift_size
-    image = block.layernorm_before(hidden_states).view(batch, height, width, dim)
+
+    def layer_norm(norm, x):
+        return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+    image = layer_norm(block.layernorm_before, hidden_states).view(batch, height, width, dim)
     if shift:
         image = torch.roll(image, shifts=(-shift, -shift), dims=(1, 2))
     windows = loop_window_partition(image, ws)
     mask = shifted_window_attention_mask(height, width, ws, shift) if shift else None
-    windows = loop_window_attention(block.attention, windows, mask, (height // ws) * (width // ws))
+    windows, _ = loop_window_attention(block.attention, windows, mask, (height // ws) * (width // ws))
     image = window_reverse(windows, ws, height, width)
     if shift:
         image = torch.roll(image, shifts=(shift, shift), dims=(1, 2))
     hidden_states = hidden_states + image.reshape(batch, height * width, dim)
-    return hidden_states + block.mlp(block.layernorm_after(hidden_states))
+    mlp = block.mlp
+    hidden = F.gelu(F.linear(layer_norm(block.layernorm_after, hidden_states), mlp.fc1.weight, mlp.fc1.bias))
+    return hidden_states + F.linear(hidden, mlp.fc2.weight, mlp.fc2.bias)
 
 
 @pytest.mark.parametrize("resolution,shifted", [((16, 16), False), ((16, 16), True), ((8, 8), True), ((16, 24), True)])
@@ -365,7 +526,7 @@ def test_swin_block_matches_the_original_formulation(resolution, shifted, attn_i
         for parameter in block.parameters():
             parameter.normal_(0, 0.5)
         x = torch.randn(2, resolution[0] * resolution[1], 8)
-        expected = original_block(block, x)
+        expected = explicit_swin_block(block, x)
         actual, _ = block(x)
     if resolution == (8, 8):  # a grid no larger than the window: one window, no shift
         assert block.shift_size == 0 and block.window_size == 8
@@ -374,22 +535,21 @@ def test_swin_block_matches_the_original_formulation(resolution, shifted, attn_i
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_shifted_window_order_is_roll_then_partition():
-    from htsat_hf.modeling_htsat import shifted_window_order
-
-    for height, width, ws, shift in [(16, 16, 8, 4), (16, 24, 4, 2), (8, 8, 8, 0), (16, 16, 8, 0)]:
-        tokens = torch.randn(2, height * width, 3)
-        order = shifted_window_order(height, width, ws, shift)
-        grid = tokens.view(2, height, width, 3)
-        rolled = torch.roll(grid, shifts=(-shift, -shift), dims=(1, 2)) if shift else grid
-        expected = loop_window_partition(rolled, ws).reshape(2, height * width, 3)
-        torch.testing.assert_close(tokens[:, order], expected, rtol=0, atol=0)
-        torch.testing.assert_close(tokens[:, order][:, torch.argsort(order)], tokens, rtol=0, atol=0)
+@pytest.mark.parametrize("shifted", [False, True])
+def test_window_attention_probabilities_match_the_loop(shifted):
+    attention = HTSATWindowAttention(tiny_config(), 8, 2, 4).eval()
+    shift_mask = shifted_window_attention_mask(8, 8, 4, 2) if shifted else None
+    with torch.no_grad():
+        attention.relative_position_bias_table.normal_(0, 0.5)
+        windows = torch.randn(2 * 4, 16, 8)  # 2 images of 2x2 windows of 4x4 tokens
+        output, probabilities = attention(windows, shift_mask, output_attentions=True)
+        expected_output, expected_probabilities = loop_window_attention(attention, windows, shift_mask, 4)
+        assert attention(windows, shift_mask)[1] is None  # no probabilities unless asked
+    torch.testing.assert_close(output, expected_output, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(probabilities, expected_probabilities, rtol=1e-4, atol=1e-6)
 
 
 def test_mixup_pairs_each_example_with_the_reversed_batch():
-    from htsat_hf.modeling_htsat import mixup
-
     values = torch.randn(4, 7, 3)
     lam = torch.tensor([0.1, 0.5, 0.9, 1.0])
     mixed = mixup(values, lam)

@@ -1,0 +1,413 @@
+"""CPU inference fast path of HTS-AT: the reference model's results (`modeling_htsat.py`), computed faster on CPU.
+
+`modeling_htsat.py` marks the `forward` of each module that has a faster CPU implementation with
+`@fast_forward(<implementation>, part=...)`. A call then runs the implementation from this file where it applies
+and the module's own (reference) `forward` everywhere else. It applies when all of these hold:
+
+- the fast path and its part are switched on ([`set_cpu_fast_path`], [`cpu_fast_path`]; both on by default);
+- the module's input is on the CPU, autograd is off (`torch.no_grad()` or `torch.inference_mode()`) and the module
+  is in eval mode;
+- nothing is tracing the model: not `torch.compile`, `torch.export` (and the ONNX exporter on top of it) or
+  `torch.jit.trace`, which all record the reference forward.
+
+The parts (keywords of [`set_cpu_fast_path`]):
+
+- `chunks`: `HTSATStage` runs the batch in chunks of clips whose largest activation (the MLP's hidden one) fits in
+  `chunk_bytes` ([`clips_per_cpu_chunk`]), so that a chunk's activations stay in the processor's caches. Every
+  operation of a stage is per clip, so the results are those of one pass.
+- `onednn_linear`: linear layers run as oneDNN's fused linear op with the bias, and the MLP's exact GELU, fused into
+  the matmul ([`cpu_linear`]), on x86 only.
+- `window_gather`: in `HTSATSwinBlock` the cyclic shift and window partition (and their inverses) are one gather of
+  tokens each ([`shifted_window_order`]) instead of a roll and a permute-copy.
+- `patch_matmul`: `HTSATPatchEmbeddings`' convolution, whose stride equals its kernel, runs as the equivalent matmul
+  over the non-overlapping patches (about 8x faster than the one-input-channel convolution).
+- `bias_cache`: `HTSATWindowAttention`'s relative position bias plus shift mask is computed once per weights and
+  kept ([`cached_attention_mask`]).
+
+With the fast path on, `HTSATWindowAttention` also computes reduced-precision attention as two batched matmuls
+rather than through SDPA ([`window_attention_forward`]).
+
+Modules called inside a fast implementation are called as modules (their hooks run), except linear layers, the MLP's
+activation and the patch embedding's convolution, which a fast implementation computes itself only when
+[`is_plain_module`] says that calling them would run nothing else.
+
+This file does not import `modeling_htsat.py` (which imports it, and a saved model's remote code carries both): the
+implementations read the modules' attributes. A model loaded through remote code uses the copy of this file saved
+beside it, whose switch is that copy's own.
+"""
+
+import functools
+import platform
+import sys
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.activations import GELUActivation
+
+# Largest MLP hidden activation a stage produces at once on CPU. At batch 8 the first stage makes 50 MB ones, which
+# spill from the caches (and, above glibc's 32 MB mmap threshold, are page-faulted afresh on every call); chunks of
+# this size ran the whole model 15-18% faster on a 2-core EPYC (1 MiB L2 per core, 32 MiB L3), results bit for bit
+# the same.
+CPU_CHUNK_BYTES = 6 * 2**20
+# oneDNN's fused linear op; only on x86, where it was measured (see `cpu_linear`).
+_ONEDNN_LINEAR = (
+    getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    if torch.backends.mkldnn.is_available() and platform.machine().lower() in ("x86_64", "amd64")
+    else None
+)
+ONEDNN_LINEAR_AVAILABLE = _ONEDNN_LINEAR is not None  # else the `onednn_linear` part runs the plain layers
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The switch
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CPUFastPathSettings:
+    """What the CPU fast path may do; see the module docstring for each part.
+
+    Args:
+        enabled: the fast path as a whole; `False` runs every module's reference forward.
+        chunks, onednn_linear, window_gather, patch_matmul, bias_cache: the parts, each on its own.
+        chunk_bytes: the budget of `chunks` in bytes (default `CPU_CHUNK_BYTES`, tuned on a 2-core AMD EPYC with
+            1 MiB of L2 per core and 32 MiB of L3; other caches may want another value).
+
+    Raises:
+        ValueError: `chunk_bytes` is not a positive integer.
+    """
+
+    enabled: bool = True
+    chunks: bool = True
+    onednn_linear: bool = True
+    window_gather: bool = True
+    patch_matmul: bool = True
+    bias_cache: bool = True
+    chunk_bytes: int = CPU_CHUNK_BYTES
+
+    def __post_init__(self):
+        if isinstance(self.chunk_bytes, bool) or not isinstance(self.chunk_bytes, int) or self.chunk_bytes < 1:
+            raise ValueError(f"chunk_bytes must be a positive number of bytes, got {self.chunk_bytes!r}")
+
+    def allows(self, part: str | None) -> bool:
+        """Whether the fast path is on, and `part` too (when named)."""
+        return self.enabled and (part is None or getattr(self, part))
+
+
+_settings = CPUFastPathSettings()
+
+
+def set_cpu_fast_path(enabled: bool = True, **parts) -> None:
+    """Switch HTS-AT's CPU inference fast path on or off, as a whole or by part, for the whole process.
+
+    Each call sets the whole configuration: the parts it does not name are on and `chunk_bytes` is
+    `CPU_CHUNK_BYTES`. The results are the reference model's either way (within float32 rounding, or bfloat16's under
+    autocast); only the speed changes.
+
+        htsat_hf.set_cpu_fast_path(False)  # every module runs its reference forward
+        htsat_hf.set_cpu_fast_path(True, chunks=False)  # all parts but the cache-sized chunks
+
+    Args:
+        enabled: `False` switches the whole fast path off.
+        **parts: `chunks`, `onednn_linear`, `window_gather`, `patch_matmul`, `bias_cache` (bools) and `chunk_bytes`
+            (int), see [`CPUFastPathSettings`].
+
+    Raises:
+        TypeError: an unknown part.
+        ValueError: `chunk_bytes` is not a positive integer.
+    """
+    global _settings
+    _settings = CPUFastPathSettings(enabled=enabled, **parts)
+
+
+@contextmanager
+def cpu_fast_path(enabled: bool = True, **parts) -> Iterator[CPUFastPathSettings]:
+    """[`set_cpu_fast_path`] for the duration of a `with` block, then the configuration from before it again.
+
+        with htsat_hf.cpu_fast_path(False):
+            reference_logits = model(features).logits
+
+    The configuration is process-wide, not per thread. Yields the configuration in force inside the block.
+    """
+    global _settings
+    previous = _settings
+    set_cpu_fast_path(enabled, **parts)
+    try:
+        yield _settings
+    finally:
+        _settings = previous
+
+
+def get_cpu_fast_path() -> CPUFastPathSettings:
+    """The configuration in force."""
+    return _settings
+
+
+def _is_tracing() -> bool:
+    exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.6
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or bool(exporting and exporting())
+
+
+def fast_path_applies(module: nn.Module, inputs: torch.Tensor, part: str | None = None) -> bool:
+    """Whether a fast implementation may replace `module`'s forward on `inputs` (see the module docstring)."""
+    return (
+        not _is_tracing()  # first: under torch.compile the rest is then never traced
+        and _settings.allows(part)
+        and not torch.is_grad_enabled()
+        and not module.training
+        and inputs.device.type == "cpu"
+    )
+
+
+def fast_forward(implementation: Callable, part: str | None = None) -> Callable:
+    """Decorator for a module's reference `forward`: calls run `implementation(reference, module, *args, **kwargs)`
+    where [`fast_path_applies`] (on its first tensor argument), else the reference forward itself.
+
+    Args:
+        implementation: the fast forward; it receives the undecorated reference forward as its first argument, to
+            fall back on it or to run it on parts of the input.
+        part: the [`CPUFastPathSettings`] field that switches this implementation, or `None` for the fast path as a
+            whole.
+
+    Raises:
+        ValueError: `part` is not a part.
+    """
+    if part is not None and part not in CPUFastPathSettings.__dataclass_fields__:
+        raise ValueError(f"unknown CPU fast path part {part!r}")
+
+    def decorate(reference: Callable) -> Callable:
+        @functools.wraps(reference)
+        def forward(module, *args, **kwargs):
+            inputs = next(value for value in (*args, *kwargs.values()) if isinstance(value, torch.Tensor))
+            if fast_path_applies(module, inputs, part):
+                return implementation(reference, module, *args, **kwargs)
+            return reference(module, *args, **kwargs)
+
+        return forward
+
+    return decorate
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def clips_per_cpu_chunk(bytes_per_clip: int) -> int:
+    """How many clips CPU inference runs at once: as many as keep a chunk's largest activation,
+    `clips * bytes_per_clip` bytes, within the configured `chunk_bytes`, and at least one; `sys.maxsize` (the
+    whole batch) when `chunks` is switched off."""
+    if not _settings.allows("chunks"):
+        return sys.maxsize
+    return max(1, _settings.chunk_bytes // bytes_per_clip)
+
+
+def shifted_window_order(height: int, width: int, window_size: int, shift_size: int) -> torch.Tensor:
+    """Token indices that cyclically shift a row-major `height x width` grid by `-shift_size` on both axes and
+    partition it into windows, as one gather: `tokens[:, order]` equals
+    `window_partition(torch.roll(grid, (-shift_size, -shift_size), (1, 2)), window_size)` flattened over windows
+    (windows row-major, tokens row-major within a window). `torch.argsort(order)` undoes it.
+
+    Returns:
+        `(height * width,)` int64 indices.
+    """
+    grid = torch.roll(torch.arange(height * width).view(height, width), (-shift_size, -shift_size), (0, 1))
+    windows = grid.view(height // window_size, window_size, width // window_size, window_size).transpose(1, 2)
+    return windows.reshape(-1)
+
+
+def is_plain_module(module: nn.Module) -> bool:
+    """Whether calling `module` runs nothing but its class's own `forward`: no hooks of its own or global ones, no
+    `forward` replaced on the instance (as accelerate's hooks do), a class of exactly its kind, parameters that are
+    plain strided tensors (not quantized or other tensor subclasses). Only then may a fast path compute the module's
+    result without calling it."""
+    global_hooks = (nn.modules.module._global_forward_hooks, nn.modules.module._global_forward_pre_hooks)
+    return (
+        type(module) in (nn.Linear, nn.Conv2d, GELUActivation)
+        and not (module._forward_hooks or module._forward_pre_hooks or any(global_hooks))
+        and "forward" not in module.__dict__
+        and all(type(p) is nn.Parameter and p.layout == torch.strided for p in module.parameters(recurse=False))
+    )
+
+
+def onednn_linear_dtype(layer: nn.Module, inputs: torch.Tensor) -> torch.dtype | None:
+    """The dtype in which `layer(inputs)` may run as oneDNN's fused linear op, or `None` where it must run as the
+    layer itself: only with the `onednn_linear` part on, a plain float32 `nn.Linear` in eval mode, for inference (no
+    autograd) on an x86 CPU in eager mode, with float32 inputs or under bfloat16 autocast on a CPU with bfloat16
+    support."""
+    if not (
+        _ONEDNN_LINEAR is not None
+        and _settings.allows("onednn_linear")
+        and torch.backends.mkldnn.enabled
+        and is_plain_module(layer)
+        and type(layer) is nn.Linear
+        and not layer.training
+        and inputs.device.type == layer.weight.device.type == "cpu"
+        and layer.weight.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and not _is_tracing()
+    ):
+        return None
+    if torch.is_autocast_enabled("cpu"):
+        bf16 = torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return torch.bfloat16 if bf16 else None
+    return torch.float32 if inputs.dtype == torch.float32 else None
+
+
+def cpu_linear(layer: nn.Linear, inputs: torch.Tensor, activation: nn.Module | None = None) -> torch.Tensor:
+    """`layer(inputs)`, then `activation` when given.
+
+    Where [`onednn_linear_dtype`] allows, this is one oneDNN matmul with the bias, and the activation when it is
+    transformers' exact (erf) GELU module unaltered, fused into it (the kernel torch.compile's CPU backend emits for
+    such layers): in float32 up to 13% faster than PyTorch's default MKL GEMM on the model's shapes on AMD EPYC, and
+    in both precisions no separate passes for the bias and the activation (a bfloat16 GELU pass costs more than its
+    matmul's bias). Under autocast the operands are cast to bfloat16 on each call, as autocast casts them once per
+    autocast region. Anywhere else it is the plain layer, then the activation module.
+    """
+    dtype = onednn_linear_dtype(layer, inputs)
+    if dtype is None:
+        outputs = layer(inputs)
+        return outputs if activation is None else activation(outputs)
+    fuses_gelu = (
+        activation is not None
+        and is_plain_module(activation)
+        and type(activation) is GELUActivation
+        and activation.act is F.gelu
+    )
+    weight, bias = layer.weight.to(dtype), None if layer.bias is None else layer.bias.to(dtype)
+    post_op, algorithm = ("gelu", "none") if fuses_gelu else ("none", "")
+    outputs = _ONEDNN_LINEAR(inputs.to(dtype), weight, bias, post_op, [], algorithm)
+    return outputs if activation is None or fuses_gelu else activation(outputs)
+
+
+# Per attention module: (validity key, copy of the bias table it was computed from, mask). Weak keys: the cache goes
+# with the module.
+_mask_cache: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def cached_attention_mask(attention: nn.Module, shift_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """`attention.attention_mask(shift_mask)` in `dtype`, computed once per bias table while `bias_cache` is on.
+
+    The cache holds a copy of the table and is used only while the table equals it, so every change of the
+    weights (an optimizer step, `load_state_dict`, an edit through `.data`) is seen; comparing the at most
+    `(2 * window_size - 1)**2 x heads` values costs microseconds.
+    """
+    if not _settings.allows("bias_cache"):
+        return attention.attention_mask(shift_mask).to(dtype)
+    table = attention.relative_position_bias_table
+    key = (table.device, table.dtype, dtype, None if shift_mask is None else shift_mask.data_ptr())
+    cached = _mask_cache.get(attention)
+    if cached is None or cached[0] != key or not torch.equal(cached[1], table):
+        cached = (key, table.detach().clone(), attention.attention_mask(shift_mask).to(dtype))
+        _mask_cache[attention] = cached
+    return cached[2]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Fast forwards of the reference modules (the first argument is the module's reference forward)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def patch_embedding_forward(reference: Callable, embeddings: nn.Module, image: torch.Tensor) -> torch.Tensor:
+    """`HTSATPatchEmbeddings`: `(batch, 1, H, W)` image to `(batch, H * W / patch_size**2, embed_dim)` tokens, the
+    convolution as a matmul over the non-overlapping patches (the same sums, in the token layout the encoder reads)."""
+    projection = embeddings.projection
+    if not is_plain_module(projection):  # an adapter, a hook or a quantized convolution: call it
+        return reference(embeddings, image)
+    batch, _, height, width = image.shape
+    rows, cols = projection.kernel_size
+    patches = image.reshape(batch, height // rows, rows, width // cols, cols).transpose(2, 3)
+    patches = patches.reshape(batch, (height // rows) * (width // cols), rows * cols)
+    return embeddings.norm(F.linear(patches, projection.weight.flatten(1), projection.bias))
+
+
+def window_attention_forward(
+    reference: Callable,
+    attention: nn.Module,
+    windows: torch.Tensor,
+    shift_mask: torch.Tensor | None = None,
+    output_attentions: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`HTSATWindowAttention` in eval mode: linear layers through [`cpu_linear`], the mask from
+    [`cached_attention_mask`], SDPA for float32 only. Shapes as the reference forward."""
+    batch_windows, tokens, dim = windows.shape
+    heads, head_dim = attention.num_heads, attention.head_dim
+    qkv = cpu_linear(attention.qkv, windows).view(batch_windows, tokens, 3, heads, head_dim)
+    query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    mask = cached_attention_mask(attention, shift_mask, query.dtype)
+    groups = mask.shape[1]  # heads, or windows of an image times heads (see `attention_mask`)
+    query, key, value = (x.reshape(-1, groups, tokens, head_dim) for x in (query, key, value))
+    weights = None
+    # PyTorch's CPU SDPA kernel is about twice slower than two batched matmuls on these 64-token windows in reduced
+    # precision.
+    if attention.config._attn_implementation == "sdpa" and query.dtype == torch.float32 and not output_attentions:
+        context = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=attention.scale)
+    else:
+        weights = (torch.matmul(query * attention.scale, key.transpose(-2, -1)) + mask).softmax(dim=-1)
+        context = torch.matmul(weights, value)
+        weights = weights.reshape(batch_windows, heads, tokens, tokens)
+    context = context.reshape(batch_windows, heads, tokens, head_dim).transpose(1, 2)
+    output = attention.proj_dropout(cpu_linear(attention.proj, context.reshape(batch_windows, tokens, dim)))
+    return output, (weights if output_attentions else None)
+
+
+def mlp_forward(reference: Callable, mlp: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    """`HTSATMLP` with both linear layers, and the GELU, through [`cpu_linear`]."""
+    hidden = mlp.dropout(cpu_linear(mlp.fc1, hidden_states, activation=mlp.act))
+    return mlp.dropout(cpu_linear(mlp.fc2, hidden))
+
+
+def swin_block_forward(
+    reference: Callable, block: nn.Module, hidden_states: torch.Tensor, output_attentions: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`HTSATSwinBlock` with the shift and window partition as one gather by `block.token_order`, and their inverse
+    as one by `block.token_order_inverse` (both `None` for a single unshifted window: no reordering)."""
+    batch, num_tokens, dim = hidden_states.shape
+    tokens = block.layernorm_before(hidden_states)
+    if block.token_order is not None:
+        tokens = torch.index_select(tokens, 1, block.token_order)
+    windows = tokens.view(-1, block.window_size**2, dim)
+    windows, attentions = block.attention(windows, block.shift_mask, output_attentions)
+    tokens = windows.view(batch, num_tokens, dim)
+    if block.token_order is not None:
+        tokens = torch.index_select(tokens, 1, block.token_order_inverse)
+    hidden_states = hidden_states + block.drop_path(tokens)
+    hidden_states = hidden_states + block.drop_path(block.mlp(block.layernorm_after(hidden_states)))
+    return hidden_states, attentions
+
+
+def patch_merging_forward(reference: Callable, merging: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    """`HTSATPatchMerging` with its projection through [`cpu_linear`]."""
+    return cpu_linear(merging.reduction, merging.norm(merging.merge_neighbours(hidden_states)))
+
+
+def chunked_stage_forward(
+    reference: Callable, stage: nn.Module, hidden_states: torch.Tensor, output_attentions: bool = False
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """`HTSATStage` on chunks of [`clips_per_cpu_chunk`] clips, sized by the MLP's hidden activation (in autocast's
+    dtype under autocast), each through the reference forward; outputs and attentions concatenated."""
+    batch, tokens, _ = hidden_states.shape
+    element_size = (
+        torch.get_autocast_dtype("cpu").itemsize if torch.is_autocast_enabled("cpu") else hidden_states.element_size()
+    )
+    clips = clips_per_cpu_chunk(tokens * stage.blocks[0].mlp.fc1.out_features * element_size)
+    if clips >= batch:
+        return reference(stage, hidden_states, output_attentions)
+    outputs = [reference(stage, chunk, output_attentions) for chunk in hidden_states.split(clips)]
+    attentions = tuple(torch.cat(per_block) for per_block in zip(*(chunk for _, chunk in outputs)))
+    return torch.cat([chunk for chunk, _ in outputs]), attentions
+
+
+__all__ = [
+    "CPU_CHUNK_BYTES",
+    "CPUFastPathSettings",
+    "ONEDNN_LINEAR_AVAILABLE",
+    "cpu_fast_path",
+    "get_cpu_fast_path",
+    "set_cpu_fast_path",
+]

@@ -1,0 +1,476 @@
+"""The CPU fast path (cpu_fast_path_htsat.py) against the reference forwards of modeling_htsat.py: each fast forward,
+whole blocks and the full AudioSet-size model in float32 and under bfloat16 autocast; the public switch; each
+condition under which a module must run its reference forward; the benchmark and ablation scripts' smoke runs."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO_ROOT, tiny_config
+from test_modeling_htsat import explicit_swin_block
+from torch import nn
+from transformers.activations import GELUActivation
+
+import htsat_hf
+from htsat_hf import HTSATConfig, HTSATForAudioClassification
+from htsat_hf import cpu_fast_path_htsat as fast_path
+from htsat_hf.cpu_fast_path_htsat import (
+    CPU_CHUNK_BYTES,
+    CPUFastPathSettings,
+    clips_per_cpu_chunk,
+    cpu_fast_path,
+    cpu_linear,
+    fast_path_applies,
+    get_cpu_fast_path,
+    set_cpu_fast_path,
+    shifted_window_order,
+)
+from htsat_hf.modeling_htsat import HTSATPatchEmbeddings, window_partition
+
+requires_onednn = pytest.mark.skipif(
+    fast_path._ONEDNN_LINEAR is None, reason="this torch build has no oneDNN fused linear"
+)
+PARTS = ("chunks", "onednn_linear", "window_gather", "patch_matmul", "bias_cache")
+
+
+def log_mel_like(batch, frames=1001):
+    return torch.randn(batch, frames, 64) * 10 - 40
+
+
+def reference_forward(model, *args, **kwargs):
+    with torch.no_grad(), cpu_fast_path(False):
+        return model(*args, **kwargs)
+
+
+def count_onednn_calls(monkeypatch):
+    """Record the dtype of every call of oneDNN's fused linear op (it still computes)."""
+    calls, original = [], fast_path._ONEDNN_LINEAR
+    monkeypatch.setattr(fast_path, "_ONEDNN_LINEAR", lambda *args: calls.append(args[0].dtype) or original(*args))
+    return calls
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Fast forwards against the reference
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("height,width,window,shift", [(16, 16, 8, 4), (8, 8, 4, 2), (16, 16, 8, 0), (16, 24, 4, 2)])
+def test_shifted_window_order_is_roll_then_partition(height, width, window, shift):
+    grid = torch.randn(2, height, width, 3)
+    expected = window_partition(torch.roll(grid, (-shift, -shift), (1, 2)), window)
+    order = shifted_window_order(height, width, window, shift)
+    gathered = grid.view(2, height * width, 3)[:, order].view(-1, window * window, 3)
+    assert torch.equal(gathered, expected)
+    restored = gathered.view(2, height * width, 3)[:, torch.argsort(order)]
+    assert torch.equal(restored.view(2, height, width, 3), grid)
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_fast_blocks_match_plain_formulation(attn_implementation):
+    """Every block of the tiny model, whole (gathers, fast attention with its cached mask, fast MLP), against the
+    block written out from its parameters and against its reference forward."""
+    config = tiny_config()
+    config._attn_implementation = attn_implementation
+    model = HTSATForAudioClassification(config).eval()
+    blocks = [block for stage in model.htsat.encoder.stages for block in stage.blocks]
+    with torch.no_grad():
+        for block in blocks:
+            block.attention.relative_position_bias_table.normal_(0, 0.5)  # a bias that matters
+    for block in blocks:
+        tokens = torch.randn(2, block.input_resolution[0] * block.input_resolution[1], block.mlp.fc1.in_features)
+        with torch.no_grad():
+            fast, _ = block(tokens)
+            written_out = explicit_swin_block(block, tokens)
+        reference, _ = reference_forward(block, tokens)
+        assert (fast - written_out).abs().max() < 1e-5
+        assert (fast - reference).abs().max() < 1e-5
+
+
+def test_fast_attention_probabilities_match_the_reference():
+    model = HTSATForAudioClassification(tiny_config()).eval()
+    attention = model.htsat.encoder.stages[0].blocks[1].attention
+    shift_mask = model.htsat.encoder.stages[0].blocks[1].shift_mask
+    windows = torch.randn(2 * shift_mask.shape[0], 64, 16)
+    with torch.no_grad():
+        fast, fast_probabilities = attention(windows, shift_mask, output_attentions=True)
+    reference, probabilities = reference_forward(attention, windows, shift_mask, output_attentions=True)
+    assert (fast - reference).abs().max() < 1e-5
+    assert (fast_probabilities - probabilities).abs().max() < 1e-6
+
+
+def test_patch_embedding_matmul_equals_the_convolution():
+    embeddings = HTSATPatchEmbeddings(tiny_config()).eval()
+    image = torch.randn(2, 1, 256, 256)
+    with torch.no_grad():
+        fast = embeddings(image)
+    torch.testing.assert_close(fast, reference_forward(embeddings, image), rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_full_size_fast_path_matches_the_reference():
+    """The default (AudioSet) architecture, 527 labels, random weights: fast against reference forwards, in float32
+    (logits within 1e-5) and under bfloat16 autocast (clip probabilities within 5e-3)."""
+    model = HTSATForAudioClassification(HTSATConfig()).eval()
+    features = log_mel_like(3)
+    with torch.inference_mode():
+        fast = model(features).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast_bf16 = model(features).logits.float().sigmoid()
+    reference = reference_forward(model, features).logits
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reference_bf16 = reference_forward(model, features).logits.float().sigmoid()
+    assert (fast - reference).abs().max() < 1e-5
+    assert (fast_bf16 - reference_bf16).abs().max() < 5e-3
+
+
+def test_bf16_autocast_close_to_fp32():
+    model = HTSATForAudioClassification(tiny_config(num_labels=10)).eval()
+    features = log_mel_like(3)
+    with torch.no_grad():
+        reference = model(features).logits.sigmoid()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            reduced = model(features).logits.float().sigmoid()
+    assert (reduced - reference).abs().max() < 5e-3
+
+
+@requires_onednn
+def test_bf16_fused_path_close_to_reference_autocast():
+    model = HTSATForAudioClassification(tiny_config(num_labels=10)).eval()
+    features = log_mel_like(3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.inference_mode():
+            fused = model(features).logits.float().sigmoid()
+        reference = reference_forward(model, features).logits.float().sigmoid()
+    assert (fused - reference).abs().max() < 5e-3
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Cache-sized chunks
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_clips_per_cpu_chunk_respects_the_budget():
+    assert CPU_CHUNK_BYTES == get_cpu_fast_path().chunk_bytes == 6 * 2**20
+    assert clips_per_cpu_chunk(4096 * 384 * 4) == 1  # stage 1 of the full model: 6 MiB per clip
+    assert clips_per_cpu_chunk(4096 * 384 * 2) == 2  # the same under bfloat16
+    assert clips_per_cpu_chunk(1024 * 768 * 4) == 2
+    assert clips_per_cpu_chunk(64 * 3072 * 4) == 8
+    assert clips_per_cpu_chunk(10**9) == 1  # never zero
+    with cpu_fast_path(chunk_bytes=2**30):
+        assert clips_per_cpu_chunk(4096 * 384 * 4) == 170
+    with cpu_fast_path(chunks=False):
+        assert clips_per_cpu_chunk(4096 * 384 * 4) == sys.maxsize
+    with cpu_fast_path(False):
+        assert clips_per_cpu_chunk(4096 * 384 * 4) == sys.maxsize
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 2_200_000])  # tiny config's stage 1: 1 MiB of MLP activation per clip
+def test_chunked_cpu_inference_matches_one_pass(chunk_bytes):
+    model = HTSATForAudioClassification(tiny_config()).eval()
+    features = log_mel_like(5)
+    calls = []
+    block = model.htsat.encoder.stages[0].blocks[0]
+    block.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    with torch.no_grad(), cpu_fast_path(chunk_bytes=chunk_bytes):
+        fast = model(features, output_attentions=True, output_hidden_states=True)
+    assert calls == ([1] * 5 if chunk_bytes == 1 else [2, 2, 1])  # the chunks the budget asks for
+    reference = reference_forward(model, features, output_attentions=True, output_hidden_states=True)
+    assert calls[-1] == 5  # and the reference takes the batch whole
+    assert (fast.logits - reference.logits).abs().max() < 1e-5
+    assert len(fast.attentions) == len(reference.attentions) == 8
+    for fast_attention, reference_attention in zip(fast.attentions, reference.attentions):
+        assert fast_attention.shape == reference_attention.shape
+        assert (fast_attention - reference_attention).abs().max() < 1e-5
+    for fast_hidden, reference_hidden in zip(fast.hidden_states, reference.hidden_states):
+        assert (fast_hidden - reference_hidden).abs().max() < 1e-4
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Cached attention mask
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_cached_attention_mask_follows_parameter_updates():
+    model = HTSATForAudioClassification(tiny_config()).eval()
+    features = log_mel_like(2)
+    attention = model.htsat.encoder.stages[0].blocks[1].attention
+    with torch.no_grad():
+        first = model(features).logits
+        mask = fast_path.cached_attention_mask(attention, attention_shift_mask(model), torch.float32)
+        again = model(features).logits
+        assert fast_path.cached_attention_mask(attention, attention_shift_mask(model), torch.float32) is mask
+    assert torch.equal(first, again)
+    table = attention.relative_position_bias_table
+    with torch.no_grad():
+        table.add_(torch.randn_like(table))  # an optimizer-style in-place update
+        updated = model(features).logits
+    assert not torch.allclose(first, updated)
+    assert (updated - reference_forward(model, features).logits).abs().max() < 1e-6
+    table.data.copy_(torch.randn_like(table))  # bypasses the version counter
+    with torch.no_grad():
+        edited = model(features).logits
+    assert (edited - reference_forward(model, features).logits).abs().max() < 1e-6
+
+
+def attention_shift_mask(model):
+    return model.htsat.encoder.stages[0].blocks[1].shift_mask
+
+
+def test_bias_cache_part_switches_the_cache():
+    model = HTSATForAudioClassification(tiny_config()).eval()
+    attention, shift_mask = model.htsat.encoder.stages[0].blocks[1].attention, attention_shift_mask(model)
+    with torch.no_grad(), cpu_fast_path(bias_cache=False):
+        first = fast_path.cached_attention_mask(attention, shift_mask, torch.float32)
+        second = fast_path.cached_attention_mask(attention, shift_mask, torch.float32)
+    assert first is not second and torch.equal(first, second)
+    assert first.shape == (1, 64 * 1, 64, 64)  # 64 windows of one head side by side
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The switch
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_switch_is_exported_and_on_by_default():
+    assert htsat_hf.set_cpu_fast_path is set_cpu_fast_path and htsat_hf.cpu_fast_path is cpu_fast_path
+    assert get_cpu_fast_path() == CPUFastPathSettings()
+    assert all(getattr(get_cpu_fast_path(), part) for part in ("enabled", *PARTS))
+
+
+def test_switch_sets_the_whole_configuration_and_the_context_restores_it():
+    try:
+        set_cpu_fast_path(True, chunks=False)
+        assert get_cpu_fast_path() == CPUFastPathSettings(chunks=False)
+        set_cpu_fast_path(True, onednn_linear=False)  # the parts not named are on again
+        assert get_cpu_fast_path() == CPUFastPathSettings(onednn_linear=False)
+        with pytest.raises(RuntimeError), cpu_fast_path(False) as inside:
+            assert inside == get_cpu_fast_path() == CPUFastPathSettings(enabled=False)
+            raise RuntimeError
+        assert get_cpu_fast_path() == CPUFastPathSettings(onednn_linear=False)
+    finally:
+        set_cpu_fast_path(True)
+    assert get_cpu_fast_path() == CPUFastPathSettings()
+    with pytest.raises(TypeError):
+        set_cpu_fast_path(True, flash=True)
+    with pytest.raises(ValueError, match="chunk_bytes"):
+        set_cpu_fast_path(True, chunk_bytes=0)
+    assert get_cpu_fast_path() == CPUFastPathSettings()  # a refused call changes nothing
+
+
+def test_switch_off_runs_the_reference_forwards(monkeypatch):
+    model = HTSATForAudioClassification(tiny_config()).eval()
+    features = log_mel_like(3)
+    onednn = count_onednn_calls(monkeypatch)
+    rolls = []
+    original_roll = torch.roll
+    monkeypatch.setattr(torch, "roll", lambda *args, **kwargs: rolls.append(1) or original_roll(*args, **kwargs))
+    chunks = []
+    model.htsat.encoder.stages[0].blocks[0].register_forward_pre_hook(lambda m, args: chunks.append(len(args[0])))
+    with torch.no_grad(), cpu_fast_path(chunk_bytes=1):
+        fast = model(features).logits
+        assert chunks == [1, 1, 1] and not rolls
+        assert bool(onednn) == (fast_path._ONEDNN_LINEAR is not None)
+        onednn.clear()
+        with cpu_fast_path(False):
+            reference = model(features).logits
+    assert chunks[3:] == [3] and len(rolls) == 2 * 3 and not onednn  # shift and back in the 3 shifted blocks
+    assert (fast - reference).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_each_part_alone_keeps_the_results(part):
+    model = HTSATForAudioClassification(tiny_config()).eval()
+    features = log_mel_like(3)
+    reference = reference_forward(model, features).logits
+    for parts in ({part: False}, {other: other == part for other in PARTS}):  # all but this one; this one alone
+        with torch.no_grad(), cpu_fast_path(True, **parts):
+            assert (model(features).logits - reference).abs().max() < 1e-5, parts
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Fallbacks: where a module must run its reference forward
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_fast_path_applies_only_to_cpu_inference_in_eval_mode(monkeypatch):
+    module, inputs = nn.Linear(2, 2).eval(), torch.randn(1, 2)
+    with torch.no_grad():
+        assert fast_path_applies(module, inputs) and fast_path_applies(module, inputs, "chunks")
+        assert not fast_path_applies(module, inputs.to("meta"))  # not on the CPU
+        assert not fast_path_applies(module.train(), inputs)
+        module.eval()
+        for part in PARTS:
+            with cpu_fast_path(**{part: False}):
+                assert not fast_path_applies(module, inputs, part) and fast_path_applies(module, inputs)
+        with cpu_fast_path(False):
+            assert not fast_path_applies(module, inputs)
+        for tracing in ("is_compiling", "is_exporting"):
+            with monkeypatch.context() as patch:
+                patch.setattr(torch.compiler, tracing, lambda: True)
+                assert not fast_path_applies(module, inputs)
+    with torch.inference_mode():
+        assert fast_path_applies(module, inputs)
+    assert not fast_path_applies(module, inputs)  # autograd on
+
+
+def test_training_and_autograd_run_the_reference(monkeypatch):
+    model = HTSATForAudioClassification(tiny_config()).eval()
+    features = log_mel_like(3)
+    onednn = count_onednn_calls(monkeypatch)
+    chunks = []
+    model.htsat.encoder.stages[0].blocks[0].register_forward_pre_hook(lambda m, args: chunks.append(len(args[0])))
+    with torch.enable_grad():
+        model(features).logits.sum().backward()
+    with torch.no_grad():
+        model.train()
+        model.htsat(features)  # train mode without autograd (SpecAugment on): whole batch, plain layers
+    assert chunks == [3, 3] and not onednn
+    assert model.htsat.patch_embed.projection.weight.grad is not None
+
+
+def test_hooks_and_adapters_inside_the_model_still_run():
+    """The fast paths must not skip a hook on any module they replace: the MLP's activation, an inner linear layer,
+    the patch embedding's convolution."""
+    model = HTSATForAudioClassification(tiny_config()).eval()
+    block = model.htsat.encoder.stages[1].blocks[0]
+    seen = []
+    for name, module in [("act", block.mlp.act), ("fc1", block.mlp.fc1), ("qkv", block.attention.qkv),
+                         ("projection", model.htsat.patch_embed.projection)]:
+        module.register_forward_hook(lambda *args, name=name: seen.append(name))
+    features = log_mel_like(2)
+    with torch.inference_mode():
+        hooked = model(features).logits
+    assert set(seen) == {"act", "fc1", "qkv", "projection"}
+    assert (hooked - reference_forward(model, features).logits).abs().max() < 1e-5
+
+
+@requires_onednn
+@pytest.mark.parametrize("gelu", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_cpu_linear_fused_matches_plain(gelu, bias):
+    layer = nn.Linear(48, 80, bias=bias).eval()
+    inputs = torch.randn(3, 70, 48)
+    expected = layer(inputs)
+    expected = nn.functional.gelu(expected) if gelu else expected
+    activation = GELUActivation() if gelu else None
+    calls = []
+    original = fast_path._ONEDNN_LINEAR
+    with torch.no_grad():
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(fast_path, "_ONEDNN_LINEAR", lambda *args: calls.append(args[3]) or original(*args))
+            fused = cpu_linear(layer, inputs, activation=activation)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                reduced = cpu_linear(layer, inputs, activation=activation)
+            other = cpu_linear(layer, inputs, activation=nn.ReLU())  # not fusable: applied after the fused matmul
+    assert calls == ["gelu" if gelu else "none"] * 2 + ["none"]
+    assert (other - torch.relu(layer(inputs))).abs().max() < 1e-5
+    assert fused.dtype == torch.float32 and (fused - expected).abs().max() < 1e-5
+    assert reduced.dtype == torch.bfloat16  # as autocast's own linear layer
+    assert (reduced.float() - expected).abs().max() < 0.05 * expected.abs().max()
+
+
+class _Marked(torch.Tensor):
+    """A tensor subclass standing in for quantized weights (torchao and the like keep `nn.Linear` as the module)."""
+
+
+def test_cpu_linear_falls_back_to_the_layer(monkeypatch):
+    """Autograd, training mode, hooks, replaced forwards, tensor-subclass weights, other precisions and the
+    `onednn_linear` part switched off must see the plain layer."""
+    layer = nn.Linear(8, 4)
+    inputs = torch.randn(2, 8)
+    fused_calls = []
+    monkeypatch.setattr(fast_path, "_ONEDNN_LINEAR", lambda *args: fused_calls.append(args[0].dtype))
+    output = cpu_linear(layer.eval(), inputs)  # autograd on
+    output.sum().backward()
+    assert layer.weight.grad is not None
+    with torch.no_grad():
+        cpu_linear(layer.train(), inputs)
+        layer.eval()
+        hooked = []
+        handle = layer.register_forward_hook(lambda *args: hooked.append("own"))
+        cpu_linear(layer, inputs)
+        handle.remove()
+        handle = nn.modules.module.register_module_forward_hook(lambda *args: hooked.append("global"))
+        cpu_linear(layer, inputs)
+        handle.remove()
+        cpu_linear(nn.Identity(), inputs)  # not a Linear at all (a test or an adapter may swap one in)
+        with torch.autocast("cpu", dtype=torch.float16):
+            cpu_linear(layer, inputs)
+        cpu_linear(nn.Linear(8, 4).to(torch.bfloat16).eval(), inputs.to(torch.bfloat16))
+        replaced = nn.Linear(8, 4).eval()
+        replaced.forward = lambda x: torch.zeros(2, 4)  # as accelerate's hooks do
+        assert torch.equal(cpu_linear(replaced, inputs), torch.zeros(2, 4))
+        marked = nn.Linear(8, 4).eval()
+        marked.weight = nn.Parameter(layer.weight.detach().clone().as_subclass(_Marked))
+        cpu_linear(marked, inputs)
+        with cpu_fast_path(onednn_linear=False):
+            cpu_linear(layer, inputs)
+        with cpu_fast_path(False):
+            cpu_linear(layer, inputs)
+    assert fused_calls == [] and hooked == ["own", "global"]
+    with torch.inference_mode():
+        cpu_linear(layer, inputs)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            cpu_linear(layer, inputs)
+    assert fused_calls == [torch.float32, torch.bfloat16]
+
+
+def test_patch_embedding_falls_back_to_a_hooked_convolution():
+    embeddings = HTSATPatchEmbeddings(tiny_config()).eval()
+    image = torch.randn(2, 1, 256, 256)
+    calls = []
+    embeddings.projection.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        embeddings(image)
+    assert calls == [1]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Benchmark scripts
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_benchmark_script_runs_on_tiny_configs(tmp_path):
+    output = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "benchmark.py"), "--tiny", "--batch-sizes", "1", "2",
+         "--precisions", "fp32", "bf16", "--repeats", "1", "--warmup", "0", "--train-step", "--json", str(output)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(output.read_text())
+    rows = report["rows"]
+    # Every linear layer counted, although CPU inference runs them as oneDNN ops that FlopCounterMode cannot see.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = HTSATForAudioClassification(tiny_config(num_labels=527)).eval()
+    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.randn(1, 1001, 64))
+    assert report["gflops"]["htsat"] == pytest.approx(counter.get_total_flops() / 1e9, rel=1e-6)
+    gap = report["checks"]["htsat bf16 max clip probability gap, batch 2"]
+    assert 0 < gap < 5e-3  # bf16 does change the numbers, within the issue's bound
+    seen = {(r["model"], r["stage"], r["precision"], r["batch_size"]) for r in rows}
+    for model in ("htsat", "clap", "ast"):
+        assert (model, "e2e", "fp32", 2) in seen
+    assert ("htsat", "train_step", "fp32", 2) in seen
+    assert all(r["clips_per_s"] > 0 for r in rows)
+    assert "vs CLAP e2e fp32" in result.stdout
+
+
+@pytest.mark.slow
+def test_ablation_script_runs_on_a_tiny_config():
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "ablation.py"), "--tiny", "--batch-size", "2", "--rounds", "1"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for row in ("| model | fp32 | no chunks |", "| model | bf16 | reference |", "| patch embedding | fp32 | conv"):
+        assert row in result.stdout
+    differences = {line.split(":")[0].strip(): float(line.rsplit("=", 1)[1])
+                   for line in result.stdout.splitlines() if "max |logit" in line}
+    assert len(differences) == 2 * 7
+    assert max(value for name, value in differences.items() if "fp32" in name) < 1e-5
+    assert max(value for name, value in differences.items() if "bf16" in name) < 0.1
