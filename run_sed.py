@@ -9,27 +9,165 @@ score existing detections, or fine-tune on strong labels (CPU, one GPU, or `acce
     python run_sed.py --do_train --train_dir data/train --eval_dir data/eval --model_name_or_path htsat-audioset \
         --output_dir finetuned --num_train_epochs 20 --learning_rate 1e-4
 
-Arguments are those of the dataclasses in `htsat_hf.sed_run` plus transformers' `TrainingArguments` (`--output_dir`,
-and the training options); a single JSON file may hold them all. The logic lives in `htsat_hf.sed_run`.
+Arguments are those of the dataclasses below plus transformers' `TrainingArguments` (`--output_dir`, and the
+training options); a single JSON file may hold them all. The logic lives in `htsat_hf.sed` (`detection` for runs and
+scoring, `targets` for strong-label training data) and `htsat_hf.inputs`; this script wires it. The outputs of a run
+are listed in `htsat_hf.sed.detection`'s docstring. Every problem with the inputs ends the run with one line,
+`run_sed.py: error: ...`, and exit status 2.
 """
 
 import logging
 import sys
+from dataclasses import dataclass, field, replace
 
 import transformers
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
-from htsat_hf.sed_run import (
-    DetectionArguments,
-    EvaluationArguments,
-    ModelArguments,
-    SEDRunError,
-    StrongLabelArguments,
-    run,
+from htsat_hf import HTSATFeatureExtractor, HTSATForSoundEventDetection
+from htsat_hf.errors import InputError
+from htsat_hf.inputs import collect_inputs, dataset_items
+from htsat_hf.loading import load_feature_extractor
+from htsat_hf.sed.detection import (
+    SHORT_AUDIO_MODES,
+    check_reference_audio,
+    load_detection_model,
+    metrics_table,
+    prepare_output_dir,
+    read_reference,
+    resolve_settings,
+    run_detection,
+    score_predictions,
 )
-from htsat_hf.training.data import DataError
+from htsat_hf.sed.targets import (
+    TARGET_MODES,
+    StrongLabelCollator,
+    compute_frame_metrics,
+    read_strong_label_dir,
+    read_strong_labels,
+    strong_label_inputs,
+)
+from htsat_hf.training.model_setup import build_config, load_for_labels
+from htsat_hf.training.trainer import HTSATTrainer
 
 logger = logging.getLogger("run_sed")
+
+
+# --------------------------------------------------------------------------------------------------------- arguments
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "HTS-AT model directory or Hub id (loaded as HTSATForSoundEventDetection); the start of "
+                          "fine-tuning with --do_train."},
+    )
+    config_name: str | None = field(
+        default=None, metadata={"help": "HTSATConfig JSON file to train from scratch (with --do_train)."}
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "Config fields to train from scratch: 'embed_dim=16,depths=[2,2,2,2],num_heads=[1,2,4,8]'."},
+    )
+    device: str | None = field(
+        default=None, metadata={"help": "Device for detection, e.g. 'cpu', 'cuda', 'cuda:1' (default: cuda if any)."}
+    )
+
+
+@dataclass
+class DetectionArguments:
+    inputs: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Audio files, folders (their audio files, not recursive) or list files (one path per line, "
+                          "relative to the list file; '#' starts a comment)."},
+    )
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "A `datasets` dataset (Hub id or local directory) to detect events in."}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Its configuration name."})
+    split: str = field(default="test", metadata={"help": "Its split."})
+    audio_column_name: str = field(default="audio", metadata={"help": "Its audio column."})
+    class_map: str | None = field(
+        default=None,
+        metadata={"help": "Map the model's classes to target classes: 'desed' (AudioSet to DESED, with the paper's "
+                          "per-class thresholds) or a class map JSON file."},
+    )
+    threshold: float | None = field(
+        default=None, metadata={"help": "One threshold for every class (default 0.5, or the class map's thresholds)."}
+    )
+    thresholds_file: str | None = field(
+        default=None, metadata={"help": "Per-class thresholds: JSON {label: threshold} or TSV label<TAB>threshold."}
+    )
+    median_filter_seconds: float | None = field(
+        default=None, metadata={"help": "Median filter length in seconds (default none; odd number of steps)."}
+    )
+    min_duration: float = field(default=0.0, metadata={"help": "Drop events shorter than this (seconds)."})
+    min_gap: float = field(default=0.0, metadata={"help": "Join events of a class closer than this (seconds)."})
+    window_seconds: float | None = field(
+        default=None, metadata={"help": "Sliding window length (default: the model's clip, 10 s)."}
+    )
+    hop_seconds: float | None = field(
+        default=None, metadata={"help": "Distance between windows (default: half a window); overlaps are averaged."}
+    )
+    batch_size: int = field(default=8, metadata={"help": "Windows per forward pass."})
+    short_audio: str = field(
+        default="stretch",
+        metadata={"help": "Audio shorter than a window: 'stretch' it over the model's 32 steps (the pipeline's "
+                          "behaviour) or 'pad' it with zeros to a full window (the original DESED protocol, and how "
+                          "training clips are presented).", "choices": list(SHORT_AUDIO_MODES)},
+    )
+    plot: bool = field(default=True, metadata={"help": "Save a PNG per file (spectrogram, activity, events)."})
+    max_plots: int | None = field(default=None, metadata={"help": "Plot at most this many files."})
+    plot_top_k: int = field(default=5, metadata={"help": "Classes shown besides those with events."})
+    skip_bad_audio: bool = field(
+        default=False, metadata={"help": "Skip missing, unreadable, empty or too short audio (counted and logged)."}
+    )
+
+
+@dataclass
+class EvaluationArguments:
+    ground_truth: str | None = field(
+        default=None, metadata={"help": "Ground truth TSV (filename, onset, offset, event_label) to score against."}
+    )
+    durations: str | None = field(
+        default=None,
+        metadata={"help": "Durations TSV (filename, duration); default for detection runs: the audio's lengths."},
+    )
+    threshold_sweep: int = field(
+        default=0,
+        metadata={"help": "Also compute PSDS from this many operating points (thresholds (k + 0.5) / N), as DCASE "
+                          "did before scores-based PSDS; 0: off."},
+    )
+    score_only: bool = field(
+        default=False, metadata={"help": "Score existing detections (--predictions) without running a model."}
+    )
+    predictions: str | None = field(
+        default=None,
+        metadata={"help": "With --score_only: an events TSV/CSV, a directory of per-threshold TSVs "
+                          "(predictions_th_0.50.tsv) or a directory of sed_scores_eval score TSVs."},
+    )
+    psds_predictions: str | None = field(
+        default=None,
+        metadata={"help": "With --score_only: the directory (operating points or scores) to compute PSDS from, when "
+                          "--predictions is an events file."},
+    )
+
+
+@dataclass
+class StrongLabelArguments:
+    train_dir: str | None = field(
+        default=None, metadata={"help": "Training folder: audio/ and annotations.tsv (strong labels)."}
+    )
+    eval_dir: str | None = field(
+        default=None, metadata={"help": "Evaluation folder, same layout; scored with the detection metrics after "
+                                        "training (into <output_dir>/eval_detection)."}
+    )
+    target_mode: str = field(
+        default="fraction",
+        metadata={"help": "Frame targets: 'fraction' of each model step covered by an event, or 'majority' (1 where "
+                          ">= half is covered).", "choices": list(TARGET_MODES)},
+    )
+    spec_augment: bool = field(default=True, metadata={"help": "SpecAugment in training (the config's stripes)."})
 
 
 def parse_arguments(argv=None):
@@ -42,6 +180,196 @@ def parse_arguments(argv=None):
     return parser.parse_args_into_dataclasses(argv)
 
 
+# ------------------------------------------------------------------------------------------------------------- wiring
+
+
+def threshold_option(args: DetectionArguments):
+    """`--threshold` or `--thresholds_file`, as `resolve_thresholds` takes it (None: the default)."""
+    if args.threshold is not None and args.thresholds_file is not None:
+        raise InputError("give --threshold or --thresholds_file, not both")
+    return args.thresholds_file if args.thresholds_file is not None else args.threshold
+
+
+def detect_and_score(model, extractor, items, args: DetectionArguments, evaluation: EvaluationArguments, output_dir,
+                     where: str, progress: bool) -> dict | None:
+    """Detect events in `items` with the options of `args` (scored against `evaluation`'s ground truth, when given),
+    print the metrics table, and return the metrics."""
+    settings = resolve_settings(
+        model,
+        class_map=args.class_map,
+        threshold=threshold_option(args),
+        median_filter_seconds=args.median_filter_seconds,
+        min_duration=args.min_duration,
+        min_gap=args.min_gap,
+        window_seconds=args.window_seconds,
+        hop_seconds=args.hop_seconds,
+        batch_size=args.batch_size,
+        short_audio=args.short_audio,
+    )
+    result = run_detection(
+        model,
+        extractor,
+        items,
+        settings,
+        output_dir,
+        where,
+        ground_truth=evaluation.ground_truth,
+        durations=evaluation.durations,
+        threshold_sweep=evaluation.threshold_sweep,
+        skip_bad_audio=args.skip_bad_audio,
+        max_plots=args.max_plots if args.plot else 0,
+        plot_top_k=args.plot_top_k,
+        progress=progress,
+    )
+    if result.metrics is not None:
+        print(metrics_table(result.metrics))
+    return result.metrics
+
+
+def train(model_args: ModelArguments, data_args: StrongLabelArguments, detection_args: DetectionArguments,
+          training_args: TrainingArguments):
+    """Strong-label fine-tuning with `HTSATTrainer`; returns `(model, feature_extractor, trainer)`.
+
+    The label set is the training annotations'; a `--model_name_or_path` with other labels gets a re-initialised head
+    (`load_for_labels`), otherwise a model is built from `--config_name`/`--config_overrides`.
+    """
+    if data_args.train_dir is None:
+        raise InputError("--do_train needs --train_dir (a folder with audio/ and annotations.tsv)")
+    problem_type = "multi_label_classification"
+    _, labels, _ = read_strong_labels(data_args.train_dir)
+    if model_args.model_name_or_path:
+        model = load_for_labels(
+            model_args.model_name_or_path, labels, problem_type, model_class=HTSATForSoundEventDetection
+        )
+        extractor = load_feature_extractor(model_args.model_name_or_path, model.config)
+    else:
+        config = build_config(model_args.config_name, model_args.config_overrides, labels, problem_type)
+        model = HTSATForSoundEventDetection(config)
+        extractor = HTSATFeatureExtractor.from_config(config)
+    if not data_args.spec_augment:
+        model.config.spec_augment_time_stripes = model.config.spec_augment_freq_stripes = 0
+
+    window = extractor.max_length_seconds
+    train_examples, _, skipped = read_strong_label_dir(data_args.train_dir, labels, window, detection_args.skip_bad_audio)
+    eval_examples = None
+    if data_args.eval_dir is not None:
+        eval_examples, _, more = read_strong_label_dir(data_args.eval_dir, labels, window, detection_args.skip_bad_audio)
+        skipped += more
+    logger.info("strong-label training on %d clips (%s), %d classes: %s; evaluation on %s clips", len(train_examples),
+                data_args.train_dir, len(labels), labels, len(eval_examples) if eval_examples else 0)
+    collator = StrongLabelCollator(
+        extractor, labels, model.config.num_time_steps, data_args.target_mode, detection_args.skip_bad_audio
+    )
+    training_args.remove_unused_columns = False
+    trainer = HTSATTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_examples,
+        eval_dataset=eval_examples,
+        data_collator=collator,
+        processing_class=extractor,
+        compute_metrics=compute_frame_metrics,
+    )
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    if eval_examples is not None:
+        metrics = trainer.evaluate(ignore_keys=["clip_logits", "hidden_states", "attentions"])
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+    return trainer.model.eval(), extractor, trainer
+
+
+def run(
+    model_args: ModelArguments,
+    detection_args: DetectionArguments,
+    evaluation_args: EvaluationArguments,
+    data_args: StrongLabelArguments,
+    training_args: TrainingArguments,
+    model=None,
+    feature_extractor=None,
+) -> dict:
+    """What the script does: score only, or train (then score on the evaluation folder), and/or detect events in
+    the inputs (and score them against the ground truth). `model`/`feature_extractor` replace
+    `--model_name_or_path` for detection (tests, notebooks).
+
+    Returns:
+        `{"metrics": ..., "eval_detection_metrics": ...}`, the parts that ran.
+    """
+    output_dir = prepare_output_dir(training_args.output_dir)
+    progress = not getattr(training_args, "disable_tqdm", False)
+    summary: dict = {}
+    if evaluation_args.score_only:
+        if evaluation_args.predictions is None:
+            raise InputError("--score_only needs --predictions")
+        if evaluation_args.ground_truth is None or evaluation_args.durations is None:
+            raise InputError("--score_only needs --ground_truth and --durations")
+        metrics = score_predictions(
+            evaluation_args.predictions,
+            evaluation_args.ground_truth,
+            evaluation_args.durations,
+            output_dir,
+            psds_predictions=evaluation_args.psds_predictions,
+            threshold=threshold_option(detection_args),
+            class_map=detection_args.class_map,
+            median_filter_seconds=detection_args.median_filter_seconds,
+            min_duration=detection_args.min_duration,
+            min_gap=detection_args.min_gap,
+        )
+        print(metrics_table(metrics))
+        summary["metrics"] = metrics
+        return summary
+
+    has_inputs = bool(detection_args.inputs) or detection_args.dataset_name is not None
+    if not has_inputs and not training_args.do_train:
+        raise InputError("nothing to do: give --inputs, --dataset_name, --do_train or --score_only")
+    if detection_args.inputs and detection_args.dataset_name is not None:
+        raise InputError("give --inputs or --dataset_name, not both")
+    if evaluation_args.ground_truth is None and (evaluation_args.durations is not None
+                                                 or evaluation_args.threshold_sweep):
+        raise InputError("--durations and --threshold_sweep are for scoring: give --ground_truth too")
+    items = None
+    if has_inputs:  # before loading or training a model: input errors first
+        if detection_args.inputs:
+            items = collect_inputs(detection_args.inputs, skip_missing=detection_args.skip_bad_audio)
+            where = ", ".join(detection_args.inputs)
+        else:
+            items = dataset_items(detection_args.dataset_name, detection_args.dataset_config_name,
+                                  detection_args.split, detection_args.audio_column_name)
+            where = f"dataset {detection_args.dataset_name} ({detection_args.split})"
+        if evaluation_args.ground_truth is not None:  # format and missing files; labels once the model is known
+            reference, _ = read_reference(evaluation_args.ground_truth, evaluation_args.durations, None)
+            check_reference_audio(reference, evaluation_args.ground_truth, items, where, detection_args.skip_bad_audio)
+
+    if training_args.do_train:
+        model, feature_extractor, trainer = train(model_args, data_args, detection_args, training_args)
+        if data_args.eval_dir is not None and trainer.is_world_process_zero():
+            eval_items, annotations, durations = strong_label_inputs(data_args.eval_dir)
+            # The trained model has the annotations' classes: no class map; plots only when asked for.
+            eval_detection_args = replace(
+                detection_args, class_map=None, max_plots=detection_args.max_plots or 0
+            )
+            summary["eval_detection_metrics"] = detect_and_score(
+                model, feature_extractor, eval_items, eval_detection_args,
+                EvaluationArguments(ground_truth=str(annotations), durations=str(durations) if durations else None),
+                output_dir / "eval_detection", f"{data_args.eval_dir}/audio", progress,
+            )
+        if not trainer.is_world_process_zero():
+            return summary
+    elif model is None:
+        model, feature_extractor = load_detection_model(
+            model_args.model_name_or_path, model_args.device
+        )
+
+    if items is not None:
+        summary["metrics"] = detect_and_score(
+            model, feature_extractor, items, detection_args, evaluation_args, output_dir, where, progress
+        )
+    return summary
+
+
 def main(argv=None) -> int:
     model_args, detection_args, evaluation_args, data_args, training_args = parse_arguments(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -49,8 +377,8 @@ def main(argv=None) -> int:
     set_seed(training_args.seed)
     try:
         run(model_args, detection_args, evaluation_args, data_args, training_args)
-    except (SEDRunError, DataError) as error:
-        print(f"run_sed.py: error: {error}", file=sys.stderr)
+    except (InputError, OSError) as error:
+        print(f"run_sed.py: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     return 0
 

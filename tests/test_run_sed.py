@@ -17,25 +17,10 @@ import torch
 from conftest import REPO_ROOT, require_shared, tiny_config
 from sed_scores_eval.base_modules.detection import scores_to_event_list
 from sed_scores_eval.base_modules.io import read_ground_truth_events, read_sed_scores
-from test_sed_inference import RATE, loudness_model
+from test_sed_windows import RATE, loudness_model, scene
 from transformers import TrainingArguments
 
 from htsat_hf import HTSATFeatureExtractor, HTSATForSoundEventDetection
-from htsat_hf.sed_run import (
-    DetectionArguments,
-    EvaluationArguments,
-    ModelArguments,
-    SEDRunError,
-    StrongLabelArguments,
-    run,
-)
-from htsat_hf.sed_training import (
-    StrongLabelCollator,
-    frame_f1,
-    frame_targets,
-    grid_step_seconds,
-    read_strong_label_dir,
-)
 from htsat_hf.synthetic import make_classification_folder, make_detection_folder
 
 CLASSES = ("tone", "chirp", "bursts")
@@ -50,6 +35,8 @@ def _load_script():
 
 
 RUN_SED = _load_script()
+DetectionArguments, EvaluationArguments = RUN_SED.DetectionArguments, RUN_SED.EvaluationArguments
+ModelArguments, StrongLabelArguments, run = RUN_SED.ModelArguments, RUN_SED.StrongLabelArguments, RUN_SED.run
 
 
 def run_sed(*args) -> int:
@@ -159,8 +146,6 @@ BAND_SCENES = {  # (onset, offset, label): "low" a 500 Hz tone, "high" a 7 kHz t
 
 def write_band_scenes(root: Path) -> Path:
     """DESED layout (audio/, annotations.tsv, durations.tsv) of `BAND_SCENES`."""
-    from test_sed_inference import scene
-
     (root / "audio").mkdir(parents=True)
     rows = []
     for index, (name, events) in enumerate(BAND_SCENES.items()):
@@ -179,7 +164,7 @@ def write_band_scenes(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def tone_run(tmp_path_factory):
     """The loudness model (class "low": loud in the lower half of the mel bins, "high": in the upper half) on scenes
-    of low and high tones, through `sed_run.run`."""
+    of low and high tones, through run_sed.py's `run`."""
     root = tmp_path_factory.mktemp("tones")
     data = write_band_scenes(root / "data")
     model, extractor = loudness_model(("low", "high"))
@@ -416,7 +401,7 @@ def test_unwritable_output_directory(tiny_dir, short_scenes, tmp_path, capsys):
     blocker.write_text("a file where the output directory's parent should be")
     error = _run_failing(capsys, "--model_name_or_path", tiny_dir, "--inputs", short_scenes / "audio",
                          *quiet(blocker / "out"))
-    assert "cannot write to the output directory" in error and str(blocker / "out") in error
+    assert "cannot create this folder" in error and f"{blocker} is a file" in error and str(blocker / "out") in error
 
 
 def test_missing_inputs(tiny_dir, tmp_path, capsys):
@@ -429,6 +414,21 @@ def test_missing_inputs(tiny_dir, tmp_path, capsys):
     assert "nowhere" in error
     error = _run_failing(capsys, "--score_only", "--predictions", listing, *quiet(tmp_path / "out"))
     assert "--ground_truth and --durations" in error
+
+
+def test_threshold_options(tiny_dir, short_scenes, tmp_path, capsys):
+    common = ["--model_name_or_path", tiny_dir, "--inputs", short_scenes / "audio", "--plot", "false"]
+    (tmp_path / "t.tsv").write_text("tone\t0.3\nchirp\t0.4\n")
+    error = _run_failing(capsys, *common, "--threshold", 0.5, "--thresholds_file", tmp_path / "t.tsv",
+                         *quiet(tmp_path / "out"))
+    assert "give --threshold or --thresholds_file, not both" in error
+    error = _run_failing(capsys, *common, "--thresholds_file", tmp_path / "t.tsv", *quiet(tmp_path / "out"))
+    (line,) = [line for line in error.splitlines() if line.startswith("run_sed.py: error: ")]
+    assert f"{tmp_path / 't.tsv'}: thresholds do not match the classes: missing for ['bursts']" in line
+    (tmp_path / "t.tsv").write_text("tone\t0.3\nchirp\t0.4\nbursts\t0.2\n")
+    assert run_sed(*common, "--thresholds_file", tmp_path / "t.tsv", *quiet(tmp_path / "ok")) == 0
+    error = _run_failing(capsys, *common, "--durations", short_scenes / "durations.tsv", *quiet(tmp_path / "out"))
+    assert "--durations and --threshold_sweep are for scoring: give --ground_truth too" in error
 
 
 # ---------------------------------------------------------------------------------------------------------- configs
@@ -447,70 +447,6 @@ def test_desed_configs():
 
 
 # --------------------------------------------------------------------------------------------------------- training
-
-
-def test_frame_targets():
-    labels = ["a", "b"]
-    targets = frame_targets([(0.1, 0.4, "a"), (0.3, 0.6, "a"), (0.9, 2.0, "b")], labels, 4, 0.25)
-    # a: union [0.1, 0.6): steps [0, .25) 0.6, [.25, .5) 1, [.5, .75) 0.4; b: [0.9, 1.0) of the grid's last step.
-    np.testing.assert_allclose(targets[:, 0], [0.6, 1.0, 0.4, 0.0], atol=1e-6)
-    np.testing.assert_allclose(targets[:, 1], [0.0, 0.0, 0.0, 0.4], atol=1e-6)
-    majority = frame_targets([(0.1, 0.4, "a"), (0.3, 0.6, "a"), (0.9, 2.0, "b")], labels, 4, 0.25, mode="majority")
-    np.testing.assert_array_equal(majority, [[1, 0], [1, 0], [0, 0], [0, 0]])
-    with pytest.raises(ValueError, match="'c'"):
-        frame_targets([(0.0, 1.0, "c")], labels, 4, 0.25)
-    assert grid_step_seconds(320000, 320, 32, 32000) == 0.3125
-
-
-def test_strong_label_windows_and_collator(tmp_path):
-    """A 25 s file is cut into 10 s clips (the last 5 s, zero-padded): events clipped to each, targets on the 10 s
-    grid of the padded clip."""
-    root = tmp_path / "data"
-    (root / "audio").mkdir(parents=True)
-    soundfile.write(root / "audio" / "long.wav", np.full(25 * RATE, 0.01, np.float32), RATE)
-    soundfile.write(root / "audio" / "short.wav", np.full(3 * RATE, 0.01, np.float32), RATE)
-    (root / "annotations.tsv").write_text(
-        "filename\tonset\toffset\tevent_label\nlong.wav\t8.0\t12.0\ttone\nlong.wav\t19.0\t23.0\thum\n"
-        "short.wav\t\t\t\n"
-    )
-    examples, labels, skipped = read_strong_label_dir(root)
-    assert labels == ["hum", "tone"] and skipped == []
-    assert [(e.filename, e.start, e.seconds) for e in examples] == [
-        ("long.wav", 0.0, 10.0), ("long.wav", 10.0, 10.0), ("long.wav", 20.0, 5.0), ("short.wav", 0.0, 3.0)
-    ]
-    assert examples[0].events == [(8.0, 10.0, "tone")]
-    assert examples[1].events == [(0.0, 2.0, "tone"), (9.0, 10.0, "hum")]
-    assert examples[2].events == [(0.0, 3.0, "hum")]
-    assert examples[3].events == []
-
-    extractor = HTSATFeatureExtractor()
-    collator = StrongLabelCollator(extractor, labels)
-    batch = collator(examples)
-    assert batch["input_features"].shape == (4, 1001, 64)
-    assert batch["labels"].shape == (4, 32, 2) and batch["labels"].dtype == torch.float32
-    assert collator.step_seconds == 0.3125
-    hum = batch["labels"][2, :, 0].numpy()  # 0-3 s of the padded 20-25 s clip: 9.6 steps
-    np.testing.assert_allclose(hum[:9], 1.0)
-    assert hum[9] == pytest.approx(0.6) and not hum[10:].any()
-    assert not batch["labels"][3].any()
-    # The padding is silence (-100 dB), whatever the extractor's pad mode.
-    assert batch["input_features"][2, 600:].max() == pytest.approx(-100.0)
-
-    with pytest.raises(SEDRunError, match="annotations.tsv, line 3: unknown event label"):
-        read_strong_label_dir(root, labels=["tone"])
-    (root / "audio" / "short.wav").unlink()
-    with pytest.raises(SEDRunError, match="short.wav"):
-        read_strong_label_dir(root)
-    assert [e.filename for e in read_strong_label_dir(root, skip_bad_audio=True)[0]] == ["long.wav"] * 3
-
-
-def test_frame_f1():
-    targets = np.zeros((2, 4, 2))
-    targets[0, :2, 0] = 1
-    perfect = frame_f1(np.where(targets > 0, 0.9, 0.1), targets)
-    assert perfect == {"frame_f1_micro": 1.0, "frame_f1_macro": 1.0}
-    half = frame_f1(np.full_like(targets, 0.9), targets)  # everything predicted: 2 TP, 14 FP
-    assert half["frame_f1_micro"] == pytest.approx(4 / 18)
 
 
 def test_fine_tuning_improves_detection(tmp_path, capsys):
@@ -563,25 +499,3 @@ def test_training_refuses_evaluation_labels_outside_the_training_set(tmp_path, c
                          "--config_overrides", "embed_dim=16,depths=[2,2,2,2],num_heads=[1,2,4,8]",
                          *quiet(tmp_path / "out"))
     assert str(eval_dir / "annotations.tsv") in error and "unknown event label" in error and "chirp" in error
-
-
-# ---------------------------------------------------------------------------------------------------------- plotting
-
-
-def test_plot_from_pipeline_output(tmp_path):
-    """The pipeline's event dicts and frame scores plot directly; audio past 2 min is drawn as an envelope."""
-    from test_sed_inference import scene
-    from transformers import pipeline
-
-    from htsat_hf.sed_plot import plot_detection, select_classes
-
-    model, extractor = loudness_model(("low", "high"))
-    detector = pipeline("sound-event-detection", model=model, feature_extractor=extractor)
-    for seconds in (6.0, 150.0):
-        wave = scene(seconds, [(1.0, 2.5, 500.0), (seconds - 3.0, seconds - 1.0, 7000.0)])
-        output = detector(wave, return_frame_scores=True)
-        assert [event["label"] for event in output["events"]] == ["low", "high"]
-        assert sorted(select_classes(output["frame_scores"], output["events"], top_k=0)) == [0, 1]
-        path = plot_detection(tmp_path / f"{seconds:.0f}.png", wave, RATE, output["frame_scores"], output["events"],
-                              reference=[(1.0, 2.5, "low")], thresholds=0.5)
-        assert path.read_bytes()[:8] == PNG_SIGNATURE and path.stat().st_size < 200_000

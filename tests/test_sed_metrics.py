@@ -1,8 +1,11 @@
-"""Detection metrics: the DCASE baseline's published values on DESED validation (../shared/desed-baseline), equality
-with direct calls of psds_eval, sed_eval and sed_scores_eval, input checks, and file round trips."""
+"""Detection metrics (`htsat_hf.sed.metrics`): the DCASE baseline's published values on DESED validation
+(../shared/desed-baseline), equality with direct calls of psds_eval, sed_eval and sed_scores_eval, and the checks of
+the inputs the metrics take. The tables themselves are `tests/test_sed_io.py`'s."""
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -12,27 +15,26 @@ import sed_scores_eval
 from conftest import require_shared
 from psds_eval import PSDSEval
 from sed_scores_eval.base_modules.detection import scores_to_event_list
-from sed_scores_eval.base_modules.io import read_ground_truth_events, read_sed_scores
 
-from htsat_hf.sed_metrics import (
-    PSDS_SCENARIOS,
-    collar_event_f1,
-    evaluate_detection,
-    events_to_dataframe,
-    format_metrics_table,
-    intersection_f1,
-    operating_points_to_scores,
-    psds,
-    read_detection_tsv,
+from htsat_hf.errors import InputError
+from htsat_hf.sed.io import (
     read_durations_tsv,
     read_ground_truth_tsv,
     read_operating_points,
     scores_dataframe,
-    segment_f1,
-    write_events_tsv,
     write_score_tsv,
 )
-from htsat_hf.sed_postprocessing import Event, frame_times
+from htsat_hf.sed.metrics import (
+    PSDS_SCENARIOS,
+    collar_event_f1,
+    evaluate_detection,
+    format_metrics_table,
+    intersection_f1,
+    operating_points_to_scores,
+    psds,
+    segment_f1,
+)
+from htsat_hf.sed.postprocessing import frame_times
 
 F1_TOLERANCE = 1e-4  # 0.01 percentage points
 PSDS_TOLERANCE = 1e-3
@@ -164,65 +166,18 @@ def _detections(rows):
     return pd.DataFrame(rows, columns=["filename", "onset", "offset", "event_label"])
 
 
-def test_read_ground_truth_keeps_files_without_events(small):
-    table = read_ground_truth_tsv(small[0], labels=["a", "b"])
-    assert list(table.columns) == ["filename", "onset", "offset", "event_label"]
-    assert table["filename"].tolist() == ["f1.wav", "f1.wav", "f2.wav", "f3.wav"]
-    assert math.isnan(table["onset"][3]) and pd.isna(table["event_label"][3])
-    assert read_durations_tsv(small[1]) == {"f1.wav": 10.0, "f2.wav": 10.0, "f3.wav": 8.0}
-
-
-@pytest.mark.parametrize(
-    "rows, message",
-    [
-        ("f1.wav\t1.0\t3.0\ta\nf2.wav\t1.0\t2.0\tcow\n", r"gt.tsv, line 3: unknown event label"),
-        ("f1.wav\t4.0\t3.0\ta\n", r"gt.tsv, line 2: onset after offset"),
-        ("f1.wav\t-0.5\t3.0\ta\n", r"gt.tsv, line 2: negative onset"),
-        ("f1.wav\tone\t3.0\ta\n", r"gt.tsv, line 2: onset and offset must be numbers"),
-        ("f1.wav\t1.0\t\ta\n", r"gt.tsv, line 2: a row needs onset, offset and event_label, or none of them"),
-        ("f1.wav\t1.0\t2.0\ta\n\nf1.wav\t3.0\t2.0\ta\n", r"gt.tsv, line 4: onset after offset"),
-        ("\t1.0\t2.0\ta\n", r"gt.tsv, line 2: empty filename"),
-    ],
-)
-def test_read_ground_truth_errors_name_file_and_line(tmp_path, rows, message):
-    path = tmp_path / "gt.tsv"
-    path.write_text("filename\tonset\toffset\tevent_label\n" + rows)
-    with pytest.raises(ValueError, match=message):
-        read_ground_truth_tsv(path, labels=["a", "b"])
-
-
-def test_read_ground_truth_missing_columns(tmp_path):
-    path = tmp_path / "gt.tsv"
-    path.write_text("filename\tstart\tend\tevent_label\nf1.wav\t1\t2\ta\n")
-    with pytest.raises(ValueError, match=r"gt.tsv: missing columns \['onset', 'offset'\]"):
-        read_ground_truth_tsv(path)
-
-
-def test_read_detections_csv_with_index_column(tmp_path):
-    path = tmp_path / "predictions.csv"
-    path.write_text(",event_label,onset,offset,filename\n0,a,0.0,1.5,f1.wav\n1,b,2.0,3.0,f2.wav\n")
-    table = read_detection_tsv(path)
-    assert table.to_dict("records") == [
-        {"filename": "f1.wav", "onset": 0.0, "offset": 1.5, "event_label": "a"},
-        {"filename": "f2.wav", "onset": 2.0, "offset": 3.0, "event_label": "b"},
-    ]
-
-
 def test_durations_errors(small, tmp_path):
     (tmp_path / "short.tsv").write_text("filename\tduration\nf1.wav\t10\nf2.wav\t10\n")
     with pytest.raises(ValueError, match=r"1 ground-truth files lack a duration \(e.g. \['f3.wav'\]\)"):
         intersection_f1(_detections([]), small[0], tmp_path / "short.tsv")
-    with pytest.raises(ValueError, match=r"durations, row 2: expected a filename and a positive duration"):
+    with pytest.raises(InputError, match=r"durations, row 2: expected a filename and a positive duration"):
         intersection_f1(_detections([]), small[0], {"f1.wav": 10.0, "f2.wav": 10.0, "f3.wav": 0.0})
-    (tmp_path / "bad.tsv").write_text("filename\tduration\nf1.wav\t10\nf2.wav\t-1\n")
-    with pytest.raises(ValueError, match=r"bad.tsv, line 3: expected a filename and a positive duration"):
-        read_durations_tsv(tmp_path / "bad.tsv")
 
 
 def test_detections_must_match_the_ground_truth(small):
     with pytest.raises(ValueError, match=r"detections for 1 files absent from the ground truth, e.g. \['f9.wav'\]"):
         collar_event_f1(_detections([("f9.wav", 0.0, 1.0, "a")]), small[0])
-    with pytest.raises(ValueError, match=r"detections DataFrame, row 1: unknown event label \(known: \['a', 'b'\]\)"):
+    with pytest.raises(InputError, match=r"detections DataFrame, row 1: unknown event label \(known: \['a', 'b'\]\)"):
         segment_f1(_detections([("f1.wav", 0.0, 1.0, "a"), ("f1.wav", 0.0, 1.0, "Dog")]), small[0])
 
 
@@ -329,66 +284,30 @@ def test_operating_points_give_piecewise_constant_scores(small):
     assert 0 < result["psds"] <= 1
 
 
-def test_read_operating_points(tmp_path):
-    directory = tmp_path / "ops"
-    directory.mkdir()
-    for name in ("predictions_th_0.10.tsv", "0.500.tsv"):
-        (directory / name).write_text("event_label\tonset\toffset\tfilename\tindex\na\t0.0\t1.0\tf1.wav\t0\n")
-    tables = read_operating_points(directory)
-    assert list(tables) == [0.1, 0.5]
-    assert tables[0.1].to_dict("records") == [{"filename": "f1.wav", "onset": 0.0, "offset": 1.0, "event_label": "a"}]
-    (directory / "predictions_final.tsv").write_text("filename\tonset\toffset\tevent_label\n")
-    with pytest.raises(ValueError, match="predictions_final.tsv: the file name does not end with a threshold"):
-        read_operating_points(directory)
-
-
-# ---------------------------------------------------------------------------------------------------------- writers
-
-
-def test_events_tsv_round_trip(tmp_path):
-    events = {
-        "f1.wav": [Event(0.3125, 1.25, "a", 0.75), Event(5.0, 10.0, "b", 0.5)],
-        "f2.0.wav": [Event(0.1, 0.30000000000000004, "a", 0.9)],
-        "f3.wav": [],
-    }
-    path = tmp_path / "events.tsv"
-    write_events_tsv(events, path)
-    assert path.read_text().splitlines()[0] == "filename\tonset\toffset\tevent_label\tscore"
-    table = read_detection_tsv(path)
-    expected = events_to_dataframe(events)
-    pd.testing.assert_frame_equal(table, expected.drop(columns="score"))
-    # sed_scores_eval reads it as an event list keyed by audio id.
-    assert read_ground_truth_events(path) == {
-        "f1": [[0.3125, 1.25, "a"], [5.0, 10.0, "b"]],
-        "f2.0": [[0.1, 0.30000000000000004, "a"]],
-    }
-    write_events_tsv({"f1.wav": [(0.0, 1.0, "a")]}, path)
-    assert path.read_text().splitlines() == ["filename\tonset\toffset\tevent_label", "f1.wav\t0.0\t1.0\ta"]
-
-
-def test_score_tsv_round_trip(tmp_path):
-    rng = np.random.default_rng(3)
-    values = rng.random((32, 3)).astype(np.float32)
-    times = frame_times(32, 4.0)
-    directory = tmp_path / "scores"
-    directory.mkdir()
-    write_score_tsv(directory / "clip.one.tsv", values, times, ["x", "y", "z"])
-    write_score_tsv(directory / "clip2.tsv", values[::-1], times, ["x", "y", "z"])
-    table = read_sed_scores(directory / "clip.one.tsv")
-    assert list(table.columns) == ["onset", "offset", "x", "y", "z"]
-    np.testing.assert_array_equal(table["onset"], times[:-1])
-    np.testing.assert_array_equal(table["offset"], times[1:])
-    np.testing.assert_array_equal(table[["x", "y", "z"]].to_numpy(np.float32), values)
-    both = read_sed_scores(directory)
-    assert sorted(both) == ["clip.one", "clip2"]
-    np.testing.assert_array_equal(both["clip2"][["x", "y", "z"]].to_numpy(np.float32), values[::-1])
-    with pytest.raises(ValueError, match="33 increasing boundaries"):
-        write_score_tsv(directory / "bad.tsv", values, times[:-1], ["x", "y", "z"])
-
-
 def test_format_metrics_table_handles_missing_metrics(small):
     ground_truth, durations = small
     results = {"segment_f1": segment_f1(_detections([("f1.wav", 1.0, 3.0, "a")]), ground_truth)}
     table = format_metrics_table(results)
     assert "segment F1 (1 s segments)" in table and "PSDS" not in table
     assert "66.67 %" in table and "0.00 %" in table  # a: 1 of 2 events found (both 2 s long); b: none
+
+
+def test_a_missing_metric_library_says_what_to_install(small):
+    """Only a metric needs its library: without psds_eval, the other metrics still run and intersection F1 says
+    what to install."""
+    ground_truth, durations = small
+    code = f"""
+import sys
+sys.modules["psds_eval"] = None  # as if it were not installed
+import pandas as pd
+from htsat_hf.sed.metrics import intersection_f1, segment_f1
+detections = pd.DataFrame([("f1.wav", 1.0, 3.0, "a")], columns=["filename", "onset", "offset", "event_label"])
+assert segment_f1(detections, {str(ground_truth)!r})["macro_f1"] > 0
+try:
+    intersection_f1(detections, {str(ground_truth)!r}, {str(durations)!r})
+except ImportError as error:
+    assert "needs psds_eval: pip install 'htsat-hf[sed]'" in str(error), error
+else:
+    raise AssertionError("no ImportError")
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)

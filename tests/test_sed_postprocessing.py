@@ -1,4 +1,5 @@
-"""Post-processing of frame scores into events: time grid, median filter, thresholds, run joining, class maps."""
+"""Post-processing of frame scores into events (`htsat_hf.sed.postprocessing`): time grid, median filter, thresholds
+and their resolution, run joining, the chain on arrays and on `FrameScores`, class maps."""
 
 import json
 
@@ -7,20 +8,27 @@ import pytest
 from conftest import require_shared
 from scipy import ndimage, signal
 
-from htsat_hf.sed_postprocessing import (
+from htsat_hf.errors import InputError
+from htsat_hf.sed.postprocessing import (
+    DEFAULT_THRESHOLD,
     ClassMap,
     Event,
     activity_to_events,
     binarize,
     detect_events,
+    frame_scores_events,
     frame_times,
     load_class_map,
+    map_frame_scores,
     map_scores,
+    median_filter_frame_scores,
     median_filter_kernel_frames,
     median_filter_scores,
-    read_thresholds,
+    resolve_thresholds,
+    scores_to_events,
     threshold_vector,
 )
+from htsat_hf.sed.windows import FrameScores
 
 DESED_LABELS = [
     "Speech",
@@ -124,37 +132,40 @@ def test_binarize_rejects_bad_thresholds():
         binarize(np.zeros((4, 2)), [0.5, np.nan])
 
 
-def test_read_thresholds_json_and_tsv(tmp_path):
-    (tmp_path / "t.json").write_text(json.dumps({"Dog": 0.39, "Cat": 0.51}))
-    (tmp_path / "t.tsv").write_text("Dog\t0.39\n\nCat\t0.51\n")
-    for name in ("t.json", "t.tsv"):
-        thresholds = read_thresholds(tmp_path / name)
-        assert thresholds == {"Dog": 0.39, "Cat": 0.51}
-        np.testing.assert_array_equal(threshold_vector(thresholds, ["Cat", "Dog"]), [0.51, 0.39])
-
-
-@pytest.mark.parametrize(
-    "name, text, message",
-    [
-        ("t.tsv", "Dog\t0.39\nCat 0.51\n", r"t.tsv, line 2: expected 'label<TAB>threshold'"),
-        ("t.tsv", "Dog\t0.39\nCat\thigh\n", r"t.tsv, line 2: threshold 'high' of 'Cat' is not a number"),
-        ("t.tsv", "Dog\t0.39\nDog\t0.4\n", r"line 2: duplicate label 'Dog'"),
-        ("t.tsv", "Dog\tinf\n", "must be finite"),
-        ("t.json", '["Dog", 0.39]', "expected a JSON object"),
-        ("t.json", '{"Dog": "0.39"}', "must be a finite number"),
-        ("t.json", "{Dog: 0.39}", "not JSON"),
-        ("t.yaml", "Dog: 0.39", "unknown thresholds format"),
-    ],
-)
-def test_read_thresholds_errors(tmp_path, name, text, message):
-    (tmp_path / name).write_text(text)
-    with pytest.raises(ValueError, match=message):
-        read_thresholds(tmp_path / name)
-
-
 def test_threshold_vector_needs_exactly_the_classes():
-    with pytest.raises(ValueError, match=r"missing for \['Cat'\], unknown labels \['Cow'\]"):
+    with pytest.raises(InputError, match=r"missing for \['Cat'\], unknown labels \['Cow'\]"):
         threshold_vector({"Dog": 0.3, "Cow": 0.2}, ["Dog", "Cat"])
+    np.testing.assert_array_equal(threshold_vector({"Dog": 0.39, "Cat": 0.51}, ["Cat", "Dog"]), [0.51, 0.39])
+
+
+def test_resolve_thresholds_from_every_source(tmp_path):
+    labels = ["Dog", "Cat"]
+    with_thresholds = ClassMap({"Dog": [0], "Cat": [1]}, 2, {"Dog": 0.39, "Cat": 0.51})
+    without = ClassMap({"Dog": [0], "Cat": [1]}, 2)
+    assert resolve_thresholds(labels) == DEFAULT_THRESHOLD == 0.5
+    assert resolve_thresholds(labels, class_map=without) == 0.5
+    np.testing.assert_array_equal(resolve_thresholds(labels, class_map=with_thresholds), [0.39, 0.51])
+    # An explicit threshold wins over the class map's.
+    assert resolve_thresholds(labels, 0.3, with_thresholds) == 0.3
+    assert isinstance(resolve_thresholds(labels, np.float32(0.25)), float)
+    np.testing.assert_array_equal(resolve_thresholds(labels, {"Cat": 0.2, "Dog": 0.7}), [0.7, 0.2])
+    (tmp_path / "t.tsv").write_text("Cat\t0.2\nDog\t0.7\n")
+    for file in (tmp_path / "t.tsv", str(tmp_path / "t.tsv")):
+        np.testing.assert_array_equal(resolve_thresholds(labels, file), [0.7, 0.2])
+
+
+@pytest.mark.parametrize("threshold, message", [
+    (float("nan"), "finite number"), (True, "finite number"), ("0.5", "unknown thresholds format"),
+    ({"Dog": 0.5}, r"missing for \['Cat'\]"),
+])
+def test_resolve_thresholds_errors(threshold, message):
+    with pytest.raises(InputError, match=message):
+        resolve_thresholds(["Dog", "Cat"], threshold)
+
+
+def test_resolve_thresholds_names_a_missing_file(tmp_path):
+    with pytest.raises(InputError, match=r"absent.tsv: cannot read the thresholds file"):
+        resolve_thresholds(["Dog"], tmp_path / "absent.tsv")
 
 
 # ----------------------------------------------------------------------------------------------------------- events
@@ -238,6 +249,39 @@ def test_detect_events_chains_filter_thresholds_and_runs():
     assert events[0].score == pytest.approx(0.8)
     unfiltered = detect_events(scores, 4.0, ["a", "b"], 0.5)
     assert len(unfiltered) == 4
+    assert unfiltered == scores_to_events(scores, frame_times(32, 4.0), ["a", "b"], 0.5)
+
+
+def _frame_scores(scores, duration, labels=("a", "b")):
+    scores = np.asarray(scores, np.float32)
+    return FrameScores(scores, 0.125, duration, list(labels), {"max": scores.max(0)})
+
+
+def test_frame_scores_events_on_a_clipped_last_step():
+    """A FrameScores' last step ends at the audio's end: events reach it, and the median filter counts steps of
+    `step_seconds`, not of the shorter last one."""
+    scores = np.zeros((32, 2), dtype=np.float32)
+    scores[8:16, 0] = 0.8
+    scores[12, 0] = 0.1
+    scores[29:32, 1] = 0.7
+    frame_scores = _frame_scores(scores, 3.9)  # 32 steps of 125 ms, the last one 25 ms
+    events = frame_scores_events(frame_scores, [0.5, 0.5], median_filter_seconds=0.375)
+    assert [(e.onset, e.offset, e.label) for e in events] == [(1.0, 2.0, "a"), (3.625, 3.9, "b")]
+    filtered = median_filter_frame_scores(frame_scores, 0.375)
+    assert filtered.step_seconds == 0.125 and filtered.duration == 3.9 and filtered.labels == ["a", "b"]
+    np.testing.assert_array_equal(filtered.scores, median_filter_scores(scores, 0.125, 0.375))
+    assert frame_scores_events(filtered, [0.5, 0.5]) == events
+
+
+def test_map_frame_scores_keeps_the_time_axis():
+    scores = np.random.default_rng(0).random((10, 3)).astype(np.float32)
+    frame_scores = _frame_scores(scores, 1.2, ("x", "y", "z"))
+    class_map = ClassMap({"xz": [0, 2], "y": [1]}, 3)
+    mapped = map_frame_scores(frame_scores, class_map)
+    assert mapped.labels == ["xz", "y"] and mapped.step_seconds == 0.125 and mapped.duration == 1.2
+    np.testing.assert_array_equal(mapped.scores, np.stack([scores[:, [0, 2]].max(1), scores[:, 1]], 1))
+    np.testing.assert_array_equal(mapped.clip_scores["max"], map_scores(scores.max(0), class_map))
+    np.testing.assert_array_equal(map_frame_scores(frame_scores, {"y": [1]}).scores, scores[:, [1]])
 
 
 # -------------------------------------------------------------------------------------------------------- class maps
@@ -346,15 +390,15 @@ def test_user_class_map(tmp_path):
     ],
 )
 def test_user_class_map_errors(tmp_path, document, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InputError, match=message):
         load_class_map(_write_map(tmp_path, document))
 
 
 def test_class_map_must_fit_the_model(tmp_path):
-    with pytest.raises(ValueError, match="maps a model with 527 classes, but the model has 50 classes"):
+    with pytest.raises(InputError, match="maps a model with 527 classes, but the model has 50 classes"):
         load_class_map("desed", num_classes=50)
-    with pytest.raises(ValueError, match="neither a packaged class map"):
+    with pytest.raises(InputError, match="neither a packaged class map"):
         load_class_map(tmp_path / "absent.json")
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(ValueError, match="not JSON"):
+    with pytest.raises(InputError, match="not JSON"):
         load_class_map(tmp_path / "bad.json")

@@ -1,14 +1,16 @@
 """Frame-level class scores with their true times, for audio of any length.
 
 The model reads at most one clip (10 s by default) and stretches whatever it gets to its 32-step grid, so a step
-lasts `clip_seconds / 32`: 312.5 ms for a 10 s clip, 125 ms for a 4 s one. `sliding_window_scores` runs audio of
-any length as windows of the clip length, batched, and stitches the steps onto one time axis:
+lasts `clip_seconds / 32`: 312.5 ms for a 10 s clip, 125 ms for a 4 s one (`grid_step_seconds`).
+`sliding_window_scores` runs audio of any length as windows of the clip length, batched, and stitches the steps onto
+one time axis:
 
 - audio no longer than a window is one window at its own length (stretched, as the original model does);
 - longer audio is cut into full windows every `hop_seconds` (rounded to whole steps so that all windows share one
   grid), the last window zero-padded; overlapping steps are averaged and steps past the end of the audio dropped.
 
-Memory is the waveform plus one batch of windows, whatever the duration.
+Memory is the waveform plus one batch of windows, whatever the duration. Class mapping, filtering and thresholding
+of the resulting [`FrameScores`] are in `htsat_hf.sed.postprocessing`.
 """
 
 import math
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .sed_postprocessing import ClassMap, Event, activity_to_events, binarize, map_scores, median_filter_scores
+from ..errors import InputError
 
 MIN_AUDIO_SECONDS = 0.1
 
@@ -53,37 +55,19 @@ class FrameScores:
 
     @property
     def boundaries(self) -> np.ndarray:
-        """`(steps + 1,)` step boundaries in seconds, as `activity_to_events` takes them."""
+        """`(steps + 1,)` step boundaries in seconds (`postprocessing.activity_to_events`' `frame_times`)."""
         return np.append(self.onsets, self.duration)
 
-    def mapped(self, class_map: ClassMap) -> "FrameScores":
-        """The scores of a class map's target classes (maximum over each target's member classes)."""
-        return FrameScores(
-            scores=map_scores(self.scores, class_map),
-            step_seconds=self.step_seconds,
-            duration=self.duration,
-            labels=class_map.labels,
-            clip_scores={name: map_scores(values, class_map) for name, values in self.clip_scores.items()},
-        )
 
-    def events(
-        self,
-        thresholds: float | np.ndarray,
-        median_filter_seconds: float | None = None,
-        min_duration: float = 0.0,
-        min_gap: float = 0.0,
-    ) -> list[Event]:
-        """Events `(onset, offset, label, score)`: median filter over time, threshold (scalar or one per class),
-        runs of active steps joined; see `htsat_hf.sed_postprocessing`."""
-        filtered = median_filter_scores(self.scores, self.step_seconds, median_filter_seconds)
-        return activity_to_events(
-            binarize(filtered, thresholds),
-            self.boundaries,
-            self.labels,
-            scores=filtered,
-            min_duration=min_duration,
-            min_gap=min_gap,
-        )
+def grid_step_seconds(window_samples: int, hop_length: int, num_steps: int, sampling_rate: int) -> float:
+    """Seconds per model step for a window (or clip, after padding) of `window_samples` samples.
+
+    The feature extractor makes `window_samples // hop_length + 1` STFT frames (centred), whose hops span
+    `(window_samples // hop_length) * hop_length` samples; the model stretches them to `config.max_frames` and pools
+    them evenly into `num_steps` (`config.num_time_steps`, 32) steps. So a step is that span over `num_steps`:
+    0.3125 s for 10 s at 32 kHz with hop 320, the grid of HTS-AT's token-semantic head (Chen et al., ICASSP 2022).
+    """
+    return (window_samples // hop_length) * hop_length / num_steps / sampling_rate
 
 
 def plan_windows(num_samples: int, window: int, hop: int) -> list[int]:
@@ -116,32 +100,37 @@ def sliding_window_scores(
 
     Returns:
         [`FrameScores`] over the whole audio.
+
+    Raises:
+        InputError: audio that is not mono or shorter than 0.1 s, a window or hop out of range.
+        ValueError: a sampling rate that is not the feature extractor's.
     """
     waveform = np.asarray(waveform)
     if waveform.ndim != 1:
-        raise ValueError(f"waveform must be mono (samples,), got shape {waveform.shape}; downmix it first")
+        raise InputError(f"waveform must be mono (samples,), got shape {waveform.shape}; downmix it first")
     feature_extractor.check_sampling_rate(sampling_rate)
     duration = waveform.shape[0] / sampling_rate
     if duration < MIN_AUDIO_SECONDS:
-        raise ValueError(
+        raise InputError(
             f"audio of {duration * 1000:.1f} ms is too short for detection: at least {MIN_AUDIO_SECONDS * 1000:.0f} "
             "ms are needed"
         )
     max_seconds = feature_extractor.max_length_seconds
     window_seconds = max_seconds if window_seconds is None else window_seconds
     if not MIN_AUDIO_SECONDS <= window_seconds <= max_seconds:
-        raise ValueError(f"window_seconds must be between {MIN_AUDIO_SECONDS} and {max_seconds:g}, got {window_seconds}")
+        raise InputError(
+            f"window_seconds must be between {MIN_AUDIO_SECONDS} and {max_seconds:g}, got {window_seconds}"
+        )
     steps_per_window = model.config.num_time_steps
-    hop_length = feature_extractor.hop_length
     window = int(round(window_seconds * sampling_rate))
     if waveform.shape[0] <= window:
         window = waveform.shape[0]
-    # The model's frames span (samples // hop) * hop samples of the window, spread evenly over its steps.
-    step_samples = (window // hop_length) * hop_length / steps_per_window
+    step_seconds = grid_step_seconds(window, feature_extractor.hop_length, steps_per_window, sampling_rate)
+    step_samples = step_seconds * sampling_rate
     hop_seconds = window_seconds / 2 if hop_seconds is None else hop_seconds
     if hop_seconds <= 0:
-        raise ValueError(f"hop_seconds must be positive, got {hop_seconds}")
-    hop_steps = min(steps_per_window, max(1, round(hop_seconds * sampling_rate / step_samples)))
+        raise InputError(f"hop_seconds must be positive, got {hop_seconds}")
+    hop_steps = min(steps_per_window, max(1, round(hop_seconds / step_seconds)))
     starts = plan_windows(waveform.shape[0], window, int(round(hop_steps * step_samples)))
 
     total_steps = min(math.ceil(waveform.shape[0] / step_samples - 1e-9), (len(starts) - 1) * hop_steps + steps_per_window)
@@ -167,7 +156,7 @@ def sliding_window_scores(
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     return FrameScores(
         scores=(totals / counts).astype(np.float32),
-        step_seconds=step_samples / sampling_rate,
+        step_seconds=step_seconds,
         duration=duration,
         labels=labels,
         clip_scores={"mean": clip_probabilities.mean(0), "max": clip_probabilities.max(0)},
@@ -181,4 +170,4 @@ def _window(waveform: np.ndarray, start: int, length: int) -> np.ndarray:
     return piece
 
 
-__all__ = ["FrameScores", "MIN_AUDIO_SECONDS", "plan_windows", "sliding_window_scores"]
+__all__ = ["FrameScores", "MIN_AUDIO_SECONDS", "grid_step_seconds", "plan_windows", "sliding_window_scores"]

@@ -1,22 +1,25 @@
 """Post-processing of HTS-AT frame scores into sound events.
 
 The chain for sound event detection is: frame probabilities `(frames, classes)` on the model's time grid
-(`frame_times`), optionally mapped to a target class set (`map_scores`, e.g. AudioSet -> DESED with
-`load_class_map("desed")`), median filtered along time (`median_filter_scores`), thresholded (`binarize`), and
-runs of active frames joined into events (`activity_to_events`). `detect_events` chains the last four steps.
+(`frame_times`, or a [`FrameScores`]' own boundaries), optionally mapped to a target class set (`map_scores`,
+`map_frame_scores`, e.g. AudioSet -> DESED with `load_class_map("desed")`), median filtered along time
+(`median_filter_scores`), thresholded (`binarize`, with the thresholds of `resolve_thresholds`), and runs of active
+frames joined into events (`activity_to_events`; `scores_to_events` thresholds and joins). `detect_events` (arrays of
+one clip) and `frame_scores_events` (a `FrameScores` of any length) chain the last three steps.
 
 HTS-AT's frame output has 32 steps per clip, whatever the clip length: the model stretches every spectrogram of at
 most 1024 frames to 1024 frames, so the 32 steps evenly cover the input it was given (312.5 ms each for a 10 s
 input, 125 ms for a 4 s input given with `padding="longest"`).
 
-Everything here is numpy/scipy on arrays; nothing depends on torch.
+The functions on arrays are numpy/scipy; problems with what a user gave (a class map, thresholds) are
+[`InputError`]s naming the file or option.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
@@ -24,20 +27,31 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage
 
+from ..errors import InputError
+from .io import read_text_file, read_thresholds
+from .windows import FrameScores
+
 __all__ = [
+    "DEFAULT_THRESHOLD",
     "ClassMap",
     "Event",
     "activity_to_events",
     "binarize",
     "detect_events",
+    "frame_scores_events",
     "frame_times",
     "load_class_map",
+    "map_frame_scores",
     "map_scores",
+    "median_filter_frame_scores",
     "median_filter_kernel_frames",
     "median_filter_scores",
-    "read_thresholds",
+    "resolve_thresholds",
+    "scores_to_events",
     "threshold_vector",
 ]
+
+DEFAULT_THRESHOLD = 0.5
 
 # Class maps shipped with the package, by the name `load_class_map` accepts.
 _PACKAGED_CLASS_MAPS = {"desed": "desed_class_map.json"}
@@ -227,6 +241,27 @@ def activity_to_events(
     ]
 
 
+def scores_to_events(
+    scores: np.ndarray,
+    frame_times: np.ndarray,
+    labels: Sequence[str],
+    thresholds: float | Sequence[float] | np.ndarray,
+    min_duration: float = 0.0,
+    min_gap: float = 0.0,
+) -> list[Event]:
+    """Events from (already median-filtered) scores: `binarize`, then `activity_to_events` scored with `scores`.
+
+    Args:
+        scores: `(frames, classes)` scores.
+        frame_times: `(frames + 1,)` frame boundaries in seconds.
+        labels, min_duration, min_gap: see `activity_to_events`.
+        thresholds: scalar or `(classes,)` thresholds (see `resolve_thresholds`).
+    """
+    return activity_to_events(
+        binarize(scores, thresholds), frame_times, labels, scores=scores, min_duration=min_duration, min_gap=min_gap
+    )
+
+
 def detect_events(
     frame_scores: np.ndarray,
     duration: float,
@@ -254,8 +289,32 @@ def detect_events(
         raise ValueError(f"frame_scores must be (num_steps, classes), got shape {frame_scores.shape}")
     times = frame_times(frame_scores.shape[0], duration)
     filtered = median_filter_scores(frame_scores, times[1] - times[0], filter_seconds)
-    return activity_to_events(
-        binarize(filtered, thresholds), times, labels, scores=filtered, min_duration=min_duration, min_gap=min_gap
+    return scores_to_events(filtered, times, labels, thresholds, min_duration, min_gap)
+
+
+def frame_scores_events(
+    frame_scores: FrameScores,
+    thresholds: float | Sequence[float] | np.ndarray,
+    median_filter_seconds: float | None = None,
+    min_duration: float = 0.0,
+    min_gap: float = 0.0,
+) -> list[Event]:
+    """Events of a [`FrameScores`] (audio of any length, its steps at their true times): median filter over time,
+    `binarize` with scalar or per-class thresholds (see `resolve_thresholds`), runs of active steps joined.
+
+    Returns:
+        `Event(onset, offset, label, score)` list as `activity_to_events`, onsets and offsets in seconds from the
+        start of the audio, scored with the filtered scores.
+    """
+    filtered = median_filter_frame_scores(frame_scores, median_filter_seconds)
+    return scores_to_events(filtered.scores, filtered.boundaries, filtered.labels, thresholds, min_duration, min_gap)
+
+
+def median_filter_frame_scores(frame_scores: FrameScores, filter_seconds: float | None) -> FrameScores:
+    """A [`FrameScores`] with its step scores median filtered over `filter_seconds` (see `median_filter_scores`;
+    the filter counts steps of `step_seconds`, the last step being clipped to the audio's end)."""
+    return replace(
+        frame_scores, scores=median_filter_scores(frame_scores.scores, frame_scores.step_seconds, filter_seconds)
     )
 
 
@@ -315,6 +374,18 @@ def map_scores(scores: np.ndarray, class_map: Mapping[str, Sequence[int]] | Clas
     return np.stack([scores[..., list(indices)].max(axis=-1) for indices in classes.values()], axis=-1)
 
 
+def map_frame_scores(frame_scores: FrameScores, class_map: Mapping[str, Sequence[int]] | ClassMap) -> FrameScores:
+    """A [`FrameScores`] of a class map's target classes: step and clip scores as the maximum over each target's
+    member classes (`map_scores`), on the same time axis."""
+    labels = class_map.labels if isinstance(class_map, ClassMap) else list(class_map)
+    return replace(
+        frame_scores,
+        scores=map_scores(frame_scores.scores, class_map),
+        labels=labels,
+        clip_scores={name: map_scores(values, class_map) for name, values in frame_scores.clip_scores.items()},
+    )
+
+
 def load_class_map(path_or_name: str | Path, num_classes: int | None = None) -> ClassMap:
     """Read a class map: a packaged one by name (`"desed"`: AudioSet -> DESED with HTS-AT's thresholds) or a JSON
     file of the same format::
@@ -331,7 +402,8 @@ def load_class_map(path_or_name: str | Path, num_classes: int | None = None) -> 
             `num_source_classes`.
 
     Raises:
-        ValueError: unknown name, a file in another format, duplicate labels, indices out of range.
+        InputError: unknown name, an unreadable file, a file in another format, duplicate labels, indices out of
+            range, naming the file and entry.
     """
     name = str(path_or_name)
     if name in _PACKAGED_CLASS_MAPS:
@@ -345,15 +417,15 @@ def load_class_map(path_or_name: str | Path, num_classes: int | None = None) -> 
     else:
         path = Path(path_or_name)
         if not path.is_file():
-            raise ValueError(
+            raise InputError(
                 f"{name!r} is neither a packaged class map ({', '.join(sorted(_PACKAGED_CLASS_MAPS))}) nor a file"
             )
         source = str(path)
-        text = path.read_text(encoding="utf-8")
+        text = read_text_file(path, "class map")
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{source}: not JSON ({error})") from None
+        raise InputError(f"{source}: not JSON ({error})") from None
     return _parse_class_map(document, source, num_classes)
 
 
@@ -363,47 +435,47 @@ def _parse_class_map(document, source: str, num_classes: int | None) -> ClassMap
         '"threshold": float (optional)}, ...]}'
     )
     if not isinstance(document, dict) or "classes" not in document or "num_source_classes" not in document:
-        raise ValueError(f"{source}: unknown class map format, {expected}")
+        raise InputError(f"{source}: unknown class map format, {expected}")
     unknown_keys = set(document) - {"classes", "num_source_classes", "description"}
     if unknown_keys:
-        raise ValueError(f"{source}: unknown keys {sorted(unknown_keys)}, {expected}")
+        raise InputError(f"{source}: unknown keys {sorted(unknown_keys)}, {expected}")
     num_source = document["num_source_classes"]
     if not isinstance(num_source, int) or isinstance(num_source, bool) or num_source < 1:
-        raise ValueError(f"{source}: num_source_classes must be a positive integer, got {num_source!r}")
+        raise InputError(f"{source}: num_source_classes must be a positive integer, got {num_source!r}")
     if num_classes is not None and num_classes != num_source:
-        raise ValueError(f"{source} maps a model with {num_source} classes, but the model has {num_classes} classes")
+        raise InputError(f"{source} maps a model with {num_source} classes, but the model has {num_classes} classes")
     entries = document["classes"]
     if not isinstance(entries, list) or not entries:
-        raise ValueError(f"{source}: 'classes' must be a non-empty list, {expected}")
+        raise InputError(f"{source}: 'classes' must be a non-empty list, {expected}")
     classes: dict[str, list[int]] = {}
     thresholds: dict[str, float] = {}
     for position, entry in enumerate(entries):
         where = f"{source}, classes[{position}]"
         if not isinstance(entry, dict) or not {"label", "indices"} <= set(entry) <= {"label", "indices", "threshold"}:
-            raise ValueError(f"{where}: unknown entry format {entry!r}, {expected}")
+            raise InputError(f"{where}: unknown entry format {entry!r}, {expected}")
         label, indices = entry["label"], entry["indices"]
         if not isinstance(label, str) or not label:
-            raise ValueError(f"{where}: label must be a non-empty string, got {label!r}")
+            raise InputError(f"{where}: label must be a non-empty string, got {label!r}")
         if label in classes:
-            raise ValueError(f"{where}: duplicate label {label!r}")
+            raise InputError(f"{where}: duplicate label {label!r}")
         if (
             not isinstance(indices, list)
             or not indices
             or not all(isinstance(i, int) and not isinstance(i, bool) for i in indices)
         ):
-            raise ValueError(f"{where} ({label}): indices must be a non-empty list of integers, got {indices!r}")
+            raise InputError(f"{where} ({label}): indices must be a non-empty list of integers, got {indices!r}")
         bad = [i for i in indices if not 0 <= i < num_source]
         if bad:
-            raise ValueError(f"{where} ({label}): indices {bad} are out of range for a model with {num_source} classes")
+            raise InputError(f"{where} ({label}): indices {bad} are out of range for a model with {num_source} classes")
         classes[label] = list(indices)
         if "threshold" in entry:
             threshold = entry["threshold"]
             if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not np.isfinite(threshold):
-                raise ValueError(f"{where} ({label}): threshold must be a finite number, got {threshold!r}")
+                raise InputError(f"{where} ({label}): threshold must be a finite number, got {threshold!r}")
             thresholds[label] = float(threshold)
     if thresholds and len(thresholds) != len(classes):
         missing = [label for label in classes if label not in thresholds]
-        raise ValueError(f"{source}: thresholds must be given for all classes or none; missing for {missing}")
+        raise InputError(f"{source}: thresholds must be given for all classes or none; missing for {missing}")
     return ClassMap(
         classes=classes,
         num_source_classes=num_source,
@@ -412,60 +484,57 @@ def _parse_class_map(document, source: str, num_classes: int | None) -> ClassMap
     )
 
 
-def read_thresholds(path: str | Path) -> dict[str, float]:
-    """Per-class thresholds from a file: JSON `{"label": threshold, ...}` (`.json`) or tab-separated lines
-    `label<TAB>threshold` without header (`.tsv`, `.txt`; blank lines are skipped).
+def threshold_vector(thresholds: Mapping[str, float], labels: Sequence[str]) -> np.ndarray:
+    """`(len(labels),)` float64 thresholds in the order of `labels`, for `binarize`.
 
     Raises:
-        ValueError: unknown extension, malformed content (with file and line), duplicate labels, non-finite values.
+        InputError: a label without a threshold, or a threshold for a label that is not a class.
     """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8")
-    thresholds: dict[str, float] = {}
-    if suffix == ".json":
-        try:
-            document = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not JSON ({error})") from None
-        if not isinstance(document, dict) or not document:
-            raise ValueError(f'{path}: expected a JSON object {{"label": threshold, ...}}')
-        for label, value in document.items():
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value):
-                raise ValueError(f"{path}: threshold of {label!r} must be a finite number, got {value!r}")
-            thresholds[label] = float(value)
-        return thresholds
-    if suffix not in (".tsv", ".txt"):
-        raise ValueError(f"{path}: unknown thresholds format {suffix!r}; use .json or .tsv (label<TAB>threshold)")
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        fields = line.rstrip("\r").split("\t")
-        if len(fields) != 2 or not fields[0]:
-            raise ValueError(f"{path}, line {number}: expected 'label<TAB>threshold', got {line!r}")
-        label, value = fields
-        try:
-            threshold = float(value)
-        except ValueError:
-            raise ValueError(f"{path}, line {number}: threshold {value!r} of {label!r} is not a number") from None
-        if not np.isfinite(threshold):
-            raise ValueError(f"{path}, line {number}: threshold of {label!r} must be finite, got {value!r}")
-        if label in thresholds:
-            raise ValueError(f"{path}, line {number}: duplicate label {label!r}")
-        thresholds[label] = threshold
-    if not thresholds:
-        raise ValueError(f"{path}: no thresholds")
-    return thresholds
-
-
-def threshold_vector(thresholds: Mapping[str, float], labels: Sequence[str]) -> np.ndarray:
-    """`(len(labels),)` float64 thresholds in the order of `labels`, for `binarize`; every label needs a threshold
-    and every threshold a label."""
     missing = [label for label in labels if label not in thresholds]
     unknown = [label for label in thresholds if label not in set(labels)]
     if missing or unknown:
-        raise ValueError(
+        raise InputError(
             f"thresholds do not match the classes: missing for {missing}, unknown labels {unknown} "
             f"(classes: {list(labels)})"
         )
     return np.array([thresholds[label] for label in labels], dtype=np.float64)
+
+
+def resolve_thresholds(
+    labels: Sequence[str],
+    threshold: float | Mapping[str, float] | str | Path | None = None,
+    class_map: ClassMap | None = None,
+) -> float | np.ndarray:
+    """The detection thresholds every entry point applies (the pipeline, `htsat-hf predict`, `run_sed.py`).
+
+    Args:
+        labels: the classes the thresholds apply to (the class map's targets when one is used).
+        threshold: one threshold for every class, a `{label: threshold}` mapping, or a thresholds file (see
+            `io.read_thresholds`); None means the class map's own thresholds when it carries some, else
+            `DEFAULT_THRESHOLD` (0.5).
+        class_map: the class map in use, if any.
+
+    Returns:
+        A float, or `(len(labels),)` float64 thresholds in label order.
+
+    Raises:
+        InputError: a threshold that is not a finite number, a mapping or file that does not name exactly the
+            classes, or an unreadable file (naming it).
+    """
+    if threshold is None:
+        if class_map is not None and class_map.thresholds:
+            return class_map.threshold_vector()
+        return DEFAULT_THRESHOLD
+    if isinstance(threshold, (str, Path)):
+        try:
+            return threshold_vector(read_thresholds(threshold), labels)
+        except InputError as error:
+            message = str(error)
+            raise InputError(message if message.startswith(str(threshold)) else f"{threshold}: {message}") from None
+    if isinstance(threshold, Mapping):
+        return threshold_vector(threshold, labels)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.number)) or not np.isfinite(threshold):
+        raise InputError(
+            f"a threshold must be a finite number, a {{label: threshold}} dict or a file, got {threshold!r}"
+        )
+    return float(threshold)

@@ -1,11 +1,11 @@
 """Strong-label training data for `HTSATForSoundEventDetection`: frame targets on the model's time grid, the
-examples of a DESED-layout folder, the batch collator and a frame-level F1 for `Trainer`.
+examples (and detection inputs) of a DESED-layout folder, the batch collator and a frame-level F1 for `Trainer`.
 
 A training example is one clip of at most the feature extractor's `max_length_seconds` (10 s): a file of that length
 or shorter is one example, a longer file is cut into consecutive 10 s windows (the last one shorter). Every clip is
 zero-padded to the full 10 s before the feature extractor, so the model's 32 steps always span the padded length:
-step `i` covers `[i, i + 1) * step_seconds` from the clip's start with `step_seconds = (samples // hop) * hop / 32 /
-sampling_rate` (0.3125 s at 32 kHz with hop 320), the grid `sed_inference.sliding_window_scores` uses for a 10 s window.
+step `i` covers `[i, i + 1) * step_seconds` from the clip's start with `step_seconds = windows.grid_step_seconds(...)`
+of the padded clip (0.3125 s at 32 kHz with hop 320), the grid `windows.sliding_window_scores` uses for a 10 s window.
 
 Targets are soft: `target[step, class]` is the fraction of the step's span covered by events of that class (the
 union of its events, so overlapping annotations of one class do not count twice), in [0, 1]; the model's loss is
@@ -22,9 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
-from .sed_inference import MIN_AUDIO_SECONDS
+from ..audio import audio_duration, read_audio
+from ..errors import InputError
+from ..inputs import AudioItem
+from .io import read_ground_truth_tsv
+from .windows import MIN_AUDIO_SECONDS, grid_step_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -32,13 +37,6 @@ TARGET_MODES = ("fraction", "majority")
 
 
 # ----------------------------------------------------------------------------------------------------------- targets
-
-
-def grid_step_seconds(window_samples: int, hop_length: int, num_steps: int, sampling_rate: int) -> float:
-    """Seconds per model step for a clip of `window_samples` samples (after padding): the model's frames span
-    `(window_samples // hop_length) * hop_length` samples, spread evenly over its `num_steps` steps (the formula of
-    `sliding_window_scores`)."""
-    return (window_samples // hop_length) * hop_length / num_steps / sampling_rate
 
 
 def frame_targets(
@@ -54,7 +52,7 @@ def frame_targets(
         events: `(onset, offset, label)` in seconds from the clip's start; parts outside the grid are ignored.
         labels: the model's classes, in column order; an event label outside them is an error.
         num_steps: steps of the grid (`config.num_time_steps`, 32).
-        step_seconds: duration of one step (see `grid_step_seconds`).
+        step_seconds: duration of one step (see `windows.grid_step_seconds`).
         mode: `"fraction"`: the covered fraction of each step; `"majority"`: 1 where that fraction is >= 0.5.
 
     Returns:
@@ -107,22 +105,63 @@ class StrongLabelExample:
     events: list[tuple[float, float, str]] = field(default_factory=list)
 
 
+def read_strong_labels(
+    directory: str | Path, labels: Sequence[str] | None = None
+) -> tuple[pd.DataFrame, list[str], Path]:
+    """The annotations of a folder in the DESED layout: `<directory>/audio/` and `<directory>/annotations.tsv`
+    (`filename onset offset event_label`; a file without events has a row with only its filename).
+
+    Args:
+        directory: the folder.
+        labels: the allowed labels (e.g. the training set's, for an evaluation folder); default: any.
+
+    Returns:
+        `(table, labels, annotations)`: the checked annotations (see `io.read_ground_truth_tsv`), their sorted event
+        labels, and the annotations' path.
+
+    Raises:
+        InputError naming the file (and line): a folder without audio/ or annotations.tsv, a malformed annotation
+        line, a label outside `labels`, no events.
+    """
+    directory = Path(directory)
+    annotations, audio_dir = directory / "annotations.tsv", directory / "audio"
+    if not annotations.is_file() or not audio_dir.is_dir():
+        raise InputError(
+            f"{directory}: expected a strong-label folder with audio/ and annotations.tsv (filename, onset, offset, "
+            "event_label)"
+        )
+    table = read_ground_truth_tsv(annotations, labels=labels)
+    found_labels = sorted(table["event_label"].dropna().unique())
+    if not found_labels:
+        raise InputError(f"{annotations}: no events")
+    return table, found_labels, annotations
+
+
+def strong_label_inputs(directory: str | Path) -> tuple[list[AudioItem], Path, Path | None]:
+    """The audio of a strong-label folder as detection inputs: `(items, annotations, durations)`, one item per file
+    of the annotations (in their order), and `durations.tsv` when the folder has one."""
+    directory = Path(directory)
+    table, _, annotations = read_strong_labels(directory)
+    items = [AudioItem(name, str(directory / "audio" / name)) for name in dict.fromkeys(table["filename"])]
+    durations = directory / "durations.tsv"
+    return items, annotations, durations if durations.is_file() else None
+
+
 def read_strong_label_dir(
     directory: str | Path,
     labels: Sequence[str] | None = None,
     window_seconds: float = 10.0,
     skip_bad_audio: bool = False,
 ) -> tuple[list[StrongLabelExample], list[str], list[tuple[str, str]]]:
-    """The training clips of a folder in the DESED layout: `<directory>/audio/` and `<directory>/annotations.tsv`
-    (`filename onset offset event_label`; a file without events has a row with only its filename).
+    """The training clips of a strong-label folder (see `read_strong_labels`).
 
     Every file of the annotations must be in `audio/`; files in `audio/` that the annotations do not list are not
     used (logged). Files longer than `window_seconds` are cut into consecutive windows; events are clipped to them.
 
     Args:
         directory: the folder.
-        labels: the allowed labels (e.g. the training set's, for an evaluation folder); default: any.
-        window_seconds: clip length (the feature extractor's `max_length_seconds`).
+        labels: the allowed labels; default: any.
+        window_seconds: clip length in seconds (the feature extractor's `max_length_seconds`).
         skip_bad_audio: leave out missing, unreadable or empty files (returned in `skipped`) instead of failing.
 
     Returns:
@@ -130,26 +169,10 @@ def read_strong_label_dir(
         of the files left out.
 
     Raises:
-        ValueError naming the file: missing folder or annotations, a malformed annotation line (with its line
-        number), a label outside `labels`, a missing, unreadable or empty audio file.
+        InputError naming the file: as `read_strong_labels`, and a missing, unreadable or empty audio file.
     """
-    from .sed_metrics import read_ground_truth_tsv
-    from .sed_run import SEDRunError, audio_duration
-
-    directory = Path(directory)
-    annotations, audio_dir = directory / "annotations.tsv", directory / "audio"
-    if not annotations.is_file() or not audio_dir.is_dir():
-        raise SEDRunError(
-            f"{directory}: expected a strong-label folder with audio/ and annotations.tsv (filename, onset, offset, "
-            "event_label)"
-        )
-    try:
-        table = read_ground_truth_tsv(annotations, labels=labels)
-    except ValueError as error:
-        raise SEDRunError(str(error)) from None
-    found_labels = sorted(table["event_label"].dropna().unique())
-    if not found_labels:
-        raise SEDRunError(f"{annotations}: no events")
+    table, found_labels, annotations = read_strong_labels(directory, labels)
+    audio_dir = Path(directory) / "audio"
     by_file = {name: group for name, group in table.groupby("filename", sort=False)}
     listed = set(by_file)
     unlisted = sorted(p.name for p in audio_dir.iterdir() if p.is_file() and p.name not in listed)
@@ -162,9 +185,9 @@ def read_strong_label_dir(
         path = audio_dir / filename
         try:
             if not path.is_file():
-                raise SEDRunError(f"{path}: listed in {annotations} but missing from {audio_dir}")
+                raise InputError(f"{path}: listed in {annotations} but missing from {audio_dir}")
             duration = audio_duration(path)
-        except ValueError as error:
+        except InputError as error:
             if not skip_bad_audio:
                 raise
             skipped.append((filename, str(error)))
@@ -187,7 +210,7 @@ def read_strong_label_dir(
             ]
             examples.append(StrongLabelExample(str(path), filename, start, seconds, clipped))
     if not examples:
-        raise SEDRunError(f"{directory}: no usable audio")
+        raise InputError(f"{directory}: no usable audio")
     return examples, found_labels, skipped
 
 
@@ -227,14 +250,12 @@ class StrongLabelCollator:
         )
 
     def __call__(self, examples: list[StrongLabelExample]) -> dict[str, torch.Tensor]:
-        from .sed_run import load_audio
-
         extractor = self.feature_extractor
         waves, targets = [], []
         for example in examples:
             try:
-                wave = load_audio(example.path, extractor.sampling_rate, example.start, example.seconds)
-            except ValueError as error:
+                wave = read_audio(example.path, extractor.sampling_rate, example.start, example.seconds)[0]
+            except InputError as error:
                 if not self.skip_bad_audio:
                     raise
                 self.skipped += 1
@@ -245,7 +266,7 @@ class StrongLabelCollator:
                 frame_targets(example.events, self.labels, self.num_time_steps, self.step_seconds, self.target_mode)
             )
         if not waves:
-            raise ValueError("every clip of a batch failed to load; see the warnings above")
+            raise InputError("every clip of a batch failed to load; see the warnings above")
         # Zeros, whatever the extractor's pad_mode: a repeated clip would repeat sounds that the targets do not have.
         features = extractor(
             waves, sampling_rate=extractor.sampling_rate, padding="max_length", pad_mode="zeros", return_tensors="pt"
@@ -291,6 +312,7 @@ __all__ = [
     "compute_frame_metrics",
     "frame_f1",
     "frame_targets",
-    "grid_step_seconds",
     "read_strong_label_dir",
+    "read_strong_labels",
+    "strong_label_inputs",
 ]

@@ -6,13 +6,9 @@
 - `psds`: PSDS scenario 1 or 2 with sed_scores_eval, from score tables or from detections at several thresholds;
 - `evaluate_detection` gathers them into one JSON-serialisable dict, `format_metrics_table` prints it.
 
-Input formats (tab-separated, one header line):
-
-- ground truth: `filename onset offset event_label`; a file without events has one row with only its filename;
-- durations: `filename duration`;
-- detections: `filename onset offset event_label` (extra columns are ignored; `.csv` files are comma-separated);
-- scores (sed_scores_eval): one table per audio file, named `<audio id>.tsv` where the audio id is the file name
-  without its extension, with columns `onset offset <class 1> ... <class K>`, one row per frame.
+This is the only module that needs the metric libraries (`pip install 'htsat-hf[sed]'`); each is imported when a
+metric that uses it runs, with an `ImportError` saying what to install. Reading and writing the tables (formats in
+`htsat_hf.sed.io`) does not need them.
 
 The evaluated classes are those of the ground truth; detections of another class are an error (a class map or
 label file mismatch), as are detections for files absent from the ground truth. Every metric covers every file of
@@ -23,51 +19,36 @@ F1 values are fractions in [0, 1] (the table prints percentages).
 
 from __future__ import annotations
 
+import importlib
 import math
-import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-try:
-    import sed_eval
-    import sed_scores_eval
-    from psds_eval import PSDSEval
-    from sed_scores_eval.base_modules.io import read_ground_truth_events, read_sed_scores, write_sed_scores
-    from sed_scores_eval.base_modules.scores import validate_score_dataframe
-except ImportError as error:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "htsat_hf.sed_metrics needs sed_scores_eval, sed_eval and psds_eval: "
-        "pip install sed_scores_eval==0.0.4 sed_eval psds_eval==0.5.3 'setuptools<81' "
-        f"(sed_eval's dcase_util imports pkg_resources). Import failed with: {error}"
-    ) from error
-
-from .sed_postprocessing import Event
+from .io import (
+    EVENT_COLUMNS,
+    audio_id,
+    detection_table,
+    durations_mapping,
+    ground_truth_table,
+    read_score_tsvs,
+    scores_dataframe,
+)
 
 __all__ = [
     "PSDS_SCENARIOS",
     "collar_event_f1",
     "evaluate_detection",
-    "events_to_dataframe",
     "format_metrics_table",
     "intersection_f1",
     "operating_points_to_scores",
     "psds",
-    "read_detection_tsv",
-    "read_durations_tsv",
-    "read_ground_truth_tsv",
-    "read_operating_points",
-    "scores_dataframe",
     "segment_f1",
-    "write_events_tsv",
-    "write_score_tsv",
 ]
-
-EVENT_COLUMNS = ("filename", "onset", "offset", "event_label")
 
 # DCASE task 4 settings (since 2021) for sed_scores_eval.intersection_based.psds.
 PSDS_SCENARIOS = {
@@ -92,238 +73,18 @@ PSDS_SCENARIOS = {
 EventTable = str | Path | pd.DataFrame
 Durations = str | Path | pd.DataFrame | Mapping[str, float]
 
-
-# ----------------------------------------------------------------------------------------------------------- readers
-
-
-def read_ground_truth_tsv(path: str | Path, labels: Sequence[str] | None = None) -> pd.DataFrame:
-    """Read and check a ground-truth TSV.
-
-    Args:
-        path: TSV with columns `filename onset offset event_label`.
-        labels: when given, the allowed event labels.
-
-    Returns:
-        DataFrame with columns `filename` (str), `onset`, `offset` (float64), `event_label` (str), in file order;
-        files without events keep their row, with NaN onset, offset and label.
-
-    Raises:
-        ValueError naming the file and line: missing columns, empty filename, a row with only some of onset, offset
-        and label, non-numeric or negative onset, onset > offset, a label outside `labels`.
-    """
-    return _clean_events(_read_table(path), str(path), _file_line, labels, keep_empty_rows=True)
+# The versions the DESED tests check against; sed_eval's dcase_util imports pkg_resources (setuptools < 81).
+_INSTALL = "pip install 'htsat-hf[sed]' (sed_scores_eval==0.0.4 sed_eval psds_eval==0.5.3 'setuptools<81')"
 
 
-def read_detection_tsv(path: str | Path, labels: Sequence[str] | None = None) -> pd.DataFrame:
-    """Read and check a detection table (TSV, or comma-separated for `.csv` such as the DCASE baseline's
-    `predictions0.5.csv`); the checks are those of `read_ground_truth_tsv`. Rows without an event are dropped.
-
-    Returns:
-        DataFrame with columns `filename onset offset event_label`.
-    """
-    return _clean_events(_read_table(path), str(path), _file_line, labels, keep_empty_rows=False)
-
-
-def read_durations_tsv(path: str | Path) -> dict[str, float]:
-    """`{filename: duration in seconds}` from a TSV with columns `filename duration`."""
-    return _clean_durations(_read_table(path), str(path), _file_line)
-
-
-def read_operating_points(directory: str | Path) -> dict[float, pd.DataFrame]:
-    """Detection tables at several thresholds from a directory of TSVs whose names end with their threshold, as the
-    DCASE baseline's `predictions_th_0.50.tsv` or sed_scores_eval's `0.500.tsv`.
-
-    Returns:
-        `{threshold: detections}` (see `read_detection_tsv`), sorted by threshold.
-    """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise ValueError(f"{directory} is not a directory of detection TSVs")
-    tables = {}
-    for path in sorted(directory.glob("*.tsv")):
-        match = re.search(r"(\d+(?:\.\d+)?)$", path.stem)
-        if match is None:
-            raise ValueError(
-                f"{path}: the file name does not end with a threshold (expected e.g. predictions_th_0.50.tsv)"
-            )
-        threshold = float(match.group(1))
-        if threshold in tables:
-            raise ValueError(f"{path}: a second file for threshold {threshold}")
-        tables[threshold] = read_detection_tsv(path)
-    if not tables:
-        raise ValueError(f"{directory} holds no .tsv detection files")
-    return dict(sorted(tables.items()))
-
-
-def _read_table(path: str | Path) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    separator = "," if path.suffix.lower() == ".csv" else "\t"
-    # Everything as text, so that line numbers stay aligned (blank lines kept) and values are checked here.
-    table = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False, skip_blank_lines=False)
-    return table[~(table == "").all(axis=1)]
-
-
-def _file_line(row) -> str:
-    return f"line {row + 2}"  # header on line 1, row 0 on line 2
-
-
-def _frame_row(row) -> str:
-    return f"row {row!r}"
-
-
-def _numeric(column: pd.Series) -> pd.Series:
-    return pd.to_numeric(column.replace("", np.nan), errors="coerce").astype(np.float64)
-
-
-def _is_missing(column: pd.Series) -> pd.Series:
-    return column.isna() | (column.astype(object) == "")
-
-
-def _clean_events(
-    table: pd.DataFrame, source: str, locate, labels: Sequence[str] | None, keep_empty_rows: bool
-) -> pd.DataFrame:
-    missing = [column for column in EVENT_COLUMNS if column not in table.columns]
-    if missing:
-        raise ValueError(
-            f"{source}: missing columns {missing} (found {list(table.columns)}; expected {list(EVENT_COLUMNS)})"
-        )
-
-    def fail(mask: pd.Series, problem: str):
-        rows = table.index[mask.to_numpy()]
-        if len(rows):
-            first = rows[0]
-            more = f" (and {len(rows) - 1} more rows)" if len(rows) > 1 else ""
-            values = "\t".join(str(table.loc[first, column]) for column in EVENT_COLUMNS)
-            raise ValueError(f"{source}, {locate(first)}: {problem}: {values!r}{more}")
-
-    filename_missing = _is_missing(table["filename"])
-    fail(filename_missing, "empty filename")
-    onset, offset = _numeric(table["onset"]), _numeric(table["offset"])
-    no_onset, no_offset = _is_missing(table["onset"]), _is_missing(table["offset"])
-    no_label = _is_missing(table["event_label"])
-    fail((onset.isna() & ~no_onset) | (offset.isna() & ~no_offset), "onset and offset must be numbers")
-    empty_row = no_onset & no_offset & no_label
-    fail(~empty_row & (no_onset | no_offset | no_label), "a row needs onset, offset and event_label, or none of them")
-    fail(~np.isfinite(onset.fillna(0)) | ~np.isfinite(offset.fillna(0)), "onset and offset must be finite")
-    fail(onset < 0, "negative onset")
-    fail(onset > offset, "onset after offset")
-    if labels is not None:
-        allowed = set(labels)
-        fail(~empty_row & ~table["event_label"].isin(allowed), f"unknown event label (known: {sorted(allowed)})")
-
-    cleaned = pd.DataFrame(
-        {
-            "filename": table["filename"].astype(str).to_numpy(),
-            "onset": onset.to_numpy(),
-            "offset": offset.to_numpy(),
-            "event_label": table["event_label"].where(~no_label, np.nan).to_numpy(dtype=object),
-        }
-    )
-    if not keep_empty_rows:
-        cleaned = cleaned[~empty_row.to_numpy()]
-    return cleaned.reset_index(drop=True)
-
-
-def _clean_durations(table: pd.DataFrame, source: str, locate) -> dict[str, float]:
-    missing = [column for column in ("filename", "duration") if column not in table.columns]
-    if missing:
-        raise ValueError(
-            f"{source}: missing columns {missing} (found {list(table.columns)}; expected filename, duration)"
-        )
-    duration = _numeric(table["duration"])
-    bad = table.index[(_is_missing(table["filename"]) | ~(duration > 0) | ~np.isfinite(duration.fillna(0))).to_numpy()]
-    if len(bad):
-        raise ValueError(f"{source}, {locate(bad[0])}: expected a filename and a positive duration")
-    duplicated = table.index[table["filename"].duplicated().to_numpy()]
-    if len(duplicated):
-        name = table.loc[duplicated[0], "filename"]
-        raise ValueError(f"{source}, {locate(duplicated[0])}: duplicate filename {name!r}")
-    return dict(zip(table["filename"].astype(str), duration.astype(float), strict=True))
-
-
-# ----------------------------------------------------------------------------------------------------------- writers
-
-
-def events_to_dataframe(events: Mapping[str, Sequence[Event | tuple]]) -> pd.DataFrame:
-    """Detection table from `{filename: [Event(onset, offset, label, score) or (onset, offset, label)]}`.
-
-    Returns:
-        DataFrame with columns `filename onset offset event_label`, plus `score` when every event has one.
-    """
-    rows = [(filename, *event) for filename, file_events in events.items() for event in file_events]
-    bad = [row for row in rows if len(row) not in (4, 5)]
-    if bad:
-        raise ValueError(f"events must be (onset, offset, label) or (onset, offset, label, score), got {bad[0][1:]}")
-    table = pd.DataFrame(
-        {
-            "filename": [row[0] for row in rows],
-            "onset": np.array([row[1] for row in rows], dtype=np.float64),
-            "offset": np.array([row[2] for row in rows], dtype=np.float64),
-            "event_label": [row[3] for row in rows],
-        }
-    )
-    scores = [row[4] if len(row) == 5 else None for row in rows]
-    if rows and all(score is not None for score in scores):
-        table["score"] = np.array(scores, dtype=np.float64)
-    return table
-
-
-def write_events_tsv(events: pd.DataFrame | Mapping[str, Sequence[Event | tuple]], path: str | Path) -> None:
-    """Write detections as a DCASE TSV (`filename onset offset event_label`, plus `score` when the events carry
-    one). Times are written at full precision.
-
-    Args:
-        events: a detection DataFrame or `{filename: events}` (see `events_to_dataframe`).
-        path: output file.
-    """
-    table = events if isinstance(events, pd.DataFrame) else events_to_dataframe(events)
-    missing = [column for column in EVENT_COLUMNS if column not in table.columns]
-    if missing:
-        raise ValueError(f"events are missing columns {missing}")
-    columns = list(EVENT_COLUMNS) + (["score"] if "score" in table.columns else [])
-    table[columns].to_csv(path, sep="\t", index=False)
-
-
-def scores_dataframe(scores: np.ndarray, frame_times: np.ndarray, labels: Sequence[str]) -> pd.DataFrame:
-    """One file's scores as a sed_scores_eval table.
-
-    Args:
-        scores: `(frames, classes)` scores.
-        frame_times: `(frames + 1,)` increasing frame boundaries in seconds (`sed_postprocessing.frame_times`).
-        labels: `classes` labels.
-
-    Returns:
-        DataFrame `onset offset <labels...>` with one row per frame. The score columns are float32 (the model's
-        precision): sed_scores_eval 0.0.4 hands a table's score columns to a Cython routine that needs a writable
-        buffer, and pandas 3 exposes columns as read-only arrays; float32 columns make sed_scores_eval's own
-        conversion to float64 produce a fresh, writable array.
-    """
-    scores = np.asarray(scores)
-    times = np.asarray(frame_times, dtype=np.float64)
-    labels = list(labels)
-    if scores.ndim != 2 or scores.shape[1] != len(labels):
-        raise ValueError(f"scores must be (frames, {len(labels)} classes), got shape {scores.shape}")
-    if times.shape != (scores.shape[0] + 1,) or not np.all(np.diff(times) > 0):
-        raise ValueError(f"frame_times must be {scores.shape[0] + 1} increasing boundaries, got shape {times.shape}")
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"duplicate labels in {labels}")
-    columns = {"onset": times[:-1], "offset": times[1:]}
-    columns.update({label: scores[:, k].astype(np.float32) for k, label in enumerate(labels)})
-    return pd.DataFrame(columns)
-
-
-def write_score_tsv(path: str | Path, scores: np.ndarray, frame_times: np.ndarray, labels: Sequence[str]) -> None:
-    """Write one file's scores in sed_scores_eval's format (its own writer), to be read by
-    `sed_scores_eval.io.read_sed_scores`. Name it `<audio id>.tsv`, the audio id being the file name without
-    extension, and put all files of a set in one directory (which `psds` accepts).
-
-    Args:
-        path: output TSV.
-        scores, frame_times, labels: see `scores_dataframe`.
-    """
-    write_sed_scores(scores_dataframe(scores, frame_times, labels), path)
+def _library(module: str):
+    """Import a metric library, or fail saying what to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError(
+            f"this metric needs {module.split('.')[0]}: {_INSTALL}. Import failed with: {error}"
+        ) from error
 
 
 # ------------------------------------------------------------------------------------------------------------ inputs
@@ -337,31 +98,18 @@ class _Inputs:
     durations: dict[str, float] | None
 
 
-def _audio_id(filename: str) -> str:
-    """sed_scores_eval's key for a file: its name without the last extension."""
-    return filename.rsplit(".", maxsplit=1)[0]
-
-
 def _ground_truth(ground_truth: EventTable, durations: Durations | None) -> _Inputs:
-    if isinstance(ground_truth, pd.DataFrame):
-        table = _clean_events(ground_truth.reset_index(drop=True), "ground truth DataFrame", _frame_row, None, True)
-    else:
-        table = read_ground_truth_tsv(ground_truth)
+    table = ground_truth_table(ground_truth)
     labels = sorted(table["event_label"].dropna().unique())
     if not labels:
         raise ValueError("the ground truth has no events")
     files = list(dict.fromkeys(table["filename"]))
-    ids = pd.Series([_audio_id(name) for name in files])
+    ids = pd.Series([audio_id(name) for name in files])
     if ids.duplicated().any():
         raise ValueError(f"ground-truth files {ids[ids.duplicated()].tolist()[:3]} differ only by extension")
     inputs = _Inputs(table, labels, files, None)
     if durations is not None:
-        if isinstance(durations, (str, Path)):
-            durations = read_durations_tsv(durations)
-        else:
-            if not isinstance(durations, pd.DataFrame):
-                durations = pd.DataFrame({"filename": list(durations), "duration": list(durations.values())})
-            durations = _clean_durations(durations.reset_index(drop=True), "durations", _frame_row)
+        durations = durations_mapping(durations)
         missing = [name for name in files if name not in durations]
         extra = sorted(set(durations) - set(files))
         if missing or extra:
@@ -375,10 +123,7 @@ def _ground_truth(ground_truth: EventTable, durations: Durations | None) -> _Inp
 
 
 def _detections(detections: EventTable, inputs: _Inputs, what: str = "detections") -> pd.DataFrame:
-    if isinstance(detections, pd.DataFrame):
-        table = _clean_events(detections.reset_index(drop=True), f"{what} DataFrame", _frame_row, inputs.labels, False)
-    else:
-        table = read_detection_tsv(detections, labels=inputs.labels)
+    table = detection_table(detections, inputs.labels, what)
     unknown = sorted(set(table["filename"]) - set(inputs.files))
     if unknown:
         raise ValueError(f"{what} for {len(unknown)} files absent from the ground truth, e.g. {unknown[:3]}")
@@ -430,7 +175,7 @@ def _intersection_f1(detections: pd.DataFrame, inputs: _Inputs, dtc: float, gtc:
     # positives (handled below): its warnings say nothing to the user.
     with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
         warnings.filterwarnings("ignore", module="psds_eval")
-        evaluator = PSDSEval(dtc, gtc, cttc, ground_truth=inputs.ground_truth, metadata=metadata)
+        evaluator = _library("psds_eval").PSDSEval(dtc, gtc, cttc, ground_truth=inputs.ground_truth, metadata=metadata)
         per_class = None if detections.empty else evaluator.compute_macro_f_score(detections)[1]
     if per_class is None:
         class_wise = dict.fromkeys(inputs.labels, 0.0)
@@ -460,7 +205,7 @@ def collar_event_f1(
 
 
 def _collar_event_f1(detections: pd.DataFrame, inputs: _Inputs, collar: float, percentage_of_length: float) -> dict:
-    metric = sed_eval.sound_event.EventBasedMetrics(
+    metric = _library("sed_eval").sound_event.EventBasedMetrics(
         event_label_list=inputs.labels,
         t_collar=float(collar),
         percentage_of_length=float(percentage_of_length),
@@ -483,7 +228,7 @@ def segment_f1(detections: EventTable, ground_truth: EventTable, segment_seconds
 
 
 def _segment_f1(detections: pd.DataFrame, inputs: _Inputs, segment_seconds: float) -> dict:
-    metric = sed_eval.sound_event.SegmentBasedMetrics(
+    metric = _library("sed_eval").sound_event.SegmentBasedMetrics(
         event_label_list=inputs.labels, time_resolution=float(segment_seconds)
     )
     # The constructor does not take it, but the base class's F1 code reads it.
@@ -570,7 +315,7 @@ def _operating_points_to_scores(
                 (rows, np.repeat(group["class_index"].to_numpy(), lengths)),
                 np.repeat(group["threshold"].to_numpy(np.float32), lengths),
             )
-        scores[_audio_id(filename)] = scores_dataframe(values, times, inputs.labels)
+        scores[audio_id(filename)] = scores_dataframe(values, times, inputs.labels)
     return scores
 
 
@@ -606,7 +351,7 @@ def _scores(scores_or_operating_points, inputs: _Inputs) -> dict[str, pd.DataFra
     if isinstance(source, (str, Path)):
         if not Path(source).is_dir():
             raise ValueError(f"{source} is not a directory of sed_scores_eval score files")
-        source = read_sed_scores(source)
+        source = read_score_tsvs(source)
     if not isinstance(source, Mapping) or not source:
         raise ValueError("expected a non-empty {audio id: score DataFrame} or {threshold: detections} mapping")
     keys = list(source)
@@ -615,13 +360,14 @@ def _scores(scores_or_operating_points, inputs: _Inputs) -> dict[str, pd.DataFra
     if not all(isinstance(key, str) for key in keys):
         raise ValueError("mapping keys must be all audio ids (scores) or all thresholds (operating points)")
 
-    expected = {_audio_id(filename) for filename in inputs.files}
+    expected = {audio_id(filename) for filename in inputs.files}
     missing, extra = sorted(expected - set(keys)), sorted(set(keys) - expected)
     if missing or extra:
         raise ValueError(
             f"score tables must cover exactly the ground-truth files, keyed by audio id (file name without "
             f"extension): {len(missing)} missing (e.g. {missing[:3]}), {len(extra)} unknown (e.g. {extra[:3]})"
         )
+    validate_score_dataframe = _library("sed_scores_eval.base_modules.scores").validate_score_dataframe
     scores = {}
     for key in sorted(keys):
         table = source[key]
@@ -643,10 +389,12 @@ def _psds(scores: dict[str, pd.DataFrame], inputs: _Inputs, scenario: int) -> di
         # sed_scores_eval 0.0.4 fails (TypeError) on cross-trigger statistics without a second class. With one class
         # nothing can cross-trigger: the term is zero, and the value is the same computation without it.
         parameters = {**parameters, "cttc_threshold": None, "alpha_ct": 0.0}
+    sed_scores_eval = _library("sed_scores_eval")
+    read_ground_truth_events = _library("sed_scores_eval.base_modules.io").read_ground_truth_events
     value, class_wise, _, _ = sed_scores_eval.intersection_based.psds(
         scores,
         read_ground_truth_events(inputs.ground_truth),
-        {_audio_id(filename): duration for filename, duration in inputs.durations.items()},
+        {audio_id(filename): duration for filename, duration in inputs.durations.items()},
         **parameters,
     )
     return {

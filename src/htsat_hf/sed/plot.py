@@ -2,7 +2,7 @@
 and the detected events (with the reference events, when known) as a timeline.
 
 Drawn with matplotlib's object API on an Agg canvas: no pyplot, no global backend switch, safe in threads and on
-machines without a display. Needs matplotlib (`pip install htsat-hf[sed]`).
+machines without a display. Needs matplotlib (`pip install 'htsat-hf[sed]'`), imported when a plot is drawn.
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from .sed_inference import FrameScores
-from .sed_postprocessing import Event
+from ..feature_extraction_htsat import htsat_mel_filters, log_mel_spectrogram
+from .postprocessing import Event
+from .windows import FrameScores
 
 SPECTROGRAM_MAX_SECONDS = 120.0  # longer audio is drawn as a waveform envelope
 MAX_DISPLAY_COLUMNS = 4000
@@ -69,9 +71,15 @@ def plot_detection(
 
     Returns:
         The PNG path.
+
+    Raises:
+        ImportError: matplotlib is not installed.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError("plotting detections needs matplotlib: pip install 'htsat-hf[sed]'") from error
 
     path = Path(path)
     waveform = np.asarray(waveform, dtype=np.float32)
@@ -164,10 +172,6 @@ def _row_names(labels: list[str], columns: list[int], thresholds) -> list[str]:
 
 def _log_mel(waveform: np.ndarray, sampling_rate: int) -> tuple[np.ndarray, float]:
     """`(frames, 64)` log-mel in dB (HTS-AT's front end, 10 ms hop or coarser for long audio) and the frame hop."""
-    import torch
-
-    from .feature_extraction_htsat import htsat_mel_filters, log_mel_spectrogram
-
     n_fft = 1024
     hop = max(sampling_rate // 100, int(np.ceil(waveform.size / MAX_DISPLAY_COLUMNS)))
     if waveform.size <= n_fft // 2:

@@ -1,0 +1,655 @@
+"""Detection over many files, and its scoring: what `run_sed.py` runs, as a library.
+
+A detection run ([`run_detection`], or [`detect`] without scoring) writes into its output directory:
+
+- `events.tsv`: the detected events, DCASE format (`filename onset offset event_label`, plus the event's peak
+  `score`);
+- `scores/<audio id>.tsv`: per-file frame scores in sed_scores_eval's format (`onset offset <class...>`, the audio id
+  being the file name without extension), after class mapping and median filtering, i.e. the scores the thresholds
+  were applied to; `sed_scores_eval.io.read_sed_scores(".../scores")` reads the directory;
+- `durations.tsv`: `filename duration` (seconds) of every processed file;
+- `plots/<audio id>.png`: spectrogram, class activity and event timeline (see `plot.plot_detection`);
+- with ground truth: `metrics.json`: intersection F1, collar event F1, segment F1 of `events.tsv`, PSDS1 and PSDS2
+  of the scores (see `metrics.evaluate_detection`), and the settings;
+- `skipped_audio.tsv` when `skip_bad_audio` left files out.
+
+[`score_predictions`] scores existing detections (an events table, per-threshold detections or score tables)
+without a model. Every problem with the inputs is an [`InputError`] naming the file (and line, for tables).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import InputError
+from ..inputs import AudioItem
+from ..loading import check_output_dir, load_feature_extractor, load_model
+from ..modeling_htsat import HTSATForSoundEventDetection
+from .io import (
+    audio_id,
+    events_to_dataframe,
+    predictions_kind,
+    read_durations_tsv,
+    read_ground_truth_tsv,
+    read_operating_points,
+    read_score_tsvs,
+    scores_dataframe,
+    write_durations_tsv,
+    write_events_tsv,
+    write_score_tsv,
+    write_skipped_audio_tsv,
+)
+from .metrics import evaluate_detection, format_metrics_table, operating_points_to_scores, psds
+from .plot import plot_detection
+from .postprocessing import (
+    DEFAULT_THRESHOLD,
+    ClassMap,
+    Event,
+    frame_scores_events,
+    load_class_map,
+    map_frame_scores,
+    median_filter_frame_scores,
+    median_filter_scores,
+    resolve_thresholds,
+    scores_to_events,
+)
+from .windows import MIN_AUDIO_SECONDS, FrameScores, sliding_window_scores
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SHORT_AUDIO_MODES",
+    "DetectionResult",
+    "DetectionSettings",
+    "check_reference_audio",
+    "detect",
+    "evaluate_result",
+    "file_scores",
+    "load_detection_model",
+    "metrics_table",
+    "postprocess",
+    "prepare_output_dir",
+    "read_reference",
+    "resolve_settings",
+    "run_detection",
+    "score_predictions",
+    "write_metrics",
+]
+
+SHORT_AUDIO_MODES = ("stretch", "pad")
+
+
+# ------------------------------------------------------------------------------------------------- model and outputs
+
+
+def load_detection_model(model_name_or_path: str | None, device: str | None = None):
+    """`(model, feature_extractor)`: an `HTSATForSoundEventDetection` (any saved HTS-AT head loads into it) in eval
+    mode on `device` (default: cuda when there is one) and its extractor, checked against the model's config.
+
+    Raises:
+        InputError: no model given, or what `loading.load_model` and `loading.load_feature_extractor` refuse.
+    """
+    if model_name_or_path is None:
+        raise InputError("give --model_name_or_path (a converted or trained HTS-AT model)")
+    model = load_model(HTSATForSoundEventDetection, model_name_or_path)
+    extractor = load_feature_extractor(model_name_or_path, model.config)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), extractor
+
+
+def prepare_output_dir(directory: str | Path) -> Path:
+    """Create the output directory and check that files can be written there.
+
+    Raises:
+        InputError naming the directory when it cannot be created or written to.
+    """
+    directory = check_output_dir(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise InputError(f"cannot write to the output directory {directory}: {error.strerror or error}") from None
+    return directory
+
+
+def _clear_outputs(directory: Path, pattern: str) -> None:
+    stale = sorted(directory.glob(pattern)) if directory.is_dir() else []
+    if stale:
+        logger.info("removing %d outputs of a previous run from %s", len(stale), directory)
+        for path in stale:
+            path.unlink()
+
+
+# ----------------------------------------------------------------------------------------------------------- settings
+
+
+@dataclass
+class DetectionSettings:
+    """Post-processing and windowing of a detection run, resolved against the model.
+
+    Attributes:
+        labels: the classes of the events (the class map's targets when one is used).
+        thresholds: one threshold, or `(len(labels),)` per-class thresholds.
+        class_map: the map from the model's classes to `labels`, if any.
+        median_filter_seconds, min_duration, min_gap: post-processing in seconds (see `postprocessing`).
+        window_seconds, hop_seconds, batch_size: the sliding window (see `windows.sliding_window_scores`).
+        short_audio: audio shorter than a window is `"stretch"`ed over the model's steps or zero-`"pad"`ded.
+    """
+
+    labels: list[str]
+    thresholds: float | np.ndarray
+    class_map: ClassMap | None = None
+    median_filter_seconds: float | None = None
+    min_duration: float = 0.0
+    min_gap: float = 0.0
+    window_seconds: float | None = None
+    hop_seconds: float | None = None
+    batch_size: int = 8
+    short_audio: str = "stretch"
+
+    def describe(self) -> dict:
+        """The settings as JSON values (`metrics.json`'s `settings`): thresholds by label, the class map's labels."""
+        thresholds = self.thresholds
+        if isinstance(thresholds, np.ndarray):
+            thresholds = dict(zip(self.labels, thresholds.tolist(), strict=True))
+        values = asdict(self)
+        values.update(thresholds=thresholds, class_map=None if self.class_map is None else self.class_map.labels)
+        values.pop("labels")
+        return values
+
+
+def resolve_settings(
+    model,
+    class_map: str | Path | ClassMap | None = None,
+    threshold: float | Mapping[str, float] | str | Path | None = None,
+    median_filter_seconds: float | None = None,
+    min_duration: float = 0.0,
+    min_gap: float = 0.0,
+    window_seconds: float | None = None,
+    hop_seconds: float | None = None,
+    batch_size: int = 8,
+    short_audio: str = "stretch",
+) -> DetectionSettings:
+    """The settings of a run for `model`: its classes or the class map's, the thresholds of `resolve_thresholds`.
+
+    Raises:
+        InputError: a class map that does not fit the model, thresholds that do not fit the classes, an unknown
+            `short_audio`, a `batch_size` below 1.
+    """
+    if class_map is not None and not isinstance(class_map, ClassMap):
+        class_map = load_class_map(class_map, num_classes=model.config.num_labels)
+    if class_map is not None:
+        labels = class_map.labels
+    else:
+        labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    if short_audio not in SHORT_AUDIO_MODES:
+        raise InputError(f"short_audio must be one of {SHORT_AUDIO_MODES}, got {short_audio!r}")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be positive, got {batch_size}")
+    return DetectionSettings(
+        labels=labels,
+        thresholds=resolve_thresholds(labels, threshold, class_map),
+        class_map=class_map,
+        median_filter_seconds=median_filter_seconds,
+        min_duration=min_duration,
+        min_gap=min_gap,
+        window_seconds=window_seconds,
+        hop_seconds=hop_seconds,
+        batch_size=batch_size,
+        short_audio=short_audio,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------- one file
+
+
+def file_scores(model, feature_extractor, waveform: np.ndarray, settings: DetectionSettings) -> FrameScores:
+    """Frame scores of one file's `(samples,)` waveform, class-mapped (not median filtered). Audio shorter than a
+    window is stretched over the model's steps or, with `short_audio="pad"`, zero-padded to a full window (steps past
+    its end dropped)."""
+    rate = feature_extractor.sampling_rate
+    window_seconds = settings.window_seconds or feature_extractor.max_length_seconds
+    window = int(round(window_seconds * rate))
+    padded = settings.short_audio == "pad" and waveform.shape[0] < window
+    scores = sliding_window_scores(
+        model,
+        feature_extractor,
+        np.pad(waveform, (0, window - waveform.shape[0])) if padded else waveform,
+        rate,
+        window_seconds=settings.window_seconds,
+        hop_seconds=settings.hop_seconds,
+        batch_size=settings.batch_size,
+    )
+    if padded:
+        steps = min(scores.scores.shape[0], math.ceil(waveform.shape[0] / rate / scores.step_seconds - 1e-9))
+        scores = replace(scores, scores=scores.scores[:steps], duration=waveform.shape[0] / rate)
+    return map_frame_scores(scores, settings.class_map) if settings.class_map is not None else scores
+
+
+def postprocess(scores: FrameScores, settings: DetectionSettings) -> tuple[FrameScores, list[Event]]:
+    """The median-filtered scores (those written and scored) and the events thresholded from them."""
+    filtered = median_filter_frame_scores(scores, settings.median_filter_seconds)
+    events = frame_scores_events(filtered, settings.thresholds, None, settings.min_duration, settings.min_gap)
+    return filtered, events
+
+
+# ---------------------------------------------------------------------------------------------------------- detection
+
+
+@dataclass
+class DetectionResult:
+    """What a detection run produced (also written to the output directory).
+
+    Attributes:
+        events: `{filename: events}`.
+        durations: `{filename: seconds}` of the processed files.
+        skipped: `(filename, reason)` of the files left out by `skip_bad_audio`.
+        scores: `{filename: filtered FrameScores}`, kept for evaluation.
+        metrics: the metrics, when scored against ground truth.
+    """
+
+    events: dict[str, list[Event]]
+    durations: dict[str, float]
+    skipped: list[tuple[str, str]]
+    scores: dict[str, FrameScores] = field(default_factory=dict)
+    metrics: dict | None = None
+
+
+def detect(
+    model,
+    feature_extractor,
+    items: Iterable[AudioItem],
+    settings: DetectionSettings,
+    output_dir: str | Path,
+    skip_bad_audio: bool = False,
+    max_plots: int | None = None,
+    plot_top_k: int = 5,
+    reference: pd.DataFrame | None = None,
+    keep_scores: bool = False,
+    progress: bool = True,
+) -> DetectionResult:
+    """Detect events in every item and write `events.tsv`, `scores/`, `durations.tsv` and up to `max_plots` PNGs
+    (None: all; 0: none) into `output_dir`, replacing the scores and plots of an earlier run there.
+
+    Args:
+        reference: ground truth (`io.read_ground_truth_tsv`), drawn in the plots of its files.
+        keep_scores: keep every file's filtered scores in the result (for evaluation).
+        progress: show a progress bar.
+
+    Raises:
+        InputError naming the file for missing, unreadable, empty or too short audio, unless `skip_bad_audio`
+        (then counted, logged, and listed in `skipped_audio.tsv`).
+    """
+    output_dir = Path(output_dir)
+    scores_dir, plots_dir = output_dir / "scores", output_dir / "plots"
+    _clear_outputs(scores_dir, "*.tsv")
+    _clear_outputs(plots_dir, "*.png")
+    scores_dir.mkdir(parents=True, exist_ok=True)
+    items = list(items)
+    rate = feature_extractor.sampling_rate
+    reference_events = _reference_events(reference)
+    result = DetectionResult(events={}, durations={}, skipped=[])
+    plotted = 0
+    for item in tqdm(items, desc="detecting events", unit="file", disable=not progress):
+        try:
+            waveform = item.load(rate)
+            if waveform.shape[0] < MIN_AUDIO_SECONDS * rate:
+                raise InputError(
+                    f"{item.source}: {1000 * waveform.shape[0] / rate:.1f} ms of audio, too short for detection (at "
+                    f"least {1000 * MIN_AUDIO_SECONDS:.0f} ms)"
+                )
+        except InputError as error:
+            if not skip_bad_audio:
+                raise
+            result.skipped.append((item.name, str(error)))
+            logger.warning("skipping %s (%d skipped so far): %s", item.name, len(result.skipped), error)
+            continue
+        filtered, events = postprocess(file_scores(model, feature_extractor, waveform, settings), settings)
+        result.events[item.name] = events
+        result.durations[item.name] = filtered.duration
+        if keep_scores:
+            result.scores[item.name] = filtered
+        write_score_tsv(scores_dir / f"{item.audio_id}.tsv", filtered.scores, filtered.boundaries, filtered.labels)
+        if max_plots is None or plotted < max_plots:
+            plot_detection(
+                plots_dir / f"{item.audio_id}.png",
+                waveform,
+                rate,
+                filtered,
+                events,
+                reference=reference_events.get(item.name, ()),
+                thresholds=settings.thresholds,
+                top_k=plot_top_k,
+                title=item.name,
+            )
+            plotted += 1
+        del waveform
+    write_events_tsv(result.events, output_dir / "events.tsv")
+    write_durations_tsv(result.durations, output_dir / "durations.tsv")
+    if result.skipped:
+        write_skipped_audio_tsv(result.skipped, output_dir / "skipped_audio.tsv")
+        logger.warning("%d of %d files were skipped (--skip_bad_audio), see %s", len(result.skipped), len(items),
+                       output_dir / "skipped_audio.tsv")
+    num_events = sum(len(events) for events in result.events.values())
+    logger.info("%d events in %d files written to %s", num_events, len(result.events), output_dir / "events.tsv")
+    return result
+
+
+def _reference_events(reference: pd.DataFrame | None) -> dict[str, list[tuple[float, float, str]]]:
+    if reference is None:
+        return {}
+    rows = reference.dropna(subset=["event_label"])
+    events: dict[str, list[tuple[float, float, str]]] = {}
+    for row in rows.itertuples():
+        events.setdefault(row.filename, []).append((row.onset, row.offset, row.event_label))
+    return events
+
+
+def run_detection(
+    model,
+    feature_extractor,
+    items: Sequence[AudioItem],
+    settings: DetectionSettings,
+    output_dir: str | Path,
+    where: str,
+    ground_truth: str | Path | None = None,
+    durations: str | Path | None = None,
+    threshold_sweep: int = 0,
+    skip_bad_audio: bool = False,
+    max_plots: int | None = None,
+    plot_top_k: int = 5,
+    progress: bool = True,
+) -> DetectionResult:
+    """Detect (see `detect`) and, with `ground_truth`, score: the ground truth is checked against the settings'
+    classes and the inputs before the model runs, and the metrics go to `metrics.json` and `result.metrics`.
+
+    Args:
+        where: how messages name the inputs (folders, a dataset split).
+        ground_truth, durations: DCASE TSVs (see `io`); without durations, the audio's lengths are used. Both, and
+            `threshold_sweep`, only serve scoring.
+        threshold_sweep: also compute PSDS from this many operating points (see `evaluate_result`); 0: off.
+
+    Raises:
+        InputError: as `read_reference`, `check_reference_audio`, `detect` and `evaluate_result`.
+    """
+    output_dir = prepare_output_dir(output_dir)
+    reference = lengths = None
+    if ground_truth is not None:
+        reference, lengths = read_reference(ground_truth, durations, settings.labels)
+        check_reference_audio(reference, ground_truth, items, where, skip_bad_audio)
+    result = detect(
+        model,
+        feature_extractor,
+        items,
+        settings,
+        output_dir,
+        skip_bad_audio=skip_bad_audio,
+        max_plots=max_plots,
+        plot_top_k=plot_top_k,
+        reference=reference,
+        keep_scores=reference is not None,
+        progress=progress,
+    )
+    if reference is not None:
+        result.metrics = evaluate_result(result, reference, lengths, settings, threshold_sweep)
+        result.metrics["skipped_files"] = [name for name, _ in result.skipped]
+        write_metrics(result.metrics, output_dir, settings.describe())
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------- evaluation
+
+
+def read_reference(
+    ground_truth: str | Path, durations: str | Path | None, labels: Sequence[str] | None
+) -> tuple[pd.DataFrame, dict[str, float] | None]:
+    """The checked ground truth (labels must be among `labels`, when given) and durations.
+
+    Raises:
+        InputError naming the file and line, or a ground truth without events.
+    """
+    table = read_ground_truth_tsv(ground_truth, labels=labels)
+    lengths = read_durations_tsv(durations) if durations is not None else None
+    if table["event_label"].dropna().empty:
+        raise InputError(f"{ground_truth}: no events to score against")
+    return table, lengths
+
+
+def check_reference_audio(
+    reference: pd.DataFrame, ground_truth: str | Path, items: Sequence[AudioItem], where: str, skip: bool
+) -> list[str]:
+    """Ground-truth files that are not among the inputs: an `InputError` naming them, or with `skip` a logged
+    list."""
+    names = {item.name for item in items}
+    missing = [name for name in dict.fromkeys(reference["filename"]) if name not in names]
+    if missing and not skip:
+        raise InputError(
+            f"{len(missing)} audio files listed in {ground_truth} are missing from {where}: "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+        )
+    if missing:
+        logger.warning("%d files of %s are missing from %s and are not scored: %s", len(missing), ground_truth,
+                       where, missing[:5])
+    extra = [item.name for item in items if item.name not in set(reference["filename"])]
+    if extra:
+        logger.warning("%d input files are not in %s and are not scored, e.g. %s", len(extra), ground_truth,
+                       extra[:3])
+    return missing
+
+
+def evaluate_result(
+    result: DetectionResult,
+    reference: pd.DataFrame,
+    durations: dict[str, float] | None,
+    settings: DetectionSettings,
+    threshold_sweep: int = 0,
+) -> dict:
+    """Metrics of a detection run over the ground-truth files it processed (see `metrics.evaluate_detection`): F1
+    scores of its events, PSDS of its scores, and with `threshold_sweep` N also PSDS from the events at the N
+    operating points `(k + 0.5) / N`; files skipped or missing are left out and listed in `excluded_files`.
+
+    Raises:
+        InputError: no ground-truth file was processed, or the metrics refuse the inputs.
+    """
+    files = list(dict.fromkeys(reference["filename"]))
+    evaluated = [name for name in files if name in result.scores]
+    excluded = [name for name in files if name not in result.scores]
+    if not evaluated:
+        raise InputError("none of the ground-truth files was processed; nothing to score")
+    reference = reference[reference["filename"].isin(evaluated)].reset_index(drop=True)
+    lengths = {name: (durations[name] if durations is not None else result.durations[name]) for name in evaluated}
+    classes = sorted(reference["event_label"].dropna().unique())
+    columns = [settings.labels.index(label) for label in classes]
+
+    def detections(events_by_file) -> pd.DataFrame:
+        table = events_to_dataframe({name: events_by_file[name] for name in evaluated})
+        return table[table["event_label"].isin(classes)] if len(table) else table
+
+    scores = {
+        audio_id(name): scores_dataframe(
+            result.scores[name].scores[:, columns], result.scores[name].boundaries, classes
+        )
+        for name in evaluated
+    }
+    try:
+        metrics = evaluate_detection(detections(result.events), reference, lengths, scores)
+        if threshold_sweep:
+            thresholds = (np.arange(threshold_sweep) + 0.5) / threshold_sweep
+            operating_points = {
+                float(threshold): detections({
+                    name: frame_scores_events(
+                        result.scores[name], float(threshold), None, settings.min_duration, settings.min_gap
+                    )
+                    for name in evaluated
+                })
+                for threshold in thresholds
+            }
+            # Piecewise-constant scores once, for both scenarios.
+            sweep_scores = operating_points_to_scores(operating_points, reference, lengths)
+            metrics["threshold_sweep"] = {
+                "num_thresholds": threshold_sweep,
+                "psds1": psds(sweep_scores, reference, lengths, 1)["psds"],
+                "psds2": psds(sweep_scores, reference, lengths, 2)["psds"],
+            }
+    except InputError:
+        raise
+    except ValueError as error:
+        raise InputError(f"scoring failed: {error}") from None
+    metrics["excluded_files"] = excluded
+    return metrics
+
+
+def write_metrics(metrics: dict, output_dir: str | Path, settings: dict | None = None) -> Path:
+    """Write `metrics.json` (with `settings`, when given) into `output_dir`; returns its path."""
+    document = dict(metrics)
+    if settings is not None:
+        document["settings"] = settings
+    path = Path(output_dir, "metrics.json")
+    path.write_text(json.dumps(document, indent=2, allow_nan=False, default=str) + "\n")
+    return path
+
+
+def metrics_table(metrics: dict) -> str:
+    """The metrics as text (`metrics.format_metrics_table`), with the threshold sweep's PSDS and the count of
+    ground-truth files left unscored."""
+    table = format_metrics_table(metrics)
+    sweep = metrics.get("threshold_sweep")
+    if sweep:
+        table += (
+            f"\nPSDS from {sweep['num_thresholds']} operating points: PSDS1 {sweep['psds1']:.3f}, "
+            f"PSDS2 {sweep['psds2']:.3f}"
+        )
+    if metrics.get("excluded_files"):
+        table += f"\n{len(metrics['excluded_files'])} ground-truth files were not scored (skipped or missing)"
+    return table
+
+
+# ---------------------------------------------------------------------------------------------- existing predictions
+
+
+def score_predictions(
+    predictions: str | Path,
+    ground_truth: str | Path,
+    durations: str | Path,
+    output_dir: str | Path,
+    psds_predictions: str | Path | None = None,
+    threshold: float | Mapping[str, float] | str | Path | None = None,
+    class_map: str | Path | ClassMap | None = None,
+    median_filter_seconds: float | None = None,
+    min_duration: float = 0.0,
+    min_gap: float = 0.0,
+) -> dict:
+    """Score existing predictions against the ground truth, writing `metrics.json` (and `events.tsv` when the
+    events come from score tables) into `output_dir`.
+
+    Args:
+        predictions: an events TSV/CSV (F1 scores; PSDS from `psds_predictions` when given), a directory of
+            per-threshold detections (F1 scores at `threshold`, default 0.5, which must be one of them; PSDS from
+            all), or a directory of score tables (events thresholded as in a detection run, with `threshold`,
+            `class_map`, `median_filter_seconds`, `min_duration` and `min_gap`; PSDS from the filtered scores).
+        psds_predictions: a directory of per-threshold detections or of score tables to compute PSDS from.
+        threshold: as `postprocessing.resolve_thresholds` takes it, for the ground truth's classes.
+        class_map: restricts the ground truth's labels to its classes, and gives its thresholds.
+
+    Returns:
+        `metrics.evaluate_detection`'s dict plus `predictions: {"path", "kind"}`.
+
+    Raises:
+        InputError naming the file: malformed tables, predictions of neither kind, no operating point at the
+            threshold, or predictions the metrics refuse.
+    """
+    if class_map is not None and not isinstance(class_map, ClassMap):
+        class_map = load_class_map(class_map)
+    reference, _ = read_reference(ground_truth, durations, class_map.labels if class_map else None)
+    kind = predictions_kind(predictions)
+    psds_source = None
+    if psds_predictions is not None:
+        psds_kind = predictions_kind(psds_predictions)
+        if psds_kind == "events":
+            raise InputError(f"{psds_predictions}: PSDS predictions must be a directory (operating points or scores)")
+        read = read_operating_points if psds_kind == "operating_points" else read_score_tsvs
+        psds_source = read(psds_predictions)
+
+    try:
+        if kind == "events":
+            detections = predictions
+        elif kind == "operating_points":
+            operating_points = read_operating_points(predictions)
+            detections = operating_points[_operating_point(operating_points, threshold, predictions)]
+            psds_source = operating_points if psds_source is None else psds_source
+        else:
+            scores = read_score_tsvs(predictions)
+            classes = sorted(reference["event_label"].dropna().unique())
+            thresholds = resolve_thresholds(classes, threshold, _restricted_class_map(class_map, classes))
+            names = {audio_id(name): name for name in reference["filename"]}
+            events = {}
+            for key, table in scores.items():
+                missing = [label for label in classes if label not in table.columns]
+                if missing:
+                    raise InputError(f"{predictions}/{key}.tsv: no scores for classes {missing}")
+                scores[key], events[names.get(key, f"{key}.wav")] = _table_events(
+                    table[["onset", "offset", *classes]], classes, thresholds, median_filter_seconds, min_duration,
+                    min_gap,
+                )
+            write_events_tsv(events, Path(output_dir) / "events.tsv")
+            detections = events_to_dataframe(events)
+            psds_source = scores if psds_source is None else psds_source
+        metrics = evaluate_detection(detections, ground_truth, durations, psds_source)
+    except InputError:
+        raise
+    except ValueError as error:
+        raise InputError(f"scoring failed: {error}") from None
+    metrics["predictions"] = {"path": str(predictions), "kind": kind}
+    write_metrics(metrics, output_dir)
+    return metrics
+
+
+def _operating_point(operating_points: dict[float, pd.DataFrame], threshold, directory) -> float:
+    """The operating point at the F1 threshold (one number; default `DEFAULT_THRESHOLD`)."""
+    wanted = DEFAULT_THRESHOLD if threshold is None else threshold
+    if isinstance(wanted, bool) or not isinstance(wanted, (int, float, np.number)):
+        raise InputError(
+            f"{directory}: per-threshold detections are chosen by one threshold, not by per-class thresholds "
+            f"({wanted!r})"
+        )
+    matches = [t for t in operating_points if math.isclose(t, wanted, abs_tol=1e-9)]
+    if not matches:
+        raise InputError(
+            f"{directory}: no detections at threshold {wanted:g} for the F1 scores (it has {min(operating_points):g} "
+            f"... {max(operating_points):g}); pass one of its thresholds (--threshold), or the detections file as the "
+            "predictions and this directory for PSDS (--psds_predictions)"
+        )
+    return matches[0]
+
+
+def _restricted_class_map(class_map: ClassMap | None, classes: list[str]) -> ClassMap | None:
+    """The class map's thresholds for the ground truth's classes only (scores of a run cover all the map's)."""
+    if class_map is None or not class_map.thresholds:
+        return None
+    return ClassMap({c: class_map.classes[c] for c in classes}, class_map.num_source_classes,
+                    {c: class_map.thresholds[c] for c in classes})
+
+
+def _table_events(table: pd.DataFrame, classes: list[str], thresholds, median_filter_seconds, min_duration, min_gap):
+    """A score table median filtered (its mean step as the step) and its events, as in a detection run."""
+    onsets, offsets = table["onset"].to_numpy(np.float64), table["offset"].to_numpy(np.float64)
+    boundaries = np.append(onsets, offsets[-1])
+    step = float(np.mean(np.diff(boundaries)))
+    filtered = median_filter_scores(table[classes].to_numpy(np.float32), step, median_filter_seconds)
+    events = scores_to_events(filtered, boundaries, classes, thresholds, min_duration, min_gap)
+    filtered_table = table.copy()
+    for column, label in enumerate(classes):
+        filtered_table[label] = filtered[:, column].astype(np.float32)
+    return filtered_table, events

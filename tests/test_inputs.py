@@ -1,0 +1,85 @@
+"""Batch inputs (`htsat_hf.inputs`): files, folders and list files, the rows of a `datasets` split, and the errors
+that name the file and line."""
+
+import numpy as np
+import pytest
+import soundfile
+
+from htsat_hf.audio import load_waveform
+from htsat_hf.errors import InputError
+from htsat_hf.inputs import AudioItem, collect_inputs, dataset_items
+from htsat_hf.synthetic import make_classification_folder
+
+RATE = 32000
+
+
+@pytest.fixture
+def folder(tmp_path):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for name in ("b.wav", "a.flac", "c.WAV"):
+        soundfile.write(audio / name, np.full(RATE // 2, 0.01, np.float32), RATE)
+    (audio / "notes.txt").write_text("not audio")
+    (audio / "sub").mkdir()
+    soundfile.write(audio / "sub" / "deep.wav", np.zeros(RATE, np.float32), RATE)
+    return audio
+
+
+def test_folders_files_and_list_files(folder, tmp_path):
+    items = collect_inputs([folder])
+    assert [item.name for item in items] == ["a.flac", "b.wav", "c.WAV"]  # sorted, not recursive, audio only
+    assert items[0] == AudioItem("a.flac", str(folder / "a.flac"))
+    listing = tmp_path / "files.txt"
+    listing.write_text(f"# a comment\n\naudio/b.wav\n  {folder / 'sub' / 'deep.wav'}  \n")
+    items = collect_inputs([listing, folder / "a.flac", folder / "b.wav"])  # b.wav twice: kept once
+    assert [(item.name, item.path) for item in items] == [
+        ("b.wav", str(tmp_path / "audio" / "b.wav")), ("deep.wav", str(folder / "sub" / "deep.wav")),
+        ("a.flac", str(folder / "a.flac")),
+    ]
+    assert items[0].audio_id == "b" and AudioItem("x.y.wav").audio_id == "x.y"
+
+
+def test_input_errors(folder, tmp_path):
+    listing = tmp_path / "files.txt"
+    listing.write_text("audio/b.wav\n\nmissing.wav\n")
+    with pytest.raises(InputError, match=r"files.txt, line 3: .*missing.wav does not exist"):
+        collect_inputs([listing])
+    assert [item.name for item in collect_inputs([listing], skip_missing=True)] == ["b.wav"]
+    with pytest.raises(InputError, match=r"nowhere: no such file or folder"):
+        collect_inputs([tmp_path / "nowhere"])
+    (tmp_path / "silent").mkdir()
+    with pytest.raises(InputError, match=r"silent: no audio files"):
+        collect_inputs([tmp_path / "silent"])
+    other = tmp_path / "other"
+    other.mkdir()
+    soundfile.write(other / "b.wav", np.zeros(RATE, np.float32), RATE)
+    with pytest.raises(InputError, match=r"two inputs have the file name 'b.wav'"):
+        collect_inputs([folder, other])
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(InputError, match=r"no audio to process"):
+        collect_inputs([tmp_path / "empty.txt"])
+    (tmp_path / "data.bin").write_bytes(b"\xff\xfe\x00\x81binary")
+    with pytest.raises(InputError, match=r"data.bin: not a text list of audio files"):
+        collect_inputs([tmp_path / "data.bin"])
+
+
+def test_items_load_through_the_audio_layer(folder, tmp_path):
+    item = collect_inputs([folder / "b.wav"])[0]
+    np.testing.assert_array_equal(item.load(RATE), load_waveform(folder / "b.wav", RATE))
+    assert item.load(16000).shape == (RATE // 4,)  # resampled
+    (folder / "broken.wav").write_bytes(b"RIFF....WAVEfmt garbage")
+    with pytest.raises(InputError, match=r"broken.wav: cannot decode"):
+        AudioItem("broken.wav", str(folder / "broken.wav")).load(RATE)
+
+
+def test_dataset_split_rows(tmp_path):
+    root = make_classification_folder(tmp_path / "clips", classes=("tone", "hum"), clips_per_class=2, seconds=0.5)
+    items = dataset_items(str(root), None, "train", "audio")
+    assert sorted(item.name for item in items) == ["hum_0.wav", "hum_1.wav", "tone_0.wav", "tone_1.wav"]
+    for item in items:
+        assert item.path is None and item.source == f"{item.name} (row {item.index})"
+        np.testing.assert_array_equal(item.load(RATE), load_waveform(root / item.name, RATE))
+    with pytest.raises(InputError, match=r"has no column 'sound'"):
+        dataset_items(str(root), None, "train", "sound")
+    with pytest.raises(InputError, match=r"cannot load split 'test'"):
+        dataset_items(str(root), None, "test", "audio")
