@@ -8,20 +8,28 @@
 
 Arguments are those of the dataclasses below plus transformers' `TrainingArguments`; a single JSON file may hold
 them all. The logic lives in `htsat_hf.training`; this script only wires it.
+
+Errors: bad input (an option out of range, a missing or unreadable file, folder, model or config, data with bad
+labels or undecodable audio, an output folder that cannot be written) is printed as one line
+`run_audio_classification.py: error: MESSAGE` on stderr, and the script exits with status 2; options are checked
+before any data or model is loaded.
 """
 
 import logging
+import math
 import sys
 from dataclasses import dataclass, field
 
 import transformers
-from transformers import AutoFeatureExtractor, HfArgumentParser, TrainingArguments, set_seed
+from transformers import HfArgumentParser, TrainingArguments, set_seed
 
-from htsat_hf import HTSATFeatureExtractor, HTSATForAudioClassification
+from htsat_hf import HTSATConfig, HTSATFeatureExtractor, HTSATForAudioClassification
+from htsat_hf.errors import InputError, error_line
+from htsat_hf.feature_extraction_htsat import PAD_MODES
+from htsat_hf.loading import check_output_dir, load_feature_extractor
 from htsat_hf.training import BalancedClassSampler, make_compute_metrics, time_shift_offsets
 from htsat_hf.training.data import (
     AudioClassificationCollator,
-    DataError,
     LabelSpec,
     check_audio_files,
     check_labels,
@@ -33,6 +41,8 @@ from htsat_hf.training.model_setup import build_config, load_for_labels, load_sw
 from htsat_hf.training.trainer import HTSATTrainer
 
 logger = logging.getLogger("run_audio_classification")
+PROG = "run_audio_classification.py"
+LR_SCHEDULES = ("htsat", "trainer")
 
 
 @dataclass
@@ -50,7 +60,6 @@ class ModelArguments:
     swin_checkpoint: str | None = field(
         default=None, metadata={"help": "Local ImageNet Swin-T (window 8, 256 px) checkpoint to initialise from."}
     )
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow remote code for Hub models."})
 
 
 @dataclass
@@ -80,8 +89,9 @@ class DataArguments:
     max_length_seconds: float | None = field(
         default=None, metadata={"help": "Clip length (default: the feature extractor's, 10 s)."}
     )
-    padding: str | None = field(
-        default=None, metadata={"help": "Padding of short clips: 'zeros' or 'repeat' (default: the extractor's)."}
+    pad_mode: str | None = field(
+        default=None,
+        metadata={"help": "How short clips are padded: 'zeros' or 'repeat' (tiled) (default: the extractor's)."},
     )
     random_crop: bool = field(default=True, metadata={"help": "Crop longer training clips at random positions."})
     balanced_sampling: bool = field(
@@ -106,14 +116,75 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training examples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only this many evaluation examples."})
 
+    def __post_init__(self):
+        """Refuse option values that would fail later, or silently do nothing, before any data is loaded."""
+        if self.pad_mode is not None and self.pad_mode not in PAD_MODES:
+            raise InputError(f"--pad_mode must be one of {', '.join(PAD_MODES)}, got {self.pad_mode!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise InputError(f"--lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.max_length_seconds is not None and not (
+            math.isfinite(self.max_length_seconds) and self.max_length_seconds > 0
+        ):
+            raise InputError(f"--max_length_seconds must be a positive number of seconds, got {self.max_length_seconds}")
+        if not (math.isfinite(self.mixup_alpha) and self.mixup_alpha >= 0):
+            raise InputError(f"--mixup_alpha must be >= 0 (0 turns mixup off), got {self.mixup_alpha}")
+        for option, value, smallest in (
+            ("time_shift_tta", self.time_shift_tta, 1),
+            ("balanced_samples_per_epoch", self.balanced_samples_per_epoch, 1),
+            ("max_train_samples", self.max_train_samples, 1),
+            ("max_eval_samples", self.max_eval_samples, 1),
+            ("eval_fold", self.eval_fold, 0),
+        ):
+            if value is not None and value < smallest:
+                raise InputError(f"--{option} must be >= {smallest}, got {value}")
+        if self.eval_fold is not None and self.fold_column_name is None:
+            raise InputError("--eval_fold needs --fold_column_name (the column holding each example's fold)")
+        if not self.label_separator:
+            raise InputError("--label_separator must not be empty")
 
-def main(argv=None):
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        model_args, data_args, training_args = parser.parse_json_file(argv[0])
-    else:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+
+class _Parser(HfArgumentParser):
+    """Raises a bad argument as an `InputError`, so that it is reported in the script's one error line."""
+
+    def error(self, message):
+        raise InputError(message)
+
+
+def main(argv=None) -> int:
+    """Run the script; returns 0, or 2 after printing bad input as one line (see the module docstring)."""
+    try:
+        return run(sys.argv[1:] if argv is None else argv)
+    except (InputError, OSError) as error:
+        print(f"{PROG}: error: {error_line(error)}", file=sys.stderr)
+        return 2
+
+
+def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    """The three argument groups from the command line, or from one JSON file holding them all.
+
+    Raises:
+        InputError: an unknown or malformed argument or key, or a value an argument group refuses.
+        OSError: a JSON file that cannot be read.
+    """
+    parser = _Parser((ModelArguments, DataArguments, TrainingArguments))
+    try:
+        if len(argv) == 1 and argv[0].endswith(".json"):
+            return parser.parse_json_file(argv[0])
+        return parser.parse_args_into_dataclasses(argv)
+    except InputError:
+        raise
+    except ValueError as error:  # unknown keys, TrainingArguments' own checks, a JSON syntax error
+        raise InputError(error_line(error)) from None
+
+
+def run(argv: list[str]) -> int:
+    """Train and/or evaluate as the arguments say.
+
+    Raises:
+        InputError, OSError: bad input, naming the option, file, split or row.
+    """
+    model_args, data_args, training_args = parse_arguments(argv)
+    check_output_dir(training_args.output_dir)
     training_args.remove_unused_columns = False  # the collator reads the raw audio and label columns
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
@@ -216,25 +287,22 @@ def resolve_labels(model_args: ModelArguments, data_args: DataArguments, splits:
     feature = reference.features[data_args.label_column_name]
     names = getattr(feature, "names", None) or getattr(getattr(feature, "feature", None), "names", None)
     if names is None and model_args.model_name_or_path:
-        config = transformers.AutoConfig.from_pretrained(
-            model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code
-        )
+        config = HTSATConfig.from_pretrained(model_args.model_name_or_path)
         names = [config.id2label[i] for i in range(config.num_labels)]
     if names is None:
-        raise DataError("streamed labels need a ClassLabel column or a --model_name_or_path whose labels they use")
+        raise InputError("streamed labels need a ClassLabel column or a --model_name_or_path whose labels they use")
     multi = data_args.multi_label if data_args.multi_label is not None else not hasattr(feature, "names")
     return LabelSpec(list(names), multi_label=multi, separator=data_args.label_separator)
 
 
 def build_model_and_extractor(model_args: ModelArguments, data_args: DataArguments, label_spec: LabelSpec):
+    """The model to train and its feature extractor (checked against the model's config), with the data options
+    that set clip handling (`--max_length_seconds`, `--pad_mode`) applied."""
     if model_args.model_name_or_path:
         model = load_for_labels(
-            model_args.model_name_or_path, label_spec.names, label_spec.problem_type,
-            trust_remote_code=model_args.trust_remote_code,
+            model_args.model_name_or_path, label_spec.names, label_spec.problem_type
         )
-        feature_extractor = AutoFeatureExtractor.from_pretrained(
-            model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code
-        )
+        feature_extractor = load_feature_extractor(model_args.model_name_or_path, model.config)
     else:
         config = build_config(model_args.config_name, model_args.config_overrides, label_spec.names,
                               label_spec.problem_type)
@@ -246,8 +314,8 @@ def build_model_and_extractor(model_args: ModelArguments, data_args: DataArgumen
         model.config.spec_augment_time_stripes = model.config.spec_augment_freq_stripes = 0
     if data_args.max_length_seconds is not None:
         feature_extractor.max_length_seconds = data_args.max_length_seconds
-    if data_args.padding is not None:
-        feature_extractor.pad_mode = data_args.padding
+    if data_args.pad_mode is not None:
+        feature_extractor.pad_mode = data_args.pad_mode
     return model, feature_extractor
 
 

@@ -1,6 +1,7 @@
 """The `htsat-hf` command line on tiny saved models and generated audio files: predict (long, resampled, stereo,
-unreadable files; json/table/tsv; single- and multi-label scores; class maps), average, export-onnx, card, and the
-existing convert command."""
+unreadable files; folders and list files; json/table/tsv; single- and multi-label scores; class maps), average,
+export-onnx, card, convert, and the error contract of every command: bad input is one line
+`htsat-hf COMMAND: error: MESSAGE` on stderr and exit status 2, never a traceback; options are checked up front."""
 
 import csv
 import io
@@ -18,9 +19,10 @@ from huggingface_hub import ModelCard
 
 from htsat_hf import HTSATFeatureExtractor, HTSATForAudioClassification, HTSATForSoundEventDetection
 from htsat_hf.cli import main
-from htsat_hf.predict import TSV_COLUMNS
-from htsat_hf.sed_inference import sliding_window_scores
-from htsat_hf.sed_postprocessing import load_class_map
+from htsat_hf.errors import InputError, error_line
+from htsat_hf.predict import TSV_COLUMNS, load_predictor, predict_file
+from htsat_hf.sed.windows import sliding_window_scores
+from htsat_hf.sed.postprocessing import load_class_map
 
 from conftest import require_shared, tiny_config
 
@@ -250,18 +252,158 @@ def test_predict_with_the_desed_class_map(capsys, tmp_path, audio, tagger):
 
 
 def test_predict_errors_name_the_file(capsys, tagger, audio, tmp_path):
-    missing = tmp_path / "missing.wav"
     code, out, err = run(
-        capsys, "predict", audio["bad"], audio["clip"], missing, audio["tiny"], "--model", tagger, "--format", "json"
+        capsys, "predict", audio["bad"], audio["clip"], audio["tiny"], "--model", tagger, "--format", "json"
     )
     assert code == 1
-    assert str(audio["bad"]) in err and "cannot decode" in err
-    assert str(missing) in err and "no such file" in err
-    assert str(audio["tiny"]) in err and "too short" in err
+    bad_line, tiny_line = err.splitlines()  # one line per file that could not be used
+    assert bad_line.startswith(f"htsat-hf predict: error: {audio['bad']}: cannot decode audio")
+    assert tiny_line.startswith(f"htsat-hf predict: error: {audio['tiny']}: audio of 50.0 ms is too short")
     assert [file_name(r["file"]) for r in json.loads(out)] == ["clip.wav"]  # the readable file is still reported
 
-    code, out, err = run(capsys, "predict", audio["clip"], "--model", tmp_path / "no-model")
-    assert code == 2 and "no-model" in err and out == ""
+    # A path that does not exist is a typo in the command: it stops everything before the model loads.
+    missing = tmp_path / "missing.wav"
+    code, out, err = one_line_error(capsys, "predict", audio["clip"], missing, "--model", tagger)
+    assert code == 2 and out == "" and err == f"htsat-hf predict: error: {missing}: no such file or folder"
+
+
+def one_line_error(capsys, *argv):
+    """Run a command that must fail on bad input: status 2 and exactly one line on stderr, the contract of every
+    command (bad arguments exit through argparse's SystemExit, the rest return)."""
+    command = str(argv[0])
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit_info:
+        code = exit_info.code
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    assert captured.err.startswith(f"htsat-hf {command}: error: ") and captured.err.count("\n") == 1, captured.err
+    assert "Traceback" not in captured.err
+    return code, captured.out, captured.err.rstrip("\n")
+
+
+def test_predict_takes_folders_and_list_files(capsys, tagger, audio, tmp_path):
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    shutil.copy(audio["clip"], folder / "LOUD.WAV")  # extensions are matched whatever their case
+    shutil.copy(audio["stereo16k"], folder / "quiet.flac")
+    (folder / "notes.txt").write_text("not audio, and not listed\n")
+    listing = tmp_path / "batch.txt"
+    listing.write_text(f"# files to tag\n\n{audio['long']}\n")
+    code, out, err = run(capsys, "predict", folder, listing, "--model", tagger, "--format", "json")
+    assert code == 0, err
+    assert [file_name(r["file"]) for r in json.loads(out)] == ["LOUD.WAV", "quiet.flac", "long.wav"]
+
+    listing.write_text("absent.wav\n")
+    _, out, err = one_line_error(capsys, "predict", listing, "--model", tagger)
+    assert out == "" and err.endswith(f"{listing}, line 1: {tmp_path / 'absent.wav'} does not exist")
+
+
+@pytest.mark.parametrize(
+    "option,value,message",
+    [
+        ("--batch-size", "0", "argument --batch-size: must be >= 1, got 0"),
+        ("--batch-size", "two", "argument --batch-size: must be a whole number, got 'two'"),
+        ("--top-k", "-1", "argument --top-k: must be >= 0, got -1"),
+        ("--median-filter", "-0.5", "argument --median-filter: must be a number of seconds >= 0, got -0.5"),
+        ("--threshold", "nan", "argument --threshold: must be a finite number or a thresholds file, got nan"),
+    ],
+)
+def test_predict_options_are_checked_before_the_audio(capsys, tagger, audio, option, value, message):
+    _, out, err = one_line_error(capsys, "predict", audio["clip"], "--model", tagger, option, value)
+    # The option is named, not blamed on the audio file.
+    assert err == f"htsat-hf predict: error: {message}" and "clip.wav" not in err and out == ""
+
+
+def test_predict_library_checks_options_before_reading_the_file(tagger, audio):
+    model, extractor = load_predictor(tagger)
+    with pytest.raises(InputError, match=r"^batch_size must be a whole number >= 1, got 0$"):
+        predict_file(model, extractor, audio["bad"], batch_size=0)  # the option, not the undecodable file
+    with pytest.raises(InputError, match=r"^median_filter_seconds must be a number of seconds >= 0"):
+        predict_file(model, extractor, audio["clip"], median_filter_seconds=float("nan"))
+    with pytest.raises(InputError, match="a threshold must be a finite number"):
+        predict_file(model, extractor, audio["clip"], threshold=float("inf"))
+
+
+def test_predict_thresholds_come_from_resolve_thresholds(capsys, tagger, audio, tmp_path):
+    thresholds = tmp_path / "thresholds.json"
+    thresholds.write_text(json.dumps({"dog": 0.9999, "cat": 0.0, "siren": 0.9999}))
+    code, out, err = run(capsys, "predict", audio["clip"], "--model", tagger, "--threshold", thresholds,
+                         "--format", "json")
+    assert code == 0, err
+    (result,) = json.loads(out)
+    assert {e["label"] for e in result["events"]} == {"cat"}  # per-class thresholds from the file
+
+    thresholds.write_text(json.dumps({"dog": 0.5}))
+    _, _, err = one_line_error(capsys, "predict", audio["clip"], "--model", tagger, "--threshold", thresholds)
+    assert "thresholds do not match the classes: missing for ['cat', 'siren']" in err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model folders: every problem is one line naming the folder or file
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def broken_models(tmp_path, tagger):
+    """Model folders with one thing wrong each, and a regular file."""
+    folders = {}
+    truncated = tmp_path / "truncated"
+    shutil.copytree(tagger, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    folders["truncated"] = (truncated, f"{weights}: cannot read the weights, the file is truncated")
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    shutil.copy(tagger / "config.json", pickled)
+    torch.save(HTSATForAudioClassification.from_pretrained(tagger).state_dict(), pickled / "pytorch_model.bin")
+    folders["pickled"] = (pickled, f"{pickled / 'pytorch_model.bin'}: pickled PyTorch weights are not loaded")
+    no_config = tmp_path / "no-config"
+    no_config.mkdir()
+    folders["no_config"] = (no_config, f"{no_config}: not a saved model folder (no config.json)")
+    folders["typo"] = (tmp_path / "typo" / "model", f"{tmp_path / 'typo' / 'model'}: no such model folder")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a model")
+    folders["file"] = (a_file, f"{a_file}: is a file, not a saved model folder")
+    return folders
+
+
+@pytest.mark.parametrize("case", ["truncated", "pickled", "no_config", "typo", "file"])
+def test_predict_names_what_is_wrong_with_the_model_folder(capsys, audio, broken_models, case):
+    folder, message = broken_models[case]
+    _, _, err = one_line_error(capsys, "predict", audio["clip"], "--model", folder)
+    assert err.startswith(f"htsat-hf predict: error: {message}")
+    assert "Repo id must be in the form" not in err
+
+
+@pytest.mark.parametrize("case", ["truncated", "pickled", "typo"])
+def test_average_export_and_card_name_what_is_wrong_with_the_model_folder(capsys, tmp_path, broken_models, case):
+    folder, message = broken_models[case]
+    _, _, err = one_line_error(capsys, "average", folder, folder, "--output", tmp_path / "avg")
+    assert err.startswith(f"htsat-hf average: error: {message}")
+    _, _, err = one_line_error(capsys, "export-onnx", folder, tmp_path / "x.onnx", "--no-verify")
+    assert err.startswith(f"htsat-hf export-onnx: error: {message}")
+    if case == "truncated":
+        _, _, err = one_line_error(capsys, "card", folder)
+        assert err.startswith(f"htsat-hf card: error: {message}")
+
+
+def test_a_feature_extractor_that_differs_from_the_config_is_refused(capsys, tmp_path, audio):
+    model_dir = save_model(tmp_path / "mismatched")
+    HTSATFeatureExtractor(hop_length=160, f_max=8000.0).save_pretrained(model_dir)
+    _, _, err = one_line_error(capsys, "predict", audio["clip"], "--model", model_dir)
+    assert err.startswith(f"htsat-hf predict: error: {model_dir}: the feature extractor does not match")
+    assert "hop_length: config 320, feature extractor 160" in err
+    assert "f_max: config 14000.0, feature extractor 8000.0" in err
+    _, _, err = one_line_error(capsys, "average", model_dir, model_dir, "--output", tmp_path / "avg")
+    assert "hop_length: config 320, feature extractor 160" in err and not (tmp_path / "avg").exists()
+
+
+def test_average_refuses_an_output_folder_under_a_file_before_loading(capsys, tmp_path, tagger):
+    blocker = tmp_path / "results.txt"
+    blocker.write_text("a file where a folder would go")
+    _, _, err = one_line_error(capsys, "average", tagger, tmp_path / "missing-model", "--output", blocker / "avg")
+    assert err == f"htsat-hf average: error: {blocker / 'avg'}: cannot create this folder, {blocker} is a file"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -352,6 +494,64 @@ def test_card(capsys, tagger, tmp_path):
     assert code == 2 and "absent.json" in err
 
 
+def test_convert_a_text_file_renamed_ckpt(capsys, tmp_path):
+    checkpoint = tmp_path / "notes.ckpt"
+    checkpoint.write_text("hello, these are notes\n")  # read as pickle opcodes this raised a bare KeyError
+    _, out, err = one_line_error(
+        capsys, "convert", checkpoint, tmp_path / "out", "--sample-rate", 32000, "--hop-length", 320
+    )
+    assert err.startswith(f"htsat-hf convert: error: {checkpoint}: cannot be read as a PyTorch checkpoint")
+    assert out == "" and not (tmp_path / "out").exists()
+
+
+def test_convert_refuses_an_output_folder_under_a_file_before_converting(capsys, tmp_path):
+    blocker = tmp_path / "model.txt"
+    blocker.write_text("a file")
+    checkpoint = tmp_path / "notes.ckpt"
+    checkpoint.write_text("not a checkpoint either")  # the output is checked first: its error comes first
+    _, _, err = one_line_error(
+        capsys, "convert", checkpoint, blocker / "converted", "--sample-rate", 32000, "--hop-length", 320
+    )
+    assert err == f"htsat-hf convert: error: {blocker / 'converted'}: cannot create this folder, {blocker} is a file"
+
+
+@pytest.mark.parametrize(
+    "option,value,message",
+    [
+        ("--sample-rate", "0", "argument --sample-rate: must be >= 1, got 0"),
+        ("--fmax", "-1", "argument --fmax: must be a frequency in Hz >= 0, got -1"),
+        ("--max-length-seconds", "0", "argument --max-length-seconds: must be a number of seconds > 0, got 0"),
+    ],
+)
+def test_convert_options_are_checked_up_front(capsys, tmp_path, option, value, message):
+    arguments = {"--sample-rate": "32000", "--hop-length": "320", option: value}
+    flags = [item for pair in arguments.items() for item in pair]
+    _, _, err = one_line_error(capsys, "convert", tmp_path / "absent.ckpt", tmp_path / "out", *flags)
+    assert err == f"htsat-hf convert: error: {message}"
+
+
+def test_convert_names_a_tensor_of_the_wrong_shape(capsys, tmp_path):
+    original = torch.load(require_shared("reference/tiny-esc50.ckpt"), map_location="cpu", weights_only=False)
+    state = original["state_dict"] if "state_dict" in original else original
+    key = next(k for k in state if k.endswith("layers.1.blocks.0.mlp.fc2.weight"))
+    state[key] = torch.zeros(state[key].shape[0], state[key].shape[1] + 3)
+    checkpoint = tmp_path / "reshaped.ckpt"
+    torch.save({"state_dict": state}, checkpoint)
+    _, _, err = one_line_error(
+        capsys, "convert", checkpoint, tmp_path / "out", "--sample-rate", 32000, "--hop-length", 320
+    )
+    assert "tensors of the wrong shape: layers.1.blocks.0.mlp.fc2.weight" in err and "needs" in err
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+    key = next(k for k in state if k.endswith("patch_embed.proj.weight"))
+    state[key] = state[key].flatten()  # a tensor the architecture is read from
+    torch.save({"state_dict": state}, checkpoint)
+    _, _, err = one_line_error(
+        capsys, "convert", checkpoint, tmp_path / "out", "--sample-rate", 32000, "--hop-length", 320
+    )
+    assert "tensor patch_embed.proj.weight has shape" in err and "4 dimensions" in err
+
+
 def test_convert_is_unchanged(capsys, tmp_path):
     checkpoint = require_shared("reference/tiny-esc50.ckpt")
     code, out, err = run(
@@ -371,3 +571,29 @@ def test_convert_is_unchanged(capsys, tmp_path):
     assert code == 0, err
     assert "wrote" in out and (tmp_path / "esc50" / "model.safetensors").is_file()
     assert json.loads((tmp_path / "esc50" / "config.json").read_text())["problem_type"] == "single_label_classification"
+
+
+def test_every_error_type_of_the_commands_is_an_input_error():
+    from htsat_hf.convert_htsat_original_checkpoint import CheckpointError
+    from htsat_hf.onnx_export import OnnxExportError
+
+    assert issubclass(CheckpointError, InputError) and issubclass(OnnxExportError, InputError)
+    assert issubclass(InputError, ValueError)
+
+
+class _BrokenClips(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        raise InputError(f"clip{index}.wav: cannot decode audio (soundfile: Format not recognised)")
+
+
+def test_error_line_keeps_the_message_of_a_dataloader_worker():
+    # A worker's error comes back with its traceback inside the message; the one line is the original message.
+    loader = torch.utils.data.DataLoader(_BrokenClips(), num_workers=1)
+    with pytest.raises(InputError) as error:
+        next(iter(loader))
+    assert "\n" in str(error.value)
+    assert error_line(error.value) == "clip0.wav: cannot decode audio (soundfile: Format not recognised)"
+    assert error_line(OSError("first line\nsecond line")) == "first line second line"

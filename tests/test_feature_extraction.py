@@ -1,5 +1,7 @@
 """HTSATFeatureExtractor: the log-mel front end against librosa, batching and padding, input checks, serialisation."""
 
+import inspect
+import json
 import warnings
 
 import librosa
@@ -8,7 +10,8 @@ import pytest
 import torch
 
 import htsat_hf  # noqa: F401  (registers the Auto classes)
-from htsat_hf import HTSATConfig, HTSATFeatureExtractor
+from htsat_hf import HTSATConfig, HTSATFeatureExtractor, cpu_fast_path
+from htsat_hf.errors import InputError
 from htsat_hf.feature_extraction_htsat import htsat_mel_filters
 
 N_FFT = 1024
@@ -206,8 +209,9 @@ def test_int16_is_scaled_by_1_over_32768(extractors):
     expected = extract(fe, scaled, 32000)
     np.testing.assert_allclose(extract(fe, pcm, 32000), expected, atol=1e-5, rtol=0)
     np.testing.assert_allclose(extract(fe, torch.from_numpy(pcm), 32000), expected, atol=1e-5, rtol=0)
-    # Not the unscaled integers: that would be about 90 dB louder.
-    assert np.abs(extract(fe, pcm.astype(np.float32), 32000) - expected).mean() > 80
+    # The integers cast to float without scaling would read about 90 dB louder: refused, not used.
+    with pytest.raises(InputError, match="clip 0: float samples peak at 12759, so they look like integer PCM"):
+        extract(fe, pcm.astype(np.float32), 32000)
 
 
 def test_padding_max_length_pads_with_zeros_to_ten_seconds(extractors):
@@ -333,7 +337,7 @@ def test_non_finite_samples(fe, bad):
     message = str(error.value)
     assert "NaN" in message and "infinite" in message
     assert "1234" in message  # where the first bad sample is
-    with pytest.raises(ValueError, match="clip 1 .*NaN"):
+    with pytest.raises(ValueError, match="clip 1: .*NaN"):
         fe([np.zeros(32000, dtype=np.float32), clip], sampling_rate=32000)
 
 
@@ -456,3 +460,74 @@ def test_from_config_copies_the_front_end():
     default = HTSATFeatureExtractor.from_config(HTSATConfig())
     assert (default.sampling_rate, default.hop_length, default.n_fft, default.feature_size) == (32000, 320, 1024, 64)
     assert default.pad_mode == "zeros" and default.max_length_seconds == 10.0
+
+
+def test_return_attention_mask_is_gone_but_old_saved_extractors_still_load(tmp_path):
+    # HTS-AT has no attention mask: the option was accepted and ignored, so it is no longer an argument nor saved.
+    assert "return_attention_mask" not in inspect.signature(HTSATFeatureExtractor.__init__).parameters
+    fe = HTSATFeatureExtractor()
+    fe.save_pretrained(tmp_path / "new")
+    assert "return_attention_mask" not in json.loads((tmp_path / "new" / "preprocessor_config.json").read_text())
+    assert "attention_mask" not in fe(np.zeros(32000, np.float32), sampling_rate=32000)
+    # A preprocessor_config.json saved by an earlier version carries the key; transformers passes it back.
+    old = json.loads((tmp_path / "new" / "preprocessor_config.json").read_text())
+    old.update(return_attention_mask=False, pad_mode="repeat")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "preprocessor_config.json").write_text(json.dumps(old))
+    loaded = HTSATFeatureExtractor.from_pretrained(tmp_path / "old")
+    assert loaded.pad_mode == "repeat" and loaded.return_attention_mask is False
+    assert "return_attention_mask" not in loaded.to_dict()
+
+
+def test_check_matches_config_lists_every_difference():
+    config = HTSATConfig()
+    HTSATFeatureExtractor.from_config(config).check_matches_config(config)  # the same front end: no error
+    # Clip handling is the extractor's own; it may differ from nothing in the config.
+    HTSATFeatureExtractor.from_config(config, pad_mode="repeat", max_length_seconds=4.0).check_matches_config(config)
+    other = HTSATFeatureExtractor(hop_length=160, f_max=8000.0, feature_size=128)
+    with pytest.raises(InputError) as error:
+        other.check_matches_config(config)
+    message = str(error.value)
+    assert "hop_length: config 320, feature extractor 160" in message
+    assert "f_max: config 14000.0, feature extractor 8000.0" in message
+    assert "num_mel_bins: config 64, feature extractor 128" in message
+    assert "sampling_rate" not in message and "n_fft" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "dtype,full_scale,offset", [(np.int8, 128.0, 0.0), (np.uint8, 128.0, 128.0), (np.int32, 2147483648.0, 0.0)]
+)
+def test_integer_pcm_is_scaled_by_the_audio_rules(extractors, dtype, full_scale, offset):
+    fe = extractors[32000]
+    rng = np.random.default_rng(3)
+    info = np.iinfo(dtype)
+    pcm = np.clip(rng.standard_normal(16000) * (info.max - info.min) / 16 + offset, info.min, info.max).astype(dtype)
+    scaled = ((pcm.astype(np.float64) - offset) / full_scale).astype(np.float32)
+    np.testing.assert_allclose(extract(fe, pcm, 32000), extract(fe, scaled, 32000), atol=1e-5, rtol=0)
+
+
+def test_feature_extractor_errors_are_input_errors(fe):
+    with pytest.raises(InputError, match="pad_mode"):
+        HTSATFeatureExtractor(pad_mode="zero")
+    with pytest.raises(InputError, match="max_length_seconds"):
+        HTSATFeatureExtractor(max_length_seconds=0)
+    with pytest.raises(InputError, match="clip 0: samples of dtype int64 are not audio"):
+        fe(np.zeros(32000, dtype=np.int64), sampling_rate=32000)
+    with pytest.raises(InputError, match="16000 Hz"):
+        fe(np.zeros(16000, dtype=np.float32), sampling_rate=16000)
+
+
+def test_cpu_chunks_and_caller_autocast_leave_features_unchanged():
+    """The CPU fast path computes the spectrum a few clips at a time (its `chunk_bytes` budget); results are those of
+    one pass, and a caller's autocast never reaches the front end (a bfloat16 mel matmul is ~0.1 dB off)."""
+    extractor = HTSATFeatureExtractor()
+    waves = (torch.randn(5, 32000 * 3) * 0.1).numpy()
+    with cpu_fast_path(False):
+        whole = extractor(waves, sampling_rate=32000, return_tensors="pt")["input_features"]
+    with cpu_fast_path(True, chunk_bytes=1):  # one clip at a time
+        chunked = extractor(waves, sampling_rate=32000, return_tensors="pt")["input_features"]
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-4)  # dB; equal with MKL, but BLAS may block rows
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = extractor(waves, sampling_rate=32000, return_tensors="pt")["input_features"]
+    assert under_autocast.dtype == torch.float32
+    torch.testing.assert_close(under_autocast, whole, rtol=0, atol=1e-4)

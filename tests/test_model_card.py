@@ -21,6 +21,7 @@ from huggingface_hub.utils import filter_repo_objects
 
 import htsat_hf
 from htsat_hf import HTSATFeatureExtractor, HTSATForAudioClassification
+from htsat_hf.errors import InputError
 from htsat_hf.model_card import (
     REQUIRED_FILES,
     UPLOAD_IGNORE_PATTERNS,
@@ -145,7 +146,7 @@ def test_metrics_inputs(tmp_path, model_dir):
         read_metrics_json(tmp_path / "broken.json")
     with pytest.raises(ValueError, match="dataset"):
         make_model_card(model_dir, metrics={"mAP": 0.47})
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(InputError, match=f"{tmp_path}: not a saved model folder \\(no config.json\\)"):
         make_model_card(tmp_path)
     with pytest.raises(ValueError, match="task"):
         make_model_card(model_dir, task="speech-recognition")
@@ -235,6 +236,22 @@ CHILD = textwrap.dedent(
                       "htsat_modules": loaded}))
     """
 )
+
+
+def test_required_files_include_the_modules_the_code_imports():
+    # The feature extractor reads audio through audio.py and raises errors.py's InputError: save_pretrained copies
+    # both beside the model, and a published folder without them would not load with trust_remote_code=True.
+    assert {"audio.py", "errors.py", "feature_extraction_htsat.py", "modeling_htsat.py"} <= set(REQUIRED_FILES)
+    assert {"config.json", "preprocessor_config.json"} <= set(REQUIRED_FILES)
+
+
+def test_card_of_a_folder_with_truncated_weights_names_the_file(tmp_path):
+    model_dir = tmp_path / "truncated"
+    save_tiny_model(model_dir)
+    weights = model_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(InputError, match=f"{weights}: cannot read the weights, the file is truncated"):
+        make_model_card(model_dir)
 
 
 def test_offline_round_trip_with_and_without_the_package(tmp_path):
@@ -340,7 +357,7 @@ def test_push_model_keeps_an_existing_card_and_refuses_incomplete_folders(tmp_pa
     with (
         mock.patch("huggingface_hub.create_repo") as create_repo,
         mock.patch("huggingface_hub.upload_folder") as upload_folder,
-        pytest.raises(FileNotFoundError, match="modeling_htsat.py.*trust_remote_code"),
+        pytest.raises(InputError, match="modeling_htsat.py.*trust_remote_code"),
     ):
         push_model(model_dir, REPO_ID)
     create_repo.assert_not_called()

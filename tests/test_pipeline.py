@@ -12,6 +12,7 @@ from transformers import pipeline
 
 import htsat_hf  # noqa: F401  (registers the Auto classes with transformers)
 from htsat_hf import HTSATFeatureExtractor, HTSATForAudioClassification
+from htsat_hf.errors import InputError
 
 from conftest import require_shared, tiny_config
 
@@ -191,3 +192,16 @@ def test_single_label_scores_are_softmax(single_label):
         assert abs(got[name] - expected[i].item()) <= 1e-5, name
     scores = [entry["score"] for entry in result]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_integer_pcm_array_is_scaled_as_the_audio_layer_says(multi_label):
+    clip = chirp(SR, 3.0, seed=7)
+    pcm = np.round(clip * 32767).astype(np.int16)
+    result, _ = multi_label.run(pcm)
+    check_sigmoid_result(result, multi_label.logits(pcm / np.float32(32768)))
+
+
+def test_unscaled_pcm_given_as_float_is_refused(multi_label):
+    unscaled = np.round(chirp(SR, 3.0, seed=8) * 32767).astype(np.float32)
+    with pytest.raises(InputError, match="clip 0: float samples peak at .* look like integer PCM"):
+        multi_label.pipe(unscaled)

@@ -13,7 +13,13 @@ import torch
 from safetensors.torch import load_file
 
 import htsat_hf  # noqa: F401  (registers the Auto classes)
-from htsat_hf import HTSATFeatureExtractor, HTSATForAudioClassification, HTSATForSoundEventDetection, HTSATModel
+from htsat_hf import (
+    HTSATFeatureExtractor,
+    HTSATForAudioClassification,
+    HTSATForSoundEventDetection,
+    HTSATModel,
+    cpu_fast_path,
+)
 from htsat_hf.cli import main as cli_main
 from htsat_hf.convert_htsat_original_checkpoint import (
     CheckpointError,
@@ -59,6 +65,8 @@ class Converted:
         self.checkpoint = require_shared(f"reference/{case}.ckpt")
         self.expected = load_file(require_shared(f"reference/{case}.expected.safetensors"))
         self.batches = sorted({key.split(".")[0] for key in self.expected})
+        # Every loop below compares each batch: an empty or partial vector file must fail, not pass vacuously.
+        assert self.batches and self.batches == sorted(self.settings["batches"]), (case, self.batches)
         self.extractor = AutoFeatureExtractor.from_pretrained(directory)
         self.classifier = AutoModelForAudioClassification.from_pretrained(directory).eval()
         self.detector = AutoModelForAudioFrameClassification.from_pretrained(directory).eval()
@@ -74,11 +82,12 @@ class Converted:
             )
         return self._features[batch]
 
-    def outputs(self, model_name, batch):
-        """Each model runs once per batch; the tests share its outputs."""
-        key = (model_name, batch)
+    def outputs(self, model_name, batch, fast_path=True):
+        """Each model runs once per batch and path (the CPU fast path or the reference forwards); the tests share
+        its outputs."""
+        key = (model_name, batch, fast_path)
         if key not in self._outputs:
-            with torch.no_grad():
+            with torch.no_grad(), cpu_fast_path(fast_path):
                 self._outputs[key] = getattr(self, model_name)(**self.features(batch))
         return self._outputs[key]
 
@@ -126,9 +135,10 @@ def test_log_mel_matches_original(converted):
         assert (features - expected).abs().max() <= 1e-3, batch
 
 
-def test_clip_output_matches_original(converted):
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "reference-path"])
+def test_clip_output_matches_original(converted, fast_path):
     for batch in converted.batches:
-        logits = converted.outputs("classifier", batch).logits
+        logits = converted.outputs("classifier", batch, fast_path).logits
         # The original's clipwise_output: sigmoid of the mean logits (clip_bce), raw mean logits (clip_ce).
         output = logits if converted.settings["loss_type"] == "clip_ce" else logits.sigmoid()
         expected = converted.expected[f"{batch}.clipwise_output"]
@@ -136,26 +146,28 @@ def test_clip_output_matches_original(converted):
         assert (output - expected).abs().max() <= 1e-4, batch
 
 
-def test_frame_output_matches_original(converted):
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "reference-path"])
+def test_frame_output_matches_original(converted, fast_path):
     for batch in converted.batches:
-        out = converted.outputs("detector", batch)
+        out = converted.outputs("detector", batch, fast_path)
         assert out.logits.shape[1] == converted.detector.config.num_time_steps == 32
         frames = out.logits.sigmoid().repeat_interleave(FRAMES_PER_STEP, dim=1)
         expected = converted.expected[f"{batch}.framewise_output"]
         assert frames.shape == expected.shape, batch
         assert (frames - expected).abs().max() <= 1e-4, batch
         # The detector's clip logits are the classifier's.
-        clip = converted.outputs("classifier", batch).logits
+        clip = converted.outputs("classifier", batch, fast_path).logits
         torch.testing.assert_close(out.clip_logits, clip, rtol=0, atol=1e-6)
 
 
-def test_latent_output_matches_original(converted):
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "reference-path"])
+def test_latent_output_matches_original(converted, fast_path):
     for batch in converted.batches:
         key = f"{batch}.latent_output"
         if not converted.settings["enable_tscam"]:
             assert key not in converted.expected
             continue
-        pooled = converted.outputs("backbone", batch).pooler_output
+        pooled = converted.outputs("backbone", batch, fast_path).pooler_output
         expected = converted.expected[key]
         assert pooled.shape == expected.shape, batch
         assert (pooled - expected).abs().max() <= 1e-4, batch

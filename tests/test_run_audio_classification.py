@@ -7,8 +7,8 @@ What they check, in the words of the acceptance points:
 - an ESC-50-style fold column splits train/eval exactly;
 - `accelerate launch` on two CPU processes evaluates every example exactly once, with the single-process metrics;
 - resuming from a checkpoint loses or repeats no optimizer step and restores the learning-rate schedule;
-- bad data fails with a clear `DataError` naming the problem before training (or is skipped and counted with
-  `--skip_bad_audio`);
+- bad data and bad options fail with one line `run_audio_classification.py: error: ...` naming the problem and exit
+  status 2, before training (or undecodable files are skipped and counted with `--skip_bad_audio`);
 - fine-tuning onto a new label set re-initialises the classifier, keeps the backbone, and says so.
 
 Weight averaging of checkpoints is covered in `test_training_components.py`. Run with `-s` to see the accuracy and
@@ -36,7 +36,8 @@ from safetensors.torch import load_file
 
 from htsat_hf import HTSATFeatureExtractor, HTSATForAudioClassification
 from htsat_hf.synthetic import background, make_classification_folder, synth_sound
-from htsat_hf.training.data import DataError, load_audio_splits
+from htsat_hf.errors import InputError
+from htsat_hf.training.data import load_audio_splits
 from htsat_hf.training.model_setup import load_for_labels
 
 _spec = importlib.util.spec_from_file_location("run_audio_classification", REPO_ROOT / "run_audio_classification.py")
@@ -134,7 +135,7 @@ def test_tiny_model_learns_held_out_clips(
 ):
     train, heldout = sound_folders
     out = tmp_path / "out"
-    run_script.main(common_args(
+    run_script.run(common_args(
         out, "--train_dir", str(train), "--eval_dir", str(heldout), "--do_train", "--do_eval",
         "--num_train_epochs", str(epochs), "--per_device_train_batch_size", "8", "--learning_rate", learning_rate,
         "--lr_schedule", schedule, "--spec_augment", spec_augment, "--save_strategy", "no", "--logging_steps", "1",
@@ -171,7 +172,7 @@ def test_training_from_scratch_with_spec_augment_has_bounded_gradients(sound_fol
     bias); with that, the first gradient norms of this run are about 10-20, and about 4 without SpecAugment."""
     train, _ = sound_folders
     out = tmp_path / "out"
-    run_script.main(common_args(
+    run_script.run(common_args(
         out, "--train_dir", str(train), "--do_train", "--max_steps", "2", "--per_device_train_batch_size", "8",
         "--learning_rate", "1e-3", "--lr_schedule", "trainer", "--save_strategy", "no", "--logging_steps", "1",
         "--seed", "0",
@@ -230,7 +231,7 @@ def test_multi_label_audioset_hdf5_trains_and_reports_map(tmp_path, record_prope
     out = tmp_path / "out"
     # SpecAugment off: with it, 10 epochs of this run collapsed for one seed in five (mAP 0.54), see
     # test_training_from_scratch_with_spec_augment_has_bounded_gradients.
-    run_script.main(common_args(
+    run_script.run(common_args(
         out, "--audioset_train_index", str(train_index), "--audioset_eval_index", str(eval_index),
         "--label_names_file", str(labels), "--balanced_sampling", "true", "--mixup_alpha", "0.5",
         "--time_shift_tta", "3", "--do_train", "--do_eval", "--num_train_epochs", "6",
@@ -352,7 +353,7 @@ def one_and_two_process_evaluations(tmp_path_factory):
         "--per_device_eval_batch_size", "2", "--report_to", "none", "--dataloader_num_workers", "0",
         "--disable_tqdm", "true", "--seed", "0", "--use_cpu", "true",
     ]
-    run_script.main(["--output_dir", str(root / "single"), *args])
+    run_script.run(["--output_dir", str(root / "single"), *args])
 
     wrapper = root / "launch_wrapper.py"
     wrapper.write_text(LAUNCH_WRAPPER)
@@ -423,9 +424,9 @@ def test_resume_from_checkpoint_loses_and_repeats_no_step(small_folder, tmp_path
         "--save_steps", "3", "--logging_steps", "1", "--seed", "0", *extra,
     ]
     full, resumed = tmp_path / "full", tmp_path / "resumed"
-    run_script.main(common_args(full, *args))
+    run_script.run(common_args(full, *args))
     assert (full / "checkpoint-3").is_dir() and (full / "checkpoint-6").is_dir()
-    run_script.main(common_args(resumed, *args, "--resume_from_checkpoint", str(full / "checkpoint-3")))
+    run_script.run(common_args(resumed, *args, "--resume_from_checkpoint", str(full / "checkpoint-3")))
 
     full_state, full_steps = _step_logs(full)
     resumed_state, resumed_steps = _step_logs(resumed)
@@ -460,26 +461,43 @@ def folder_with_broken_file(tmp_path):
     return root, broken
 
 
-def test_unreadable_audio_file_is_named(folder_with_broken_file, tmp_path):
+def fails_with_one_line(capsys, argv) -> str:
+    """Run the script on bad input: exit status 2 and exactly one line on stderr, never a traceback."""
+    code = run_script.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("run_audio_classification.py")]
+    assert len(lines) == 1 and lines[0].startswith("run_audio_classification.py: error: "), err[-3000:]
+    assert "Traceback" not in err
+    return lines[0].removeprefix("run_audio_classification.py: error: ")
+
+
+def test_unreadable_audio_file_is_named(folder_with_broken_file, tmp_path, capsys):
     root, broken = folder_with_broken_file
     out = tmp_path / "out"
-    with pytest.raises(DataError, match=re.escape(str(broken)) + ": cannot decode audio"):
-        # One batch holds all 7 clips, so the first step meets the broken file.
-        run_script.main(common_args(out, "--train_dir", str(root), "--do_train", "--num_train_epochs", "1",
-                                    "--per_device_train_batch_size", "8", "--save_strategy", "no"))
+    # One batch holds all 7 clips, so the first step meets the broken file.
+    message = fails_with_one_line(capsys, common_args(
+        out, "--train_dir", str(root), "--do_train", "--num_train_epochs", "1", "--per_device_train_batch_size", "8",
+        "--save_strategy", "no",
+    ))
+    assert message.startswith(f"{broken}: cannot decode audio")
     assert not (out / "model.safetensors").exists()
+    with pytest.raises(InputError, match=re.escape(str(broken)) + ": cannot decode audio"):  # the library call
+        run_script.run(common_args(out, "--train_dir", str(root), "--do_train", "--num_train_epochs", "1",
+                                   "--per_device_train_batch_size", "8", "--save_strategy", "no"))
 
 
-def test_unreadable_eval_file_fails_before_training(sound_folders, folder_with_broken_file, tmp_path):
+def test_unreadable_eval_file_fails_before_training(sound_folders, folder_with_broken_file, tmp_path, capsys):
     """The README promises that bad data fails before training. An undecodable evaluation file must not let a whole
     training run go by first (with eval_strategy "epoch" it would fail after the first epoch, here after training)."""
     train, _ = sound_folders
     root, broken = folder_with_broken_file
     out = tmp_path / "out"
-    with pytest.raises(DataError, match=re.escape(str(broken))):
-        run_script.main(common_args(out, "--train_dir", str(train), "--eval_dir", str(root), "--do_train",
-                                    "--do_eval", "--max_steps", "2", "--per_device_train_batch_size", "8",
-                                    "--save_strategy", "no"))
+    message = fails_with_one_line(capsys, common_args(
+        out, "--train_dir", str(train), "--eval_dir", str(root), "--do_train", "--do_eval", "--max_steps", "2",
+        "--per_device_train_batch_size", "8", "--save_strategy", "no",
+    ))
+    assert message.startswith(f"{broken}: cannot decode audio")
     assert not (out / "train_results.json").exists(), "the run trained before it found the undecodable file"
 
 
@@ -487,7 +505,7 @@ def test_skip_bad_audio_skips_and_counts(folder_with_broken_file, tmp_path, capl
     root, broken = folder_with_broken_file
     out = tmp_path / "out"
     caplog.set_level(logging.WARNING)
-    run_script.main(common_args(
+    run_script.run(common_args(
         out, "--train_dir", str(root), "--eval_dir", str(root), "--do_train", "--do_eval", "--skip_bad_audio", "true",
         "--num_train_epochs", "1", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "8",
         "--save_strategy", "no",
@@ -498,14 +516,15 @@ def test_skip_bad_audio_skips_and_counts(folder_with_broken_file, tmp_path, capl
     assert "eval_accuracy" in read_json(out / "all_results.json")
 
 
-def test_eval_label_outside_the_training_labels(sound_folders, tmp_path):
+def test_eval_label_outside_the_training_labels(sound_folders, tmp_path, capsys):
     train, _ = sound_folders
     other = make_classification_folder(tmp_path / "other", ("tone", "hum"), clips_per_class=2, seconds=CLIP_SECONDS,
                                        seed=7)
     out = tmp_path / "out"
-    with pytest.raises(DataError, match=r"eval split, row 2: label 'hum' is not in the label set"):
-        run_script.main(common_args(out, "--train_dir", str(train), "--eval_dir", str(other), "--do_train",
-                                    "--do_eval"))
+    message = fails_with_one_line(capsys, common_args(
+        out, "--train_dir", str(train), "--eval_dir", str(other), "--do_train", "--do_eval"
+    ))
+    assert message.startswith("eval split, row 2: label 'hum' is not in the label set")
     assert not out.exists() or not any(out.iterdir())  # nothing trained or saved
 
 
@@ -520,11 +539,75 @@ def test_eval_label_outside_the_training_labels(sound_folders, tmp_path):
     ],
     ids=["empty-fold", "no-label-column", "no-fold-column"],
 )
-def test_data_errors_before_training(fold_folder, tmp_path, extra, message):
+def test_data_errors_before_training(fold_folder, tmp_path, capsys, extra, message):
     out = tmp_path / "out"
-    with pytest.raises(DataError, match=message):
-        run_script.main(common_args(out, "--train_dir", str(fold_folder), "--do_train", "--do_eval", *extra))
+    printed = fails_with_one_line(capsys, common_args(
+        out, "--train_dir", str(fold_folder), "--do_train", "--do_eval", *extra
+    ))
+    assert re.fullmatch(message, printed), printed
     assert not out.exists() or not any(out.iterdir())  # failed before anything was trained or saved
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--pad_mode", "zero"], "--pad_mode must be one of zeros, repeat, got 'zero'"),
+        (["--lr_schedule", "cosine"], "--lr_schedule must be one of htsat, trainer, got 'cosine'"),
+        (["--time_shift_tta", "0"], "--time_shift_tta must be >= 1, got 0"),
+        (["--mixup_alpha", "-1"], r"--mixup_alpha must be >= 0 \(0 turns mixup off\), got -1.0"),
+        (["--max_length_seconds", "0"], "--max_length_seconds must be a positive number of seconds, got 0.0"),
+        (["--eval_fold", "1"], r"--eval_fold needs --fold_column_name \(the column holding each example's fold\)"),
+        (["--padding", "repeat"], r".*--padding.*"),  # the old name of --pad_mode is gone
+        (["--num_train_epochs", "many"], r"argument --num_train_epochs/--num-train-epochs: invalid float value: 'many'"),
+    ],
+    ids=["pad-mode", "lr-schedule", "tta", "mixup", "clip-length", "fold", "old-padding", "bad-number"],
+)
+def test_bad_options_fail_before_any_data_is_read(tmp_path, capsys, extra, message):
+    # The data folder does not exist: the options are refused before it is looked at.
+    printed = fails_with_one_line(capsys, common_args(tmp_path / "out", "--train_dir", str(tmp_path / "absent"),
+                                                      "--do_train", *extra))
+    assert re.fullmatch(message, printed), printed
+
+
+def test_pad_mode_sets_how_the_extractor_pads(saved_tiny_model, tmp_path):
+    path, _ = saved_tiny_model
+    model_args, data_args, _ = run_script.parse_arguments(
+        ["--model_name_or_path", str(path), "--output_dir", str(tmp_path / "out"), "--pad_mode", "repeat"]
+    )
+    spec = run_script.LabelSpec(["dog", "cat", "bird"], multi_label=True)
+    _, extractor = run_script.build_model_and_extractor(model_args, data_args, spec)
+    assert extractor.pad_mode == "repeat"
+    for name in ("esc50", "scv2"):  # the recipes that tile short clips say so with the option's new name
+        config = json.loads((REPO_ROOT / "configs" / f"{name}.json").read_text())
+        assert config["pad_mode"] == "repeat" and "padding" not in config
+
+
+def test_model_and_config_problems_are_one_line(saved_tiny_model, tmp_path, capsys):
+    path, _ = saved_tiny_model
+    folder = make_classification_folder(tmp_path / "data", CLASSES, clips_per_class=1, seconds=CLIP_SECONDS, seed=8)
+    message = fails_with_one_line(capsys, common_args(
+        tmp_path / "out", "--train_dir", str(folder), "--do_train", "--model_name_or_path", str(tmp_path / "typo")
+    ))
+    assert message == f"{tmp_path / 'typo'}: no such model folder"
+
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(path, mismatched)
+    HTSATFeatureExtractor(hop_length=160, max_length_seconds=CLIP_SECONDS).save_pretrained(mismatched)
+    message = fails_with_one_line(capsys, common_args(
+        tmp_path / "out", "--train_dir", str(folder), "--do_train", "--model_name_or_path", str(mismatched)
+    ))
+    assert message.startswith(f"{mismatched}: the feature extractor does not match the model's config")
+    assert "hop_length: config 320, feature extractor 160" in message
+
+    blocker = tmp_path / "blocker.txt"
+    blocker.write_text("a file")
+    message = fails_with_one_line(capsys, common_args(blocker / "out", "--train_dir", str(folder), "--do_train"))
+    assert message == f"{blocker / 'out'}: cannot create this folder, {blocker} is a file"
+
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"output_dir": str(tmp_path / "out"), "padding": "repeat"}))
+    assert "padding" in fails_with_one_line(capsys, [str(recipe)])
+    assert "absent.json" in fails_with_one_line(capsys, [str(tmp_path / "absent.json")])
 
 
 # --------------------------------------------------------------------------------------------------------------------

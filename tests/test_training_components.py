@@ -17,6 +17,7 @@ from transformers import EvalPrediction, Trainer, TrainingArguments
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from htsat_hf import HTSATFeatureExtractor, HTSATForAudioClassification
+from htsat_hf.errors import InputError
 from htsat_hf.training import (
     Accuracy,
     AudioTaggingMetrics,
@@ -33,6 +34,8 @@ from htsat_hf.training import (
     time_shift_offsets,
     time_shift_tta,
 )
+from htsat_hf.training.data import AudioClassificationCollator, LabelSpec, check_audio_files, decode_audio
+from htsat_hf.training.model_setup import build_config, load_for_labels, load_swin_weights, parse_config_overrides
 
 # Notes section 3: 0.02, 0.05, 0.1 for epochs 0-2, then 0.1 up to epoch 10, 0.05 up to 20, 0.02 up to 30, then 0.03.
 EXPECTED_FACTORS = (
@@ -471,7 +474,7 @@ def test_average_checkpoints_is_the_parameter_mean(saved_models, tmp_path):
 def test_average_checkpoints_refuses_mismatched_models(saved_models, tmp_path, overrides, field):
     other = tmp_path / "other"
     _save_tiny_model(other, 3, **overrides)
-    with pytest.raises(ValueError, match=f"cannot combine .*{field}"):
+    with pytest.raises(InputError, match=f"cannot combine .*{field}"):
         average_checkpoints([saved_models[0][0], other], tmp_path / "averaged")
     assert not (tmp_path / "averaged").exists()
 
@@ -564,3 +567,166 @@ def test_swin_initialisation_loads_matching_tensors_and_reports_the_rest(tmp_pat
     }
     assert "head.conv.weight" in report["missing"]
     assert any("Swin initialisation" in record.getMessage() for record in caplog.records)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Training data through the one audio layer, and errors as InputError
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _half_scale_int16_sine(rate=SAMPLING_RATE, seconds=0.5):
+    return np.round(16000 * np.sin(2 * np.pi * 440 * np.arange(int(rate * seconds)) / rate)).astype(np.int16)
+
+
+def test_decode_audio_scales_int16_arrays():
+    # Before: {"array": int16} was cast without scaling, and this sine came back with a peak of 15999.
+    pcm = _half_scale_int16_sine()
+    waveform = decode_audio({"array": pcm, "sampling_rate": SAMPLING_RATE}, SAMPLING_RATE)
+    assert waveform.dtype == np.float32 and waveform.max() == pytest.approx(16000 / 32768)
+    np.testing.assert_array_equal(waveform, pcm / np.float32(32768))
+
+
+def test_decode_audio_takes_every_form_of_audio(tmp_path):
+    import soundfile
+    import torchaudio
+    from torchcodec.decoders import AudioDecoder
+
+    clip16 = (0.3 * np.sin(2 * np.pi * 300 * np.arange(8000) / 16000)).astype(np.float32)
+    path = tmp_path / "clip16k.wav"
+    soundfile.write(path, clip16, 16000, subtype="FLOAT")
+    expected = torchaudio.functional.resample(torch.from_numpy(clip16), 16000, SAMPLING_RATE).numpy()
+    for value in (
+        {"array": clip16, "sampling_rate": 16000},  # resampled now, where it used to be refused
+        {"path": str(path), "bytes": None},
+        {"path": "clip16k.wav", "bytes": path.read_bytes()},
+        AudioDecoder(str(path)),
+        str(path),
+    ):
+        np.testing.assert_allclose(decode_audio(value, SAMPLING_RATE), expected, atol=1e-5, rtol=0)
+
+
+def test_decode_audio_reads_audioset_packs_as_scaled_pcm(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    pack = tmp_path / "pack.h5"
+    with h5py.File(pack, "w") as handle:
+        handle["waveform"] = np.stack([_half_scale_int16_sine(), np.zeros(16000, np.int16)])
+    waveform = decode_audio({"hdf5_path": str(pack), "index_in_hdf5": 0}, SAMPLING_RATE)
+    assert waveform.max() == pytest.approx(16000 / 32768)
+    with pytest.raises(InputError, match=f"{pack}: cannot read waveform 5"):
+        decode_audio({"hdf5_path": str(pack), "index_in_hdf5": 5}, SAMPLING_RATE)
+    with pytest.raises(InputError, match="AudioSet packs hold 32 kHz audio"):
+        decode_audio({"hdf5_path": str(pack), "index_in_hdf5": 0}, 16000)
+
+
+def test_decode_audio_errors_name_the_file(tmp_path):
+    broken = tmp_path / "broken.wav"
+    broken.write_text("not audio\n" * 50)
+    with pytest.raises(InputError, match=f"{broken}: cannot decode audio"):
+        decode_audio({"path": str(broken), "bytes": None}, SAMPLING_RATE)
+    with pytest.raises(InputError, match="look like integer PCM"):
+        decode_audio({"array": _half_scale_int16_sine().astype(np.float32), "sampling_rate": SAMPLING_RATE},
+                     SAMPLING_RATE)
+
+
+def test_check_audio_files_reads_paths_and_bytes(tmp_path):
+    import soundfile
+
+    good = tmp_path / "good.wav"
+    soundfile.write(good, np.zeros(4000, np.float32), SAMPLING_RATE)
+    broken = tmp_path / "broken.wav"
+    broken.write_text("not audio\n" * 50)
+    split = datasets.Dataset.from_dict(
+        {"audio": [{"path": str(good), "bytes": None}, {"path": None, "bytes": good.read_bytes()},
+                   {"path": str(broken), "bytes": None}]}
+    )
+    with pytest.raises(InputError, match=f"{broken}: cannot decode audio"):
+        check_audio_files(split, "audio", skip_bad_audio=False, role="eval")
+    kept, skipped = check_audio_files(split, "audio", skip_bad_audio=True, role="eval")
+    assert skipped == 1 and len(kept) == 2
+
+
+def test_collator_scales_integer_pcm_like_the_extractor():
+    config = tiny_config(num_labels=2)
+    extractor = HTSATFeatureExtractor.from_config(config, max_length_seconds=CLIP_SECONDS)
+    collator = AudioClassificationCollator(extractor, LabelSpec(["a", "b"], multi_label=False))
+    pcm = _half_scale_int16_sine()
+    batch = collator([{"audio": {"array": pcm, "sampling_rate": SAMPLING_RATE}, "label": "b"}])
+    expected = extractor(pcm / np.float32(32768), sampling_rate=SAMPLING_RATE, return_tensors="pt")
+    torch.testing.assert_close(batch["input_features"], expected["input_features"])
+    assert batch["labels"].tolist() == [1]
+
+
+def test_time_shift_tta_pads_8_bit_pcm_with_silence():
+    # Zero is silence only after scaling: 8-bit WAV's silence is 128, so uint8 clips are scaled before padding.
+    config = tiny_config(problem_type="single_label_classification")
+    model = HTSATForAudioClassification(config).eval()
+    extractor = HTSATFeatureExtractor.from_config(config, max_length_seconds=CLIP_SECONDS)
+    pcm = np.random.default_rng(4).integers(96, 160, 9000).astype(np.uint8)
+    as_float = ((pcm.astype(np.float32) - 128) / 128)[None, :]
+    torch.testing.assert_close(
+        time_shift_tta(model, [pcm], extractor, SAMPLING_RATE, shifts=3),
+        time_shift_tta(model, as_float, extractor, SAMPLING_RATE, shifts=3),
+    )
+
+
+def test_ensemble_resamples_dicts_at_another_rate(saved_models):
+    import torchaudio
+
+    model_dirs, _ = saved_models
+    clip16 = np.random.default_rng(5).uniform(-0.3, 0.3, 6000).astype(np.float32)
+    resampled = torchaudio.functional.resample(torch.from_numpy(clip16), 16000, SAMPLING_RATE).numpy()
+    np.testing.assert_allclose(
+        ensemble_predict(model_dirs, [{"audio": {"array": clip16, "sampling_rate": 16000}}]),
+        ensemble_predict(model_dirs, [{"audio": {"array": resampled, "sampling_rate": SAMPLING_RATE}}]),
+        rtol=0,
+        atol=1e-6,
+    )
+    with pytest.raises(InputError, match="example 0: the audio is empty"):
+        ensemble_predict(model_dirs, [{"audio": {"array": np.zeros(0, np.float32), "sampling_rate": 16000}}])
+
+
+def test_average_checkpoints_errors_are_input_errors(saved_models, tmp_path):
+    model_dirs, _ = saved_models
+    with pytest.raises(InputError, match="model_dirs is empty"):
+        average_checkpoints([], tmp_path / "averaged")
+    with pytest.raises(InputError, match=f"{tmp_path / 'typo'}: no such model folder"):
+        average_checkpoints([model_dirs[0], tmp_path / "typo"], tmp_path / "averaged")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="is a file"):
+        average_checkpoints(model_dirs, tmp_path / "file")
+
+
+def test_average_checkpoints_checks_each_extractor_against_its_config(saved_models, tmp_path):
+    model_dirs, _ = saved_models
+    mismatched = tmp_path / "mismatched"
+    _save_tiny_model(mismatched, 4)
+    HTSATFeatureExtractor(hop_length=160).save_pretrained(mismatched)
+    with pytest.raises(InputError, match=f"{mismatched}: the feature extractor does not match .*hop_length: config "
+                                         "320, feature extractor 160"):
+        average_checkpoints([model_dirs[0], mismatched], tmp_path / "averaged")
+    assert not (tmp_path / "averaged").exists()
+    # A folder without an extractor gets one built from its config, saved with the average.
+    bare = tmp_path / "bare"
+    _save_tiny_model(bare, 5)
+    (bare / "preprocessor_config.json").unlink()
+    average_checkpoints([bare, model_dirs[0]], tmp_path / "averaged")
+    assert HTSATFeatureExtractor.from_pretrained(tmp_path / "averaged").max_length_seconds == 10.0
+
+
+def test_model_setup_errors_name_what_is_wrong(tmp_path):
+    with pytest.raises(InputError, match="config override 'embed_dim' is not key=value"):
+        parse_config_overrides("embed_dim")
+    labels = ["a", "b"]
+    with pytest.raises(InputError, match="config: invalid literal for int"):
+        build_config(None, "embed_dim=abc", labels, "single_label_classification")
+    with pytest.raises(InputError, match="stage 0 width 16 is not divisible by 3 heads"):
+        build_config(None, "embed_dim=16,depths=[2,2,2,2],num_heads=[3,2,4,8]", labels, "single_label_classification")
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(InputError, match=f"{tmp_path / 'config.json'}: cannot read the config"):
+        build_config(str(tmp_path / "config.json"), None, labels, "single_label_classification")
+    swin = tmp_path / "swin.pth"
+    swin.write_text("not a checkpoint")
+    with pytest.raises(InputError, match=f"{swin}: cannot be read as a Swin checkpoint"):
+        load_swin_weights(HTSATForAudioClassification(tiny_config()), swin)
+    with pytest.raises(InputError, match=f"{tmp_path / 'missing'}: no such model folder"):
+        load_for_labels(str(tmp_path / "missing"), ["a"], "single_label_classification")

@@ -16,6 +16,8 @@ from transformers import (
 )
 
 from .configuration_htsat import HTSATConfig
+from .cpu_fast_path_htsat import cpu_fast_path, set_cpu_fast_path
+from .errors import InputError
 from .feature_extraction_htsat import HTSATFeatureExtractor
 from .modeling_htsat import (
     HTSATForAudioClassification,
@@ -23,8 +25,8 @@ from .modeling_htsat import (
     HTSATModel,
     HTSATPreTrainedModel,
 )
-from .pipeline_sed import SoundEventDetectionPipeline
-from .sed_inference import FrameScores, sliding_window_scores
+from .sed.pipeline import SoundEventDetectionPipeline
+from .sed.windows import FrameScores, sliding_window_scores
 
 __version__ = "0.1.0"
 
@@ -48,6 +50,9 @@ __all__ = [
     "HTSATModel",
     "HTSATPreTrainedModel",
     "FrameScores",
+    "InputError",
     "SoundEventDetectionPipeline",
     "sliding_window_scores",
+    "cpu_fast_path",
+    "set_cpu_fast_path",
 ]

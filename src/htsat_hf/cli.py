@@ -1,37 +1,95 @@
 """The `htsat-hf` command line: `convert`, `predict`, `average`, `export-onnx` and `card`.
 
 This module only parses arguments and calls the package: `convert_htsat_original_checkpoint`, `predict`,
-`training.checkpoints`, `onnx_export` and `model_card` hold the logic. Every command prints errors as
-`htsat-hf COMMAND: error: ...` on stderr and exits with a nonzero status.
+`training.checkpoints`, `onnx_export` and `model_card` hold the logic.
+
+Errors: every command prints each problem as one line `htsat-hf COMMAND: error: MESSAGE` on stderr, never a
+traceback, and exits with status 2 when it stops on bad input: an option out of range (checked when the arguments
+are parsed, naming the option), or an [`InputError`] or `OSError` from the package (a missing model folder or file,
+an unreadable checkpoint, an output folder that cannot be written, ...). `predict` goes on past audio files that
+cannot be read, naming each, and then exits with status 1. Success is status 0.
 """
 
 import argparse
+import math
 import sys
+
+from .errors import InputError, error_line
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from .convert_htsat_original_checkpoint import CheckpointError, convert_checkpoint
+    from .convert_htsat_original_checkpoint import convert_checkpoint
 
-    try:
-        report = convert_checkpoint(
-            args.checkpoint,
-            args.output_dir,
-            sampling_rate=args.sample_rate,
-            hop_length=args.hop_length,
-            n_fft=args.n_fft,
-            num_mel_bins=args.mel_bins,
-            f_min=args.fmin,
-            f_max=args.fmax,
-            problem_type=args.problem_type,
-            labels_file=args.labels,
-            pad_mode=args.pad_mode,
-            max_length_seconds=args.max_length_seconds,
-        )
-    except CheckpointError as error:
-        print(f"htsat-hf convert: error: {error}", file=sys.stderr)
-        return 2
+    report = convert_checkpoint(
+        args.checkpoint,
+        args.output_dir,
+        sampling_rate=args.sample_rate,
+        hop_length=args.hop_length,
+        n_fft=args.n_fft,
+        num_mel_bins=args.mel_bins,
+        f_min=args.fmin,
+        f_max=args.fmax,
+        problem_type=args.problem_type,
+        labels_file=args.labels,
+        pad_mode=args.pad_mode,
+        max_length_seconds=args.max_length_seconds,
+    )
     print(report.summary())
     return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports a bad argument as the one line every command prints for an error, without the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _whole_number(smallest: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if value < smallest:
+            raise argparse.ArgumentTypeError(f"must be >= {smallest}, got {value}")
+        return value
+
+    return parse
+
+
+def _seconds(positive: bool):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise argparse.ArgumentTypeError(f"must be a number of seconds {'>' if positive else '>='} 0, got {text}")
+        return value
+
+    return parse
+
+
+def _frequency(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a frequency in Hz, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a frequency in Hz >= 0, got {text}")
+    return value
+
+
+def _threshold(text: str) -> float | str:
+    """A number for every class, or the path of a thresholds file (read by `resolve_thresholds`)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number or a thresholds file, got {text}")
+    return value
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -43,31 +101,32 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _error(command: str, message) -> None:
-    print(f"htsat-hf {command}: error: {message}", file=sys.stderr)
+def _error(command: str, error: BaseException) -> None:
+    print(f"htsat-hf {command}: error: {error_line(error)}", file=sys.stderr)
 
 
 def _predict(args: argparse.Namespace) -> int:
     from transformers.utils import logging as transformers_logging
 
-    from .predict import AudioReadError, format_predictions, load_predictor, predict_file, resolve_class_map
+    from .inputs import collect_inputs
+    from .predict import check_options, format_predictions, load_predictor, predict_file
 
     # The weight-loading progress bar would interleave with the per-file output.
     transformers_logging.disable_progress_bar()
-    try:
-        model, extractor = load_predictor(args.model, device=args.device)
-        class_map = resolve_class_map(args.class_map, model.config.num_labels)
-    except (OSError, ValueError) as error:
-        _error("predict", error)
-        return 2
+    # Paths first: a typo fails at once, before the model loads.
+    items = collect_inputs(args.inputs)
+    model, extractor = load_predictor(args.model, device=args.device)
+    class_map, _ = check_options(
+        model, args.top_k, args.threshold, args.class_map, args.median_filter, args.batch_size
+    )
     predictions, failed = [], 0
-    for path in args.files:
+    for item in items:
         try:
             predictions.append(
                 predict_file(
                     model,
                     extractor,
-                    path,
+                    item.path,
                     top_k=args.top_k,
                     threshold=args.threshold,
                     class_map=class_map,
@@ -75,7 +134,7 @@ def _predict(args: argparse.Namespace) -> int:
                     batch_size=args.batch_size,
                 )
             )
-        except AudioReadError as error:
+        except InputError as error:
             # Keep going: one bad file in a batch should not discard the others' results.
             _error("predict", error)
             failed += 1
@@ -87,18 +146,16 @@ def _predict(args: argparse.Namespace) -> int:
 def _average(args: argparse.Namespace) -> int:
     from .training.checkpoints import average_checkpoints
 
-    try:
-        average_checkpoints(args.model_dirs, args.output)
-    except (OSError, ValueError) as error:
-        _error("average", error)
-        return 2
+    average_checkpoints(args.model_dirs, args.output)
     print(f"averaged the weights of {len(args.model_dirs)} models into {args.output}")
     return 0
 
 
 def _export_onnx(args: argparse.Namespace) -> int:
-    from .onnx_export import OnnxExportError, export_onnx
+    from .onnx_export import export_onnx
+    from .loading import check_model_source
 
+    check_model_source(args.model_dir)  # a missing folder or truncated weights, in one line before the export
     try:
         result = export_onnx(
             args.model_dir,
@@ -108,7 +165,7 @@ def _export_onnx(args: argparse.Namespace) -> int:
             exporter=args.exporter,
             verify=not args.no_verify,
         )
-    except (OSError, ValueError, ImportError, OnnxExportError) as error:
+    except ImportError as error:  # onnx or onnxruntime is not installed: the message says what to install
         _error("export-onnx", error)
         return 2
     print(result.summary())
@@ -118,23 +175,19 @@ def _export_onnx(args: argparse.Namespace) -> int:
 def _card(args: argparse.Namespace) -> int:
     from .model_card import read_metrics_json, save_model_card
 
-    try:
-        metrics = read_metrics_json(args.metrics_json) if args.metrics_json else None
-        path = save_model_card(
-            args.model_dir,
-            base_model=args.base_model,
-            datasets=args.dataset,
-            license=args.license,
-            metrics=metrics,
-            dataset_name=args.dataset_name,
-            dataset_type=args.dataset_type,
-            dataset_split=args.dataset_split,
-            task=args.task,
-            repo_id=args.repo_id,
-        )
-    except (OSError, ValueError) as error:
-        _error("card", error)
-        return 2
+    metrics = read_metrics_json(args.metrics_json) if args.metrics_json else None
+    path = save_model_card(
+        args.model_dir,
+        base_model=args.base_model,
+        datasets=args.dataset,
+        license=args.license,
+        metrics=metrics,
+        dataset_name=args.dataset_name,
+        dataset_type=args.dataset_type,
+        dataset_split=args.dataset_split,
+        task=args.task,
+        repo_id=args.repo_id,
+    )
     print(f"wrote {path}")
     return 0
 
@@ -144,26 +197,34 @@ def _add_predict(commands) -> None:
         "predict",
         help="tag audio files of any length and list the sound events in them",
         description=(
-            "Decode each FILE (soundfile, or the ffmpeg program for formats soundfile cannot read), downmix to mono, "
+            "Decode each audio file given, found in a folder given, or listed in a list file (one path per line, "
+            "relative to the list; blank lines and # comments skipped) with soundfile, or the ffmpeg program for "
+            "formats soundfile cannot read; downmix to mono, "
             "resample to the model's rate (torchaudio), and run the model over windows of its clip length (10 s). "
             "Tags: the top-k classes by clip score; multi-label models score each class with the sigmoid of the "
             "window's clip logits, single-label models with the softmax, both averaged over the windows. Events "
             "(onset, offset, label, score): per-step sigmoid probabilities (about 0.31 s steps for a 10 s model), "
             "optionally median filtered, above the threshold, joined into runs; score is the peak probability. "
             "Files that cannot be read are reported on stderr by name, the others still processed; the exit "
-            "status is then 1."
+            "status is then 1. A path that does not exist, a bad option or model stops the command with status 2."
         ),
         formatter_class=_HelpFormatter,
     )
-    predict.add_argument("files", nargs="+", metavar="FILE", help="audio files (wav, flac, ogg, mp3, ...)")
+    predict.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="audio files (wav, flac, ogg, mp3, ...), folders of audio files, or list files of audio paths",
+    )
     predict.add_argument("--model", required=True, help="saved model folder (or Hub id) of an HTS-AT model")
-    predict.add_argument("--top-k", type=int, default=5, help="number of tags to print per file")
+    predict.add_argument("--top-k", type=_whole_number(0), default=5, help="number of tags to print per file")
     predict.add_argument(
         "--threshold",
-        type=float,
+        type=_threshold,
         default=None,
-        help="event threshold on the frame probabilities, for every class (default: the class map's own "
-        "thresholds when it has some, else 0.5)",
+        help="event threshold on the frame probabilities: one number for every class, or a thresholds file "
+        "(.json {label: threshold}, or .tsv lines label<TAB>threshold) (default: the class map's own thresholds "
+        "when it has some, else 0.5)",
     )
     predict.add_argument(
         "--class-map",
@@ -173,7 +234,7 @@ def _add_predict(commands) -> None:
     )
     predict.add_argument(
         "--median-filter",
-        type=float,
+        type=_seconds(positive=False),
         default=None,
         metavar="SECONDS",
         help="median filter length over the frame probabilities before thresholding (DCASE practice: 0.45)",
@@ -187,7 +248,7 @@ def _add_predict(commands) -> None:
         "are the detected events)",
     )
     predict.add_argument("--device", default="cpu", help="torch device to run the model on (cpu, cuda, cuda:1, ...)")
-    predict.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    predict.add_argument("--batch-size", type=_whole_number(1), default=8, help="windows per forward pass")
     predict.set_defaults(handler=_predict)
 
 
@@ -236,7 +297,7 @@ def _add_export_onnx(commands) -> None:
         "torchscript if it fails)",
     )
     export.add_argument(
-        "--opset", type=int, default=None, help="ONNX opset (default: 18 with dynamo, 17 with torchscript)"
+        "--opset", type=_whole_number(1), default=None, help="ONNX opset (default: 18 with dynamo, 17 with torchscript)"
     )
     export.set_defaults(handler=_export_onnx)
 
@@ -280,8 +341,8 @@ def _add_card(commands) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="htsat-hf", description="HTS-AT models for Hugging Face transformers.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = _Parser(prog="htsat-hf", description="HTS-AT models for Hugging Face transformers.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     convert = commands.add_parser(
         "convert",
@@ -298,12 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("checkpoint", help="original .ckpt file")
     convert.add_argument("output_dir", help="directory to write the converted model to")
-    convert.add_argument("--sample-rate", type=int, required=True, help="sampling rate the model was trained at (Hz)")
-    convert.add_argument("--hop-length", type=int, required=True, help="STFT hop in samples")
-    convert.add_argument("--n-fft", type=int, default=1024, help="FFT size and window length")
-    convert.add_argument("--mel-bins", type=int, default=64, help="number of mel bins")
-    convert.add_argument("--fmin", type=float, default=50.0, help="lowest mel frequency (Hz)")
-    convert.add_argument("--fmax", type=float, default=14000.0, help="highest mel frequency (Hz)")
+    convert.add_argument(
+        "--sample-rate", type=_whole_number(1), required=True, help="sampling rate the model was trained at (Hz)"
+    )
+    convert.add_argument("--hop-length", type=_whole_number(1), required=True, help="STFT hop in samples")
+    convert.add_argument("--n-fft", type=_whole_number(2), default=1024, help="FFT size and window length")
+    convert.add_argument("--mel-bins", type=_whole_number(1), default=64, help="number of mel bins")
+    convert.add_argument("--fmin", type=_frequency, default=50.0, help="lowest mel frequency (Hz)")
+    convert.add_argument("--fmax", type=_frequency, default=14000.0, help="highest mel frequency (Hz)")
     convert.add_argument(
         "--problem-type",
         choices=["multi_label_classification", "single_label_classification"],
@@ -314,7 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument(
         "--pad-mode", choices=["zeros", "repeat"], default="zeros", help="how the feature extractor pads short clips"
     )
-    convert.add_argument("--max-length-seconds", type=float, default=10.0, help="clip length of the model")
+    convert.add_argument(
+        "--max-length-seconds", type=_seconds(positive=True), default=10.0, help="clip length of the model"
+    )
     convert.set_defaults(handler=_convert)
     _add_predict(commands)
     _add_average(commands)
@@ -324,8 +389,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit status (0, 1 for `predict` files that could not be read, 2 for bad input).
+    Bad arguments exit with status 2 while parsing (`SystemExit`), as argparse does, after the same one line."""
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except (InputError, OSError) as error:
+        _error(args.command, error)
+        return 2
 
 
 if __name__ == "__main__":

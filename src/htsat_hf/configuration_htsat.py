@@ -2,6 +2,8 @@
 
 from transformers import PretrainedConfig
 
+from .errors import InputError
+
 
 class HTSATConfig(PretrainedConfig):
     r"""
@@ -43,6 +45,10 @@ class HTSATConfig(PretrainedConfig):
         kwargs: `num_labels`, `id2label`, `label2id`, `problem_type` and the other [`PretrainedConfig`] arguments.
             `problem_type` defaults to `"multi_label_classification"` (AudioSet, sigmoid scores); use
             `"single_label_classification"` for softmax tasks such as ESC-50.
+
+    Raises:
+        InputError: values that cannot form an HTS-AT (stage lists of different lengths, a spec_size the patch and
+            window grid cannot divide, widths not divisible by their heads, f_min >= f_max).
 
     Example:
 
@@ -119,26 +125,26 @@ class HTSATConfig(PretrainedConfig):
 
     def _validate(self):
         if len(self.depths) != len(self.num_heads):
-            raise ValueError(f"depths {self.depths} and num_heads {self.num_heads} must have one entry per stage")
+            raise InputError(f"depths {self.depths} and num_heads {self.num_heads} must have one entry per stage")
         if self.num_mel_bins > self.spec_size:
-            raise ValueError(f"num_mel_bins ({self.num_mel_bins}) cannot exceed spec_size ({self.spec_size})")
+            raise InputError(f"num_mel_bins ({self.num_mel_bins}) cannot exceed spec_size ({self.spec_size})")
         grid = self.spec_size // self.patch_size
         if self.spec_size % self.patch_size or grid % 2 ** (len(self.depths) - 1):
-            raise ValueError(
+            raise InputError(
                 f"spec_size {self.spec_size} must be divisible by patch_size {self.patch_size} and leave a token "
                 f"grid divisible by 2**{len(self.depths) - 1} for the patch-merging stages"
             )
         for stage, heads in enumerate(self.num_heads):
             if (self.embed_dim * 2**stage) % heads:
-                raise ValueError(f"stage {stage} width {self.embed_dim * 2**stage} is not divisible by {heads} heads")
+                raise InputError(f"stage {stage} width {self.embed_dim * 2**stage} is not divisible by {heads} heads")
         last_grid = grid // 2 ** (len(self.depths) - 1)
         if last_grid % self.freq_ratio:
-            raise ValueError(
+            raise InputError(
                 f"the last stage's {last_grid}x{last_grid} token grid cannot be split into freq_ratio={self.freq_ratio} "
                 "time chunks; choose spec_size, patch_size and num_mel_bins so that it can"
             )
         if not 0 <= self.f_min < self.f_max:
-            raise ValueError(f"need 0 <= f_min < f_max, got f_min={self.f_min}, f_max={self.f_max}")
+            raise InputError(f"need 0 <= f_min < f_max, got f_min={self.f_min}, f_max={self.f_max}")
 
     @property
     def freq_ratio(self) -> int:

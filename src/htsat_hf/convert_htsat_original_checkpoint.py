@@ -3,13 +3,14 @@
 `convert_checkpoint` reads the file without `pytorch_lightning` and without running pickled code, infers the
 architecture from the tensors, renames them, drops what the model recomputes, checks the result against what the
 checkpoint itself records (its frozen STFT kernels, mel filters, attention masks and relative position indices), and
-saves `config.json`, `model.safetensors` and `preprocessor_config.json`.
+saves `config.json`, `model.safetensors` and `preprocessor_config.json`. Every problem with the file, the flags or the
+output folder is a [`CheckpointError`] (an `InputError`) naming the file, flag or tensor, raised before anything is
+written.
 """
 
 import csv
 import pickle
 import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,11 +19,24 @@ import torch
 import torch.nn.functional as F
 
 from .configuration_htsat import HTSATConfig
+from .errors import InputError, error_line
+from .loading import check_output_dir
 from .feature_extraction_htsat import HTSATFeatureExtractor, htsat_mel_filters
 from .modeling_htsat import HTSATForAudioClassification
 
 ORIGINAL_PREFIXES = ("sed_model.", "module.", "model.")
 REQUIRED_KEYS = ("bn0.running_mean", "patch_embed.proj.weight", "layers.0.blocks.0.attn.qkv.weight", "norm.weight")
+# Dimensions of the tensors `infer_architecture` reads shapes from (patterns over original names).
+_ARCHITECTURE_RANKS = (
+    (r"bn0\.running_mean", 1),
+    (r"patch_embed\.proj\.weight", 4),
+    (r"layers\.\d+\.blocks\.\d+\.attn\.relative_position_bias_table", 2),
+    (r"layers\.\d+\.blocks\.\d+\.mlp\.fc1\.weight", 2),
+    (r"layers\.\d+\.blocks\.\d+\.attn_mask", 3),
+    (r"tscam_conv\.weight", 4),
+    (r"head\.weight", 2),
+    (r"spectrogram_extractor\.stft\.conv_real\.weight", 3),
+)
 
 # Original name pattern -> name in this package; `{head}` entries depend on the head type.
 _RENAMES = [
@@ -48,8 +62,9 @@ _RECOMPUTED = re.compile(
 )
 
 
-class CheckpointError(ValueError):
-    """The file is not a readable HTS-AT checkpoint; the message names the file and what is wrong."""
+class CheckpointError(InputError):
+    """The file is not a readable HTS-AT checkpoint, or does not fit the given front end; the message names the
+    file (or flag, or tensor) and what is wrong."""
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -112,12 +127,17 @@ def _read_checkpoint(path: Path):
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         pass  # Lightning metadata of some class weights_only refuses: read again with everything but tensors inert.
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
-        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({error})") from error
+    except Exception as error:  # text read as pickle opcodes fails in many ways (KeyError, EOFError, ...)
+        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({_describe(error)})") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickleModule)
     except Exception as error:  # any failure here means the file is not a checkpoint we can read
-        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({error})") from error
+        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({_describe(error)})") from None
+
+
+def _describe(error: Exception) -> str:
+    message = error_line(error)
+    return message if message == type(error).__name__ else f"{type(error).__name__}: {message}"
 
 
 def load_original_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -163,7 +183,23 @@ def load_original_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def infer_architecture(state: dict[str, torch.Tensor]) -> dict:
-    """HTSATConfig arguments readable from the tensors: widths, depths, heads, window, classes, head type."""
+    """HTSATConfig arguments readable from the tensors: widths, depths, heads, window, classes, head type.
+
+    Raises:
+        CheckpointError: a tensor it reads has the wrong number of dimensions (naming it and its shape), or a
+            stage lacks its tensors.
+    """
+    for key, value in state.items():
+        rank = next((rank for pattern, rank in _ARCHITECTURE_RANKS if re.fullmatch(pattern, key)), None)
+        if rank is not None and value.dim() != rank:
+            raise CheckpointError(
+                f"tensor {key} has shape {tuple(value.shape)}, but an HTS-AT checkpoint's has {rank} dimensions"
+            )
+    stages = 1 + max((int(m.group(1)) for k in state if (m := re.match(r"layers\.(\d+)\.", k))), default=-1)
+    for stage in range(stages):
+        for name in ("attn.relative_position_bias_table", "mlp.fc1.weight"):
+            if f"layers.{stage}.blocks.0.{name}" not in state:
+                raise CheckpointError(f"not an HTS-AT checkpoint: missing tensor layers.{stage}.blocks.0.{name}")
     depths = []
     while any(k.startswith(f"layers.{len(depths)}.blocks.") for k in state):
         stage = len(depths)
@@ -209,18 +245,20 @@ def is_dropped(key: str, token_semantic: bool) -> bool:
     return bool(_RECOMPUTED.match(key)) or (token_semantic and key.startswith("head."))
 
 
+def converted_name(key: str, token_semantic: bool) -> str | None:
+    """This package's name of an original tensor (None for a name HTS-AT does not have)."""
+    renames = _RENAMES if token_semantic else _RENAMES + [_LINEAR_HEAD_RENAME]
+    return next((re.sub(pattern, new, key) for pattern, new in renames if re.fullmatch(pattern, key)), None)
+
+
 def rename_state_dict(state: dict[str, torch.Tensor], token_semantic: bool) -> dict[str, torch.Tensor]:
     """Original tensor names to this package's names; recomputable buffers dropped, unknown names refused."""
-    renames = _RENAMES if token_semantic else _RENAMES + [_LINEAR_HEAD_RENAME]
     converted, unknown = {}, []
     for key, value in state.items():
         if is_dropped(key, token_semantic):
             continue
-        for pattern, replacement in renames:
-            if re.fullmatch(pattern, key):
-                new_key = re.sub(pattern, replacement, key)
-                break
-        else:
+        new_key = converted_name(key, token_semantic)
+        if new_key is None:
             unknown.append(key)
             continue
         # Weight averaging casts every tensor to float32, the BatchNorm step counter included.
@@ -357,7 +395,16 @@ def convert_checkpoint(
         labels_file: `class_labels_indices.csv`-style label names; `LABEL_i` names without it.
         pad_mode: clip padding of the saved feature extractor, `"zeros"` (AudioSet) or `"repeat"` (ESC-50, SCV2).
         max_length_seconds: clip length of the saved feature extractor.
+
+    Raises:
+        CheckpointError: before anything is written: an output folder that cannot be written (see
+            `loading.check_output_dir`), a file that is not an HTS-AT checkpoint, a tensor of the wrong shape (naming
+            it), a front end or label file that does not fit the checkpoint.
     """
+    try:
+        check_output_dir(output_dir)
+    except InputError as error:
+        raise CheckpointError(str(error)) from None
     state = load_original_state_dict(checkpoint_path)
     arch = infer_architecture(state)
     if arch.get("n_fft", n_fft) != n_fft:
@@ -372,23 +419,38 @@ def convert_checkpoint(
     if labels_file is not None:
         id2label = read_label_file(labels_file, num_labels)
         label_kwargs = {"id2label": id2label, "label2id": {name: i for i, name in id2label.items()}}
-    config = HTSATConfig(
-        sampling_rate=sampling_rate,
-        hop_length=hop_length,
-        n_fft=n_fft,
-        f_min=f_min,
-        f_max=f_max,
-        problem_type=problem_type,
-        **arch,
-        **label_kwargs,
-    )
+    try:
+        config = HTSATConfig(
+            sampling_rate=sampling_rate,
+            hop_length=hop_length,
+            n_fft=n_fft,
+            f_min=f_min,
+            f_max=f_max,
+            problem_type=problem_type,
+            **arch,
+            **label_kwargs,
+        )
+        extractor = HTSATFeatureExtractor.from_config(config, pad_mode=pad_mode, max_length_seconds=max_length_seconds)
+    except InputError as error:
+        raise CheckpointError(f"{checkpoint_path}: {error}") from None
     converted = rename_state_dict(state, config.use_token_semantic_head)
     model = HTSATForAudioClassification(config)
+    expected, wrong_shapes = model.state_dict(), []
+    for key, value in state.items():
+        new_key = None if is_dropped(key, config.use_token_semantic_head) else converted_name(
+            key, config.use_token_semantic_head
+        )
+        if new_key in expected and value.shape != expected[new_key].shape:
+            needed = tuple(expected[new_key].shape)
+            wrong_shapes.append(f"{key} {tuple(value.shape)} (the model read from the checkpoint needs {needed})")
+    if wrong_shapes:
+        raise CheckpointError(f"{checkpoint_path}: tensors of the wrong shape: {'; '.join(wrong_shapes[:5])}")
     missing, unexpected = model.load_state_dict(converted, strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{checkpoint_path}: tensors do not fit the inferred model: missing {missing}, unexpected {unexpected}")
+        raise CheckpointError(
+            f"{checkpoint_path}: tensors do not fit the inferred model: missing {missing}, unexpected {unexpected}"
+        )
     model.eval()
-    extractor = HTSATFeatureExtractor.from_config(config, pad_mode=pad_mode, max_length_seconds=max_length_seconds)
     checks = verify_conversion(state, model, extractor)
 
     output_dir = Path(output_dir)
@@ -397,6 +459,8 @@ def convert_checkpoint(
     extractor.save_pretrained(output_dir)
 
     reloaded = HTSATForAudioClassification.from_pretrained(output_dir).eval()
+    # What loaders will read back: the saved extractor must still describe the saved config's front end.
+    HTSATFeatureExtractor.from_pretrained(output_dir).check_matches_config(reloaded.config)
     probe = torch.randn(2, config.max_frames, config.num_mel_bins) * 10 - 40
     with torch.no_grad():
         diff = float((reloaded(probe).logits - model(probe).logits).abs().max())

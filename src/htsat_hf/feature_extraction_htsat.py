@@ -17,10 +17,20 @@ from transformers.audio_utils import mel_filter_bank
 from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
 from transformers.feature_extraction_utils import BatchFeature
 
+from .audio import check_waveform, pcm_to_float
+from .cpu_fast_path_htsat import clips_per_cpu_chunk
+from .errors import InputError
+
 PAD_MODES = ("zeros", "repeat")
-_INT_SCALES = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}
-_TORCH_INT_SCALES = {torch.int16: 32768.0, torch.int32: 2147483648.0}
-CPU_CHUNK_BYTES = 6 * 2**20  # the largest spectrum computed at once on CPU, see `log_mel_spectrogram`
+# The front-end settings an HTSATConfig and its feature extractor both hold: (config attribute, extractor attribute).
+FRONT_END_FIELDS = (
+    ("sampling_rate", "sampling_rate"),
+    ("hop_length", "hop_length"),
+    ("n_fft", "n_fft"),
+    ("num_mel_bins", "feature_size"),
+    ("f_min", "f_min"),
+    ("f_max", "f_max"),
+)
 
 
 def htsat_mel_filters(sampling_rate: int, n_fft: int, num_mel_bins: int, f_min: float, f_max: float) -> np.ndarray:
@@ -63,9 +73,10 @@ def log_mel_spectrogram(
     if device_type == "cpu":
         # A few clips at a time, so the complex spectrum (4 MB per 10 s clip) stays in cache and its memory is
         # reused; a whole batch's spectrum is page-faulted afresh on every call. Per clip was 2.8x faster for a
-        # batch of eight 10 s clips on a 2-core EPYC, results bit for bit the same.
+        # batch of eight 10 s clips on a 2-core EPYC, results bit for bit the same. Part of the CPU fast path
+        # (its `chunks` switch and byte budget).
         spectrum_bytes = (1 + waveforms.shape[1] // hop_length) * (n_fft // 2 + 1) * 2 * waveforms.element_size()
-        clips = max(1, CPU_CHUNK_BYTES // spectrum_bytes)
+        clips = clips_per_cpu_chunk(spectrum_bytes)
     # The power re² + im² is summed inside the mel projection: squaring the (real, imaginary) pairs in place and
     # giving both halves of a bin the same filter weight saves a pass and a copy over the whole spectrum.
     pair_filters = mel_filters.to(waveforms.dtype).repeat_interleave(2, dim=0)  # (2 * freq, mel_bins)
@@ -109,6 +120,9 @@ class HTSATFeatureExtractor(SequenceFeatureExtractor):
     r"""
     Turns raw mono waveforms into the log-mel features of HTS-AT, with batched torch STFTs on CPU or the model's device.
 
+    HTS-AT reads every clip at one length and has no attention mask, so the extractor returns none (old saved
+    `preprocessor_config.json` files with a `return_attention_mask` entry still load; the entry is dropped).
+
     Args:
         feature_size (`int`, defaults to 64): number of mel bins.
         sampling_rate (`int`, defaults to 32000): the rate the model was trained at; input at any other rate is
@@ -121,6 +135,9 @@ class HTSATFeatureExtractor(SequenceFeatureExtractor):
         pad_mode (`str`, defaults to `"zeros"`): `"zeros"` pads with silence (AudioSet recipe); `"repeat"` tiles
             the clip (ESC-50 and Speech Commands recipes).
         padding_value (`float`, defaults to 0.0): unused by the log-mel path, required by the base class.
+
+    Raises:
+        InputError: an unknown `pad_mode` or a `max_length_seconds` that is not positive.
 
     Example:
 
@@ -135,6 +152,8 @@ class HTSATFeatureExtractor(SequenceFeatureExtractor):
     """
 
     model_input_names = ["input_features"]
+    # Read by transformers' padding helpers (`SequenceFeatureExtractor.pad`); a class attribute, so never saved.
+    return_attention_mask = False
 
     def __init__(
         self,
@@ -147,20 +166,16 @@ class HTSATFeatureExtractor(SequenceFeatureExtractor):
         max_length_seconds: float = 10.0,
         pad_mode: str = "zeros",
         padding_value: float = 0.0,
-        return_attention_mask: bool = False,
         **kwargs,
     ):
-        super().__init__(
-            feature_size=feature_size,
-            sampling_rate=sampling_rate,
-            padding_value=padding_value,
-            return_attention_mask=return_attention_mask,
-            **kwargs,
-        )
+        # Saved by earlier versions; transformers passes every saved key back as an argument.
+        kwargs.pop("return_attention_mask", None)
+        super().__init__(feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value, **kwargs)
+        del self.return_attention_mask  # the base class sets it per instance; the class attribute (False) holds
         if pad_mode not in PAD_MODES:
-            raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
-        if max_length_seconds <= 0:
-            raise ValueError(f"max_length_seconds must be positive, got {max_length_seconds}")
+            raise InputError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+        if not max_length_seconds > 0:
+            raise InputError(f"max_length_seconds must be positive, got {max_length_seconds}")
         self.hop_length = int(hop_length)
         self.n_fft = int(n_fft)
         self.f_min = float(f_min)
@@ -189,6 +204,27 @@ class HTSATFeatureExtractor(SequenceFeatureExtractor):
         output.pop("_mel_filters", None)
         return output
 
+    def check_matches_config(self, config) -> None:
+        """Refuse an extractor whose front end differs from the model's config (the model's BatchNorm and
+        weights were trained on the config's log-mel, so any difference silently ruins its scores).
+
+        Args:
+            config: the model's [`HTSATConfig`].
+
+        Raises:
+            InputError: listing every differing value, e.g. `hop_length: config 320, feature extractor 160`.
+        """
+        differences = [
+            f"{config_name}: config {getattr(config, config_name)!r}, feature extractor {getattr(self, own_name)!r}"
+            for config_name, own_name in FRONT_END_FIELDS
+            if getattr(config, config_name) != getattr(self, own_name)
+        ]
+        if differences:
+            raise InputError(
+                "the feature extractor does not match the model's config (" + "; ".join(differences) + "); save "
+                "the extractor built by HTSATFeatureExtractor.from_config(model.config) beside the model"
+            )
+
     @property
     def max_length_samples(self) -> int:
         return int(round(self.max_length_seconds * self.sampling_rate))
@@ -214,8 +250,8 @@ class HTSATFeatureExtractor(SequenceFeatureExtractor):
 
         Args:
             raw_speech: a mono clip as a 1-D numpy array, torch tensor or list of numbers; or a batch as a list of
-                those or a 2-D `(batch, samples)` array or tensor. Float samples in [-1, 1], or int16/int32 PCM
-                (scaled to [-1, 1)).
+                those or a 2-D `(batch, samples)` array or tensor. Float samples in [-1, 1], or int8/uint8/int16/int32
+                PCM (scaled to [-1, 1) by `audio.pcm_to_float`).
             sampling_rate: rate of `raw_speech` in Hz. Required: it must equal the extractor's rate.
             padding: `"max_length"` (default) pads every clip to `max_length_seconds`; `"longest"` (or `True`) pads
                 only to the longest clip of the batch; `False`/`"do_not_pad"` requires clips of equal length.
@@ -227,16 +263,22 @@ class HTSATFeatureExtractor(SequenceFeatureExtractor):
         Returns:
             [`BatchFeature`] with `input_features` of shape `(batch, frames, feature_size)`, in dB before the model's
             BatchNorm. A 10 s clip at the default settings gives 1001 frames.
+
+        Raises:
+            InputError: a missing or different `sampling_rate`, a clip that is empty, multi-channel, has NaN/Inf or
+                unscaled PCM samples, is too long (without `truncation`) or too short, unequal lengths with
+                `padding=False`, or an unknown `padding`, `pad_mode` or `return_tensors`; the message names the clip.
+            TypeError: an unknown keyword argument, or `raw_speech` of a type that holds no samples.
         """
         if kwargs:
             raise TypeError(f"{type(self).__name__}.__call__ got unexpected arguments: {sorted(kwargs)}")
         self.check_sampling_rate(sampling_rate)
         pad_mode = self.pad_mode if pad_mode is None else pad_mode
         if pad_mode not in PAD_MODES:
-            raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
-        clips = [self._to_mono_float(clip, index) for index, clip in enumerate(_as_clip_list(raw_speech))]
+            raise InputError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+        clips = [_to_mono_float(clip, f"clip {index}") for index, clip in enumerate(_as_clip_list(raw_speech))]
         if not clips:
-            raise ValueError("raw_speech is an empty batch: pass at least one clip")
+            raise InputError("raw_speech is an empty batch: pass at least one clip")
 
         clips = self._fit_lengths(clips, padding, truncation, pad_mode)
         batch = torch.from_numpy(np.stack(clips))
@@ -251,57 +293,29 @@ class HTSATFeatureExtractor(SequenceFeatureExtractor):
             return BatchFeature({"input_features": features}, tensor_type="np")
         if return_tensors is None:
             return BatchFeature({"input_features": list(features)})
-        raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
+        raise InputError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
 
     def check_sampling_rate(self, sampling_rate):
-        """Refuse a missing rate or one other than the model's, saying how to resample."""
+        """Refuse (with `InputError`) a missing rate or one other than the model's, saying how to resample."""
         if sampling_rate is None:
-            raise ValueError(
+            raise InputError(
                 f"sampling_rate is required: this model expects {self.sampling_rate} Hz audio. Pass "
                 f"sampling_rate=<rate of your audio>; audio at another rate must be resampled first."
             )
-        if int(sampling_rate) != self.sampling_rate:
-            raise ValueError(
+        if sampling_rate != self.sampling_rate:
+            raise InputError(
                 f"the audio is sampled at {sampling_rate} Hz but this model expects {self.sampling_rate} Hz. "
                 f"Resample it first, e.g. librosa.resample(wave, orig_sr={sampling_rate}, "
                 f"target_sr={self.sampling_rate}) or datasets' Audio(sampling_rate={self.sampling_rate}); the "
                 "audio-classification pipeline resamples inputs given as {'raw': array, 'sampling_rate': rate}."
             )
 
-    def _to_mono_float(self, clip, index: int) -> np.ndarray:
-        if isinstance(clip, torch.Tensor):
-            clip = clip.detach().cpu()
-            scale = _TORCH_INT_SCALES.get(clip.dtype)
-            clip = clip.to(torch.float64).numpy() / scale if scale else clip.numpy()
-        clip = np.asarray(clip)
-        if clip.ndim != 1:
-            raise ValueError(
-                f"clip {index} has shape {clip.shape}; HTS-AT takes mono audio, one 1-D array per clip. For "
-                "multi-channel audio downmix it (wave.mean(axis=0) for (channels, samples), wave.mean(axis=1) for "
-                "(samples, channels)) or pick one channel (wave[0])."
-            )
-        if clip.dtype in _INT_SCALES:
-            clip = clip.astype(np.float64) / _INT_SCALES[clip.dtype]
-        elif not np.issubdtype(clip.dtype, np.floating):
-            raise ValueError(
-                f"clip {index} has dtype {clip.dtype}; pass float samples in [-1, 1] or int16/int32 PCM"
-            )
-        if clip.shape[0] == 0:
-            raise ValueError(f"clip {index} is empty (0 samples)")
-        finite = np.isfinite(clip)
-        if not finite.all():
-            raise ValueError(
-                f"clip {index} contains {int((~finite).sum())} NaN or infinite samples (first at sample "
-                f"{int(np.argmin(finite))}); clean or drop the clip before feature extraction"
-            )
-        return clip.astype(np.float32, copy=False)
-
     def _fit_lengths(self, clips, padding, truncation, pad_mode):
         max_samples = self.max_length_samples
         too_long = [(i, c.shape[0]) for i, c in enumerate(clips) if c.shape[0] > max_samples]
         if too_long and not truncation:
             index, length = too_long[0]
-            raise ValueError(
+            raise InputError(
                 f"clip {index} is {length / self.sampling_rate:.2f} s long but the model reads at most "
                 f"{self.max_length_seconds:g} s per clip. Pass truncation=True to keep only the first "
                 f"{self.max_length_seconds:g} s, or run long audio in windows (htsat_hf's sound-event-detection "
@@ -316,21 +330,34 @@ class HTSATFeatureExtractor(SequenceFeatureExtractor):
         elif padding in (False, "do_not_pad", None):
             lengths = {c.shape[0] for c in clips}
             if len(lengths) > 1:
-                raise ValueError(
+                raise InputError(
                     f"padding=False needs clips of equal length, got lengths {sorted(lengths)}; use "
                     "padding='longest' or 'max_length'"
                 )
             target = clips[0].shape[0]
         else:
-            raise ValueError(f"padding must be 'max_length', 'longest', True or False, got {padding!r}")
+            raise InputError(f"padding must be 'max_length', 'longest', True or False, got {padding!r}")
 
         clips = [pad_waveform(c, target, pad_mode) for c in clips]
         if target < self.min_length_samples:
-            raise ValueError(
+            raise InputError(
                 f"clips of {target} samples ({target / self.sampling_rate * 1000:.1f} ms) are too short: the "
                 f"front end needs at least {self.min_length_samples} samples at {self.sampling_rate} Hz"
             )
         return clips
+
+
+def _to_mono_float(clip, name: str) -> np.ndarray:
+    """One clip of a batch as float32 samples, by the rules of `audio` (PCM scaling, finite, non-empty). A clip
+    must be 1-D here: in a batch, a 2-D array is a batch, not channels."""
+    clip = pcm_to_float(clip, name)
+    if clip.ndim != 1:
+        raise InputError(
+            f"{name} has shape {clip.shape}; HTS-AT takes mono audio, one 1-D array per clip. For multi-channel "
+            "audio downmix it (wave.mean(axis=0) for (channels, samples), wave.mean(axis=1) for (samples, channels)) "
+            "or pick one channel (wave[0])."
+        )
+    return check_waveform(clip, name)
 
 
 def _as_clip_list(raw_speech) -> list:
@@ -340,13 +367,13 @@ def _as_clip_list(raw_speech) -> list:
             return [raw_speech]
         if raw_speech.ndim == 2:
             if raw_speech.shape[1] <= 8 < raw_speech.shape[0]:
-                raise ValueError(
+                raise InputError(
                     f"input of shape {tuple(raw_speech.shape)} looks like (samples, channels) audio; HTS-AT takes "
                     "mono audio: downmix it with wave.mean(axis=1) or pick one channel with wave[:, 0]. A batch of "
                     "clips is (batch, samples)."
                 )
             return list(raw_speech)
-        raise ValueError(
+        raise InputError(
             f"input has shape {tuple(raw_speech.shape)}; pass one mono clip (samples,) or a batch (batch, samples). "
             "Multi-channel audio must be downmixed (mean over the channel axis) or reduced to one channel first."
         )

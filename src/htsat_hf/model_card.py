@@ -11,9 +11,9 @@ Publishing a model
 
 A folder written by `save_pretrained` (or `htsat-hf convert`, or `average_checkpoints`) while `htsat_hf` is imported
 holds everything the Hub needs: `config.json` (with an `auto_map` to the code files), `model.safetensors`,
-`preprocessor_config.json` and the code files `configuration_htsat.py`, `modeling_htsat.py`,
-`feature_extraction_htsat.py`, so that the model also loads with `trust_remote_code=True` where `htsat_hf` is not
-installed. To publish it:
+`preprocessor_config.json` and the code files (`configuration_htsat.py`, `modeling_htsat.py`,
+`feature_extraction_htsat.py` and the package modules they import, `CODE_FILES`), so that the model also loads with
+`trust_remote_code=True` where `htsat_hf` is not installed. To publish it:
 
 1. log in once: `hf auth login` (or set `HF_TOKEN`);
 2. write the card: `htsat-hf card MODEL_DIR --repo-id user/name --dataset ... --metrics-json eval_results.json`
@@ -34,20 +34,31 @@ from pathlib import Path
 
 import huggingface_hub
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from safetensors import SafetensorError, safe_open
+from transformers.dynamic_module_utils import get_relative_import_files
 
 from .configuration_htsat import HTSATConfig
+from .errors import InputError, error_line
+from .loading import WEIGHT_FILES
+from .sed.windows import grid_step_seconds
 
 TASKS = ("audio-classification", "sound-event-detection")
 TAGS = ["htsat", "audio", "audio-classification", "sound-event-detection"]
-# A model folder the Hub can serve: weights, config, feature extractor, and the code that trust_remote_code loads.
-REQUIRED_FILES = (
-    "config.json",
-    "preprocessor_config.json",
-    "configuration_htsat.py",
-    "modeling_htsat.py",
-    "feature_extraction_htsat.py",
+# The code trust_remote_code loads: the modules the auto_map names and every module they import relatively, which
+# save_pretrained copies beside the model (transformers' own reading of the imports).
+_AUTO_MAP_MODULES = ("configuration_htsat.py", "modeling_htsat.py", "feature_extraction_htsat.py")
+CODE_FILES = tuple(
+    sorted(
+        set(_AUTO_MAP_MODULES)
+        | {
+            Path(imported).name
+            for module in _AUTO_MAP_MODULES
+            for imported in get_relative_import_files(str(Path(__file__).with_name(module)))
+        }
+    )
 )
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+# A model folder the Hub can serve: weights, config, feature extractor, and the code.
+REQUIRED_FILES = ("config.json", "preprocessor_config.json", *CODE_FILES)
 # Files a training run leaves in an output folder that do not belong in a published model.
 UPLOAD_IGNORE_PATTERNS = [
     "checkpoint-*",
@@ -87,7 +98,7 @@ def normalize_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
     (loss, runtime, throughput, epoch, sample counts) dropped, values converted to float.
 
     Raises:
-        ValueError: a value that is not a finite number.
+        InputError: a value that is not a finite number.
     """
     cleaned = {}
     for key, value in metrics.items():
@@ -99,20 +110,24 @@ def normalize_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
         if name in _BOOKKEEPING:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"metric {key!r} must be a finite number, got {value!r}")
+            raise InputError(f"metric {key!r} must be a finite number, got {value!r}")
         cleaned[name] = float(value)
     return cleaned
 
 
 def read_metrics_json(path: str | PathLike) -> dict[str, float]:
-    """`{metric: value}` from a JSON object such as Trainer's `eval_results.json`, see [`normalize_metrics`]."""
+    """`{metric: value}` from a JSON object such as Trainer's `eval_results.json`, see [`normalize_metrics`].
+
+    Raises:
+        InputError: naming the file: unreadable, not JSON, not an object, or a value that is not a finite number.
+    """
     path = Path(path)
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read metrics from {path}: {error}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"cannot read metrics from {path}: {error_line(error)}") from None
     if not isinstance(document, dict):
-        raise ValueError(f"{path} must hold a JSON object of metric names and values")
+        raise InputError(f"{path} must hold a JSON object of metric names and values")
     return normalize_metrics(document)
 
 
@@ -138,9 +153,11 @@ def _eval_results(
 
 
 def _count_parameters(model_dir: Path) -> int | None:
-    """Number of stored weights, read from the safetensors headers (nothing is loaded); None without weights."""
-    from safetensors import safe_open
+    """Number of stored weights, read from the safetensors headers (nothing is loaded); None without weights.
 
+    Raises:
+        InputError: a weights file that is truncated or not safetensors, naming it.
+    """
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
         files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
@@ -150,17 +167,28 @@ def _count_parameters(model_dir: Path) -> int | None:
         return None
     total = 0
     for name in files:
-        with safe_open(str(model_dir / name), framework="pt") as handle:
-            for key in handle.keys():  # noqa: SIM118  (safe_open handles are not iterable)
-                # BatchNorm's num_batches_tracked is a counter, not a weight.
-                if not key.endswith("num_batches_tracked"):
-                    total += math.prod(handle.get_slice(key).get_shape())
+        try:
+            with safe_open(str(model_dir / name), framework="pt") as handle:
+                for key in handle.keys():  # noqa: SIM118  (safe_open handles are not iterable)
+                    # BatchNorm's num_batches_tracked is a counter, not a weight.
+                    if not key.endswith("num_batches_tracked"):
+                        total += math.prod(handle.get_slice(key).get_shape())
+        except (SafetensorError, OSError) as error:
+            raise InputError(
+                f"{model_dir / name}: cannot read the weights, the file is truncated or not a safetensors file "
+                f"({error_line(error)})"
+            ) from None
     return total
 
 
 def _read_extractor_settings(model_dir: Path) -> dict:
     path = model_dir / "preprocessor_config.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: not JSON ({error_line(error)})") from None
 
 
 def _python_block(code: str) -> str:
@@ -263,11 +291,14 @@ def make_model_card(
         a `huggingface_hub.ModelCard` whose `data` holds the metadata.
     """
     if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        raise InputError(f"task must be one of {TASKS}, got {task!r}")
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir} is not a saved model folder (no config.json)")
-    config = HTSATConfig.from_pretrained(model_dir)
+        raise InputError(f"{model_dir}: not a saved model folder (no config.json)")
+    try:
+        config = HTSATConfig.from_pretrained(model_dir)
+    except OSError as error:
+        raise InputError(f"{model_dir / 'config.json'}: cannot be read ({error_line(error)})") from None
     extractor = _read_extractor_settings(model_dir)
     repo_id = repo_id or model_dir.resolve().name
     model_name = model_name or repo_id.split("/")[-1]
@@ -277,7 +308,7 @@ def make_model_card(
     if metrics:
         dataset_type = dataset_type or (datasets[0] if datasets else None)
         if dataset_type is None:
-            raise ValueError("metrics need an evaluation dataset: pass dataset_type (a Hub id) or datasets")
+            raise InputError("metrics need an evaluation dataset: pass dataset_type (a Hub id) or datasets")
         eval_results = _eval_results(
             normalize_metrics(metrics), task, dataset_type, dataset_name or dataset_type, dataset_split
         )
@@ -298,8 +329,7 @@ def make_model_card(
     max_seconds = float(extractor.get("max_length_seconds", 10.0))
     samples = round(max_seconds * config.sampling_rate)
     frames = 1 + samples // config.hop_length
-    # As sed_inference times the steps: the frames span (samples // hop) * hop samples, spread over the steps.
-    step_ms = (samples // config.hop_length) * config.hop_length / config.sampling_rate / config.num_time_steps * 1e3
+    step_ms = grid_step_seconds(samples, config.hop_length, config.num_time_steps, config.sampling_rate) * 1e3
     parameters = _count_parameters(model_dir)
     scores = "independent sigmoid scores (multi-label)" if multi_label else "softmax scores (one class per clip)"
 
@@ -378,10 +408,10 @@ def save_model_card(model_dir: str | PathLike, **kwargs) -> Path:
 
 
 def check_publishable(model_dir: str | PathLike) -> None:
-    """Raise `FileNotFoundError` naming every file the Hub copy would miss (see `REQUIRED_FILES`)."""
+    """Raise `InputError` naming every file the Hub copy would miss (see `REQUIRED_FILES`)."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise FileNotFoundError(f"{model_dir} is not a folder")
+        raise InputError(f"{model_dir}: no such folder")
     missing = [name for name in REQUIRED_FILES if not (model_dir / name).is_file()]
     if not any((model_dir / name).is_file() for name in WEIGHT_FILES):
         missing.append("model.safetensors")
@@ -392,7 +422,7 @@ def check_publishable(model_dir: str | PathLike) -> None:
                 "; the code files are written by save_pretrained when htsat_hf is imported (they make "
                 "trust_remote_code=True work): re-save the model with `import htsat_hf` first"
             )
-        raise FileNotFoundError(f"{model_dir} cannot be published, it lacks {', '.join(missing)}{hint}")
+        raise InputError(f"{model_dir} cannot be published, it lacks {', '.join(missing)}{hint}")
 
 
 def push_model(

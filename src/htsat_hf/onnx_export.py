@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from .configuration_htsat import HTSATConfig
+from .errors import InputError
 from .feature_extraction_htsat import HTSATFeatureExtractor
 from .modeling_htsat import HTSATForAudioClassification, HTSATForSoundEventDetection, HTSATPreTrainedModel
 
@@ -60,8 +61,9 @@ DEFAULT_RTOL = 1e-4
 MIN_FRAMES = 2
 
 
-class OnnxExportError(RuntimeError):
-    """The export failed, or the exported graph disagrees with PyTorch beyond the tolerance."""
+class OnnxExportError(InputError):
+    """The export failed, or the exported graph disagrees with PyTorch beyond the tolerance (an `InputError`, so that
+    every `htsat-hf` command reports its errors alike)."""
 
 
 @dataclass

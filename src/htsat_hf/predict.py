@@ -1,34 +1,69 @@
 """Tags and timed events for audio files of any length: the logic behind `htsat-hf predict`.
 
-Files are read by `audio_io.read_audio` (soundfile, or FFmpeg for formats it cannot read), downmixed to mono and
+Files are read by `audio.read_audio` (soundfile, or FFmpeg for formats it cannot read), downmixed to mono and
 resampled to the model's rate. `sliding_window_scores` then runs the model over windows of its clip length:
 
 - clip tags: multi-label models (`problem_type="multi_label_classification"`) score each class with the sigmoid of
   each window's clip logits, averaged over the windows; single-label models with the softmax of each window's clip
   logits, averaged over the windows (the scores of a file then sum to 1);
-- events: the per-step sigmoid frame probabilities, optionally median filtered, thresholded, and runs of active
-  steps joined into `(onset, offset, label, score)` (score = the peak probability inside the event).
+- events: the per-step sigmoid frame probabilities, optionally median filtered, thresholded (thresholds from
+  `sed.postprocessing.resolve_thresholds`), and runs of active steps joined into `(onset, offset, label, score)`
+  (score = the peak probability inside the event).
 """
 
 import csv
 import io
 import json
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from os import PathLike
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from .audio_io import AudioReadError, read_audio
+from .audio import read_audio
+from .errors import InputError, error_line
 from .feature_extraction_htsat import HTSATFeatureExtractor
+from .loading import load_feature_extractor, load_model
 from .modeling_htsat import HTSATForSoundEventDetection
-from .sed_inference import sliding_window_scores
-from .sed_postprocessing import ClassMap, Event, load_class_map, map_scores
+from .sed.postprocessing import (
+    ClassMap,
+    Event,
+    frame_scores_events,
+    load_class_map,
+    map_frame_scores,
+    map_scores,
+    resolve_thresholds,
+)
+from .sed.windows import sliding_window_scores
 
 FORMATS = ("table", "json", "tsv")
 TSV_COLUMNS = ("filename", "onset", "offset", "event_label", "score", "kind")
-DEFAULT_THRESHOLD = 0.5
+def load_predictor(
+    model_name_or_path: str | PathLike, device: str = "cpu"
+) -> tuple[HTSATForSoundEventDetection, HTSATFeatureExtractor]:
+    """The detection model (any saved HTS-AT head loads into it) in eval mode on `device`, and its feature
+    extractor (built from the config when the folder has none), checked against each other.
+
+    Raises:
+        InputError: see [`load_model`] and [`load_feature_extractor`]; or a device torch cannot use.
+    """
+    try:
+        device = torch.device(device)
+    except RuntimeError as error:
+        raise InputError(f"device {device!r}: not a torch device ({error_line(error)})") from None
+    model = load_model(HTSATForSoundEventDetection, model_name_or_path)
+    try:
+        model = model.to(device).eval()
+    except (RuntimeError, AssertionError) as error:  # torch reports an absent backend with either
+        raise InputError(f"device {str(device)!r}: cannot be used here ({error_line(error)})") from None
+    return model, load_feature_extractor(model_name_or_path, model.config)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Predicting
+# --------------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -67,19 +102,6 @@ class FilePrediction:
         }
 
 
-def load_predictor(
-    model_name_or_path: str | PathLike, device: str = "cpu"
-) -> tuple[HTSATForSoundEventDetection, HTSATFeatureExtractor]:
-    """The detection model (any saved HTS-AT head loads into it) in eval mode on `device`, and its feature
-    extractor (built from the config when the folder has none)."""
-    model = HTSATForSoundEventDetection.from_pretrained(model_name_or_path).to(device).eval()
-    try:
-        extractor = HTSATFeatureExtractor.from_pretrained(model_name_or_path)
-    except OSError:
-        extractor = HTSATFeatureExtractor.from_config(model.config)
-    return model, extractor
-
-
 class _ClipLogitRecorder:
     """Stands in for the model inside `sliding_window_scores` and keeps each window's clip logits: that function
     returns only sigmoid clip scores, which are the wrong scores for a single-label (softmax) model."""
@@ -98,10 +120,55 @@ class _ClipLogitRecorder:
 
 
 def resolve_class_map(class_map: str | PathLike | ClassMap | None, num_classes: int) -> ClassMap | None:
-    """A `ClassMap` from a packaged name (`"desed"`), a JSON file, or one given as is."""
-    if class_map is None or isinstance(class_map, ClassMap):
+    """A `ClassMap` from a packaged name (`"desed"`), a JSON file, or one given as is.
+
+    Raises:
+        InputError: an unknown name, an unreadable or malformed file, or a map for another number of classes.
+    """
+    if class_map is None:
+        return None
+    if isinstance(class_map, ClassMap):
+        if class_map.num_source_classes != num_classes:
+            raise InputError(
+                f"the class map maps a model with {class_map.num_source_classes} classes, but the model has "
+                f"{num_classes} classes"
+            )
         return class_map
     return load_class_map(class_map, num_classes=num_classes)
+
+
+def check_options(
+    model: HTSATForSoundEventDetection,
+    top_k: int = 5,
+    threshold: float | Mapping[str, float] | str | PathLike | None = None,
+    class_map: str | PathLike | ClassMap | None = None,
+    median_filter_seconds: float | None = None,
+    batch_size: int = 8,
+) -> tuple[ClassMap | None, float | np.ndarray]:
+    """Check [`predict_waveform`]'s options before any audio is read.
+
+    Returns:
+        `(class map, event thresholds)`: the class map read (see [`resolve_class_map`]), and `resolve_thresholds`
+        on the labels events are reported in.
+
+    Raises:
+        InputError: naming the option: `top_k` or `batch_size` not a whole number (>= 0, >= 1), a negative or
+            non-finite `median_filter_seconds`, a class map for another number of classes, or a threshold
+            `resolve_thresholds` refuses.
+    """
+    for name, value, smallest in (("top_k", top_k, 0), ("batch_size", batch_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < smallest:
+            raise InputError(f"{name} must be a whole number >= {smallest}, got {value!r}")
+    seconds = median_filter_seconds
+    if seconds is not None and (
+        isinstance(seconds, bool) or not isinstance(seconds, (int, float, np.number)) or not math.isfinite(seconds)
+        or seconds < 0
+    ):
+        raise InputError(f"median_filter_seconds must be a number of seconds >= 0, got {seconds!r}")
+    config = model.config
+    class_map = resolve_class_map(class_map, config.num_labels)
+    labels = class_map.labels if class_map is not None else [config.id2label[i] for i in range(config.num_labels)]
+    return class_map, resolve_thresholds(labels, threshold, class_map)
 
 
 @torch.no_grad()
@@ -110,8 +177,8 @@ def predict_waveform(
     feature_extractor: HTSATFeatureExtractor,
     waveform: np.ndarray,
     top_k: int = 5,
-    threshold: float | None = None,
-    class_map: ClassMap | None = None,
+    threshold: float | Mapping[str, float] | str | PathLike | None = None,
+    class_map: str | PathLike | ClassMap | None = None,
     median_filter_seconds: float | None = None,
     batch_size: int = 8,
 ) -> tuple[list[tuple[str, float]], list[Event]]:
@@ -120,15 +187,20 @@ def predict_waveform(
     Args:
         waveform: `(samples,)` float audio, at least 0.1 s.
         top_k: number of tags to return.
-        threshold: event threshold for every class; None means the class map's thresholds when it has them,
-            else 0.5.
-        class_map: maps the model's classes to target classes (max over members) for tags and events.
+        threshold: event threshold: one for every class, a `{label: threshold}` mapping or a thresholds file;
+            None means the class map's thresholds when it has them, else 0.5 (see `resolve_thresholds`).
+        class_map: maps the model's classes to target classes (max over members) for tags and events: a
+            `ClassMap`, a packaged map's name (`"desed"`) or a class-map JSON file.
         median_filter_seconds: median filter over the frame probabilities before thresholding.
         batch_size: windows per forward pass.
 
     Returns:
         `([(label, score)] best first, [Event] by onset)`.
+
+    Raises:
+        InputError: an option [`check_options`] refuses, or audio that is too short, not mono or not finite.
     """
+    class_map, thresholds = check_options(model, top_k, threshold, class_map, median_filter_seconds, batch_size)
     recorder = _ClipLogitRecorder(model)
     frame_scores = sliding_window_scores(
         recorder, feature_extractor, waveform, feature_extractor.sampling_rate, batch_size=batch_size
@@ -137,41 +209,39 @@ def predict_waveform(
         clip = torch.cat(recorder.clip_logits).softmax(dim=-1).mean(dim=0).numpy()
     else:
         clip = frame_scores.clip_scores["mean"]
-    labels = frame_scores.labels
     if class_map is not None:
-        frame_scores = frame_scores.mapped(class_map)
+        frame_scores = map_frame_scores(frame_scores, class_map)
         clip = map_scores(clip, class_map)
-        labels = class_map.labels
-    order = np.argsort(-clip, kind="stable")[: max(0, top_k)]
-    tags = [(labels[i], float(clip[i])) for i in order]
-
-    if threshold is not None:
-        thresholds = float(threshold)
-    elif class_map is not None and class_map.thresholds:
-        thresholds = class_map.threshold_vector()
-    else:
-        thresholds = DEFAULT_THRESHOLD
-    events = frame_scores.events(thresholds, median_filter_seconds)
-    return tags, events
+    order = np.argsort(-clip, kind="stable")[:top_k]
+    tags = [(frame_scores.labels[i], float(clip[i])) for i in order]
+    return tags, frame_scores_events(frame_scores, thresholds, median_filter_seconds)
 
 
 def predict_file(
     model: HTSATForSoundEventDetection,
     feature_extractor: HTSATFeatureExtractor,
     path: str | PathLike,
-    **kwargs,
+    top_k: int = 5,
+    threshold: float | Mapping[str, float] | str | PathLike | None = None,
+    class_map: str | PathLike | ClassMap | None = None,
+    median_filter_seconds: float | None = None,
+    batch_size: int = 8,
 ) -> FilePrediction:
-    """[`predict_waveform`] on a decoded file; `kwargs` are its options.
+    """[`predict_waveform`] on a decoded file (see there for the options).
 
     Raises:
-        AudioReadError: for files that cannot be decoded or are too short, naming the file.
+        InputError: an option [`check_options`] refuses (checked before the file is read, and not naming it); a
+            file that is missing, cannot be decoded or is too short, naming the file.
     """
+    class_map, _ = check_options(model, top_k, threshold, class_map, median_filter_seconds, batch_size)
+    options = dict(top_k=top_k, threshold=threshold, class_map=class_map,
+                   median_filter_seconds=median_filter_seconds, batch_size=batch_size)
     waveform, source_rate = read_audio(path, feature_extractor.sampling_rate)
     try:
-        tags, events = predict_waveform(model, feature_extractor, waveform, **kwargs)
-    except ValueError as error:
-        # Audio-dependent refusals (too short, ...) name the file, like decoding errors.
-        raise AudioReadError(f"{path}: {error}") from None
+        tags, events = predict_waveform(model, feature_extractor, waveform, **options)
+    except InputError as error:
+        # The options passed above, so what is left is about this audio (too short, ...): name the file.
+        raise InputError(f"{path}: {error}") from None
     return FilePrediction(
         path=str(path),
         duration=waveform.shape[0] / feature_extractor.sampling_rate,
@@ -184,7 +254,11 @@ def predict_file(
 def format_predictions(predictions: list[FilePrediction], fmt: str = "table") -> str:
     """Render predictions: `"table"` for reading, `"json"` (one array of `FilePrediction.to_dict()`), or `"tsv"`
     (columns `TSV_COLUMNS`; `kind` is `tag` for a clip tag, spanning the whole file, or `event`; the event rows
-    are in the DCASE layout `filename, onset, offset, event_label`)."""
+    are in the DCASE layout `filename, onset, offset, event_label`).
+
+    Raises:
+        InputError: a format not in `FORMATS`.
+    """
     if fmt == "json":
         return json.dumps([p.to_dict() for p in predictions], indent=2)
     if fmt == "tsv":
@@ -199,7 +273,7 @@ def format_predictions(predictions: list[FilePrediction], fmt: str = "table") ->
                 writer.writerow([p.path, f"{e.onset:.3f}", f"{e.offset:.3f}", e.label, score, "event"])
         return buffer.getvalue().rstrip("\n")
     if fmt != "table":
-        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+        raise InputError(f"format must be one of {FORMATS}, got {fmt!r}")
     blocks = []
     for p in predictions:
         lines = [f"{p.path}  ({p.duration:.2f} s)", "  tags:"]
@@ -217,8 +291,8 @@ def format_predictions(predictions: list[FilePrediction], fmt: str = "table") ->
 
 
 __all__ = [
-    "AudioReadError",
     "FilePrediction",
+    "check_options",
     "format_predictions",
     "load_predictor",
     "predict_file",

@@ -12,6 +12,8 @@ as `mixup_lambda`), and [`HTSATTrainer`] mixes the targets with the same functio
 import numpy as np
 import torch
 
+from ..errors import InputError
+
 
 def sample_mixup(
     batch_size: int,
@@ -30,9 +32,9 @@ def sample_mixup(
         device: where to put the returned tensor.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     if alpha <= 0:
-        raise ValueError(f"alpha must be positive, got {alpha}")
+        raise InputError(f"alpha must be positive, got {alpha}")
     rng = np.random if generator is None else generator
     return torch.from_numpy(np.asarray(rng.beta(alpha, alpha, size=batch_size), dtype=np.float32)).to(device)
 

@@ -7,15 +7,16 @@ augmentation of [`time_shift_tta`].
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from os import PathLike
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from .. import modeling_htsat
+from ..audio import load_waveform
 from ..configuration_htsat import HTSATConfig
-from ..feature_extraction_htsat import HTSATFeatureExtractor
+from ..errors import InputError, error_line
 from ..modeling_htsat import HTSATForAudioClassification, HTSATPreTrainedModel
+from ..loading import check_model_source, check_output_dir, load_feature_extractor, load_model
 from .metrics import audio_tagging_scores, classification_accuracy
 from .tta import time_shift_tta
 
@@ -52,12 +53,19 @@ def check_compatible(model_dirs: Sequence[str | PathLike]) -> list[HTSATConfig]:
         the configs, in the order of `model_dirs`.
 
     Raises:
-        ValueError: when `model_dirs` is empty or a model differs from the first in one of `COMPATIBILITY_KEYS`
-            (the message names every differing field with both values).
+        InputError: when `model_dirs` is empty, a folder is not a saved model (see `loading.check_model_source`), or
+            a model differs from the first in one of `COMPATIBILITY_KEYS` (the message names every differing field
+            with both values).
     """
     if not model_dirs:
-        raise ValueError("model_dirs is empty: give at least one saved model folder")
-    configs = [HTSATConfig.from_pretrained(model_dir) for model_dir in model_dirs]
+        raise InputError("model_dirs is empty: give at least one saved model folder")
+    configs = []
+    for model_dir in model_dirs:
+        check_model_source(model_dir)
+        try:
+            configs.append(HTSATConfig.from_pretrained(model_dir))
+        except OSError as error:
+            raise InputError(f"{model_dir}: cannot read config.json ({error_line(error)})") from None
     first = configs[0]
     for model_dir, config in zip(model_dirs[1:], configs[1:]):
         differences = [
@@ -66,7 +74,7 @@ def check_compatible(model_dirs: Sequence[str | PathLike]) -> list[HTSATConfig]:
             if getattr(first, key) != getattr(config, key)
         ]
         if differences:
-            raise ValueError(
+            raise InputError(
                 f"cannot combine {model_dir} with {model_dirs[0]}: their architectures or label sets differ ("
                 + "; ".join(differences)
                 + ")"
@@ -79,8 +87,8 @@ def average_checkpoints(model_dirs: Sequence[str | PathLike], output_dir: str | 
 
     Every floating-point parameter and buffer (BatchNorm running statistics included) becomes the mean over the
     models, computed in float64 and stored in the first model's dtype. Integer buffers (`num_batches_tracked`) are
-    taken from the first model, as are the config (with its class and `auto_map`) and the feature extractor, when
-    the first folder has one.
+    taken from the first model, as are the config (with its class and `auto_map`) and the feature extractor (built
+    from the config when the first folder has none). Each folder's extractor is checked against its config.
 
     Args:
         model_dirs: folders written by `save_pretrained` (for example `Trainer` checkpoints).
@@ -90,26 +98,30 @@ def average_checkpoints(model_dirs: Sequence[str | PathLike], output_dir: str | 
         the averaged model, in eval mode.
 
     Raises:
-        ValueError: for models of different architectures or label sets (see [`check_compatible`]), or whose
-            weights differ in names or shapes.
+        InputError: before any loading, for an output folder that cannot be written (`loading.check_output_dir`);
+            for models of different architectures or label sets (see [`check_compatible`]), a feature extractor
+            that differs from its config, unreadable weights (see `loading.load_model`), or weights that differ in
+            names or shapes.
     """
+    output_dir = check_output_dir(output_dir)
     configs = check_compatible(model_dirs)
+    extractors = [load_feature_extractor(model_dir, config) for model_dir, config in zip(model_dirs, configs)]
     architecture = (configs[0].architectures or ["HTSATForAudioClassification"])[0]
     model_class = getattr(modeling_htsat, architecture, None)
     if not (isinstance(model_class, type) and issubclass(model_class, HTSATPreTrainedModel)):
-        raise ValueError(f"{model_dirs[0]} holds a {architecture}, not an HTS-AT model class of this package")
+        raise InputError(f"{model_dirs[0]} holds a {architecture}, not an HTS-AT model class of this package")
 
-    averaged = model_class.from_pretrained(model_dirs[0])
+    averaged = load_model(model_class, model_dirs[0])
     reference = averaged.state_dict()
     sums = {name: tensor.double() for name, tensor in reference.items() if tensor.is_floating_point()}
     for model_dir in model_dirs[1:]:
-        state = model_class.from_pretrained(model_dir).state_dict()
+        state = load_model(model_class, model_dir).state_dict()
         mismatched = sorted(
             set(state) ^ set(reference)
             | {name for name in set(state) & set(reference) if state[name].shape != reference[name].shape}
         )
         if mismatched:
-            raise ValueError(
+            raise InputError(
                 f"the weights of {model_dir} do not match those of {model_dirs[0]} (differing names or shapes: "
                 f"{', '.join(mismatched[:10])}{' ...' if len(mismatched) > 10 else ''})"
             )
@@ -120,10 +132,8 @@ def average_checkpoints(model_dirs: Sequence[str | PathLike], output_dir: str | 
     )
     averaged.eval()
 
-    output_dir = Path(output_dir)
     averaged.save_pretrained(output_dir)
-    if (Path(model_dirs[0]) / "preprocessor_config.json").is_file():
-        HTSATFeatureExtractor.from_pretrained(model_dirs[0]).save_pretrained(output_dir)
+    extractors[0].save_pretrained(output_dir)
     return averaged
 
 
@@ -145,8 +155,9 @@ def ensemble_predict(
         model_dirs: folders of saved HTS-AT models with their feature extractors, all compatible (see
             [`check_compatible`]; the label sets must be equal).
         dataset: examples in a fixed order (a `datasets.Dataset`, a list of dicts, ...), each with
-            `example[audio_column]` a mapping with `"array"` (mono samples) and `"sampling_rate"`, as `datasets`'
-            `Audio` feature gives; the rate must be the models'.
+            `example[audio_column]` in any form `audio.load_waveform` takes: a `{"array", "sampling_rate"}` dict
+            (resampled to the models' rate), a torchcodec `AudioDecoder` (`datasets`' `Audio` feature), a
+            `{"path", "bytes"}` dict, a path.
         audio_column: the audio field of each example.
         batch_size: clips per forward pass.
         shifts, step_samples: time-shift augmentation per model, see [`time_shift_tta`]; the original's AudioSet
@@ -155,6 +166,10 @@ def ensemble_predict(
 
     Returns:
         `(num_examples, num_labels)` float32 probabilities (sigmoid for multi-label models, softmax otherwise).
+
+    Raises:
+        InputError: see [`check_compatible`] and `loading.load_model`; audio that cannot be read (naming the
+            example or file), or an empty dataset.
     """
     probabilities, _ = _ensemble_pass(model_dirs, dataset, audio_column, None, batch_size, shifts, step_samples, device)
     return probabilities
@@ -186,14 +201,15 @@ def ensemble_evaluate(
 
 def _ensemble_pass(model_dirs, dataset, audio_column, label_column, batch_size, shifts, step_samples, device):
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     configs = check_compatible(model_dirs)
     device = torch.device("cpu" if device is None else device)
-    models = [HTSATForAudioClassification.from_pretrained(model_dir).to(device).eval() for model_dir in model_dirs]
-    extractors = [HTSATFeatureExtractor.from_pretrained(model_dir) for model_dir in model_dirs]
+    models = [load_model(HTSATForAudioClassification, model_dir).to(device).eval() for model_dir in model_dirs]
+    extractors = [load_feature_extractor(model_dir, config) for model_dir, config in zip(model_dirs, configs)]
+    sampling_rate = configs[0].sampling_rate
 
     probabilities, labels = [], []
-    for waveforms, sampling_rate, batch_labels in _batches(dataset, audio_column, label_column, batch_size):
+    for waveforms, batch_labels in _batches(dataset, audio_column, label_column, batch_size, sampling_rate):
         if label_column is not None:
             # Checked before the forward passes, so that a wrong label column fails at once, not after a long pass.
             labels.append(_check_labels(batch_labels, label_column, configs[0]))
@@ -203,7 +219,7 @@ def _ensemble_pass(model_dirs, dataset, audio_column, label_column, batch_size, 
         )
         probabilities.append((batch / len(models)).numpy())
     if not probabilities:
-        raise ValueError("the dataset is empty")
+        raise InputError("the dataset is empty")
     return np.concatenate(probabilities), (np.concatenate(labels) if label_column is not None else None)
 
 
@@ -213,7 +229,7 @@ def _check_labels(batch_labels: list, label_column: str, config: HTSATConfig) ->
     expected = (len(batch_labels), config.num_labels) if multi_label else (len(batch_labels),)
     if labels.shape != expected or (not multi_label and not np.issubdtype(labels.dtype, np.integer)):
         kind = f"multi-hot vectors of {config.num_labels} values" if multi_label else "integer class ids"
-        raise ValueError(
+        raise InputError(
             f"the models are {config.problem_type} models, so '{label_column}' must hold {kind}; got an array of "
             f"shape {labels.shape} and dtype {labels.dtype} for a batch of {len(batch_labels)} examples"
         )
@@ -221,32 +237,19 @@ def _check_labels(batch_labels: list, label_column: str, config: HTSATConfig) ->
 
 
 def _batches(
-    dataset: Iterable[Mapping], audio_column: str, label_column: str | None, batch_size: int
-) -> Iterator[tuple[list[np.ndarray], int, list]]:
-    """`(waveforms, sampling_rate, labels)` for consecutive groups of `batch_size` examples."""
-    waveforms, labels, rate = [], [], None
+    dataset: Iterable[Mapping], audio_column: str, label_column: str | None, batch_size: int, sampling_rate: int
+) -> Iterator[tuple[list[np.ndarray], list]]:
+    """`(waveforms at sampling_rate, labels)` for consecutive groups of `batch_size` examples."""
+    waveforms, labels = [], []
     for index, example in enumerate(dataset):
-        audio = example[audio_column]
-        try:
-            array, example_rate = audio["array"], int(audio["sampling_rate"])
-        except (TypeError, KeyError, IndexError):
-            raise ValueError(
-                f"example {index}: '{audio_column}' must be a mapping with 'array' and 'sampling_rate' (as datasets' "
-                f"Audio feature gives), got {type(audio).__name__}"
-            ) from None
-        if waveforms and example_rate != rate:
-            # Flush so that each call to the extractor sees one rate, which it then checks against the model's.
-            yield waveforms, rate, labels
-            waveforms, labels = [], []
-        rate = example_rate
-        waveforms.append(np.asarray(array))
+        waveforms.append(load_waveform(example[audio_column], sampling_rate, name=f"example {index}"))
         if label_column is not None:
             labels.append(example[label_column])
         if len(waveforms) == batch_size:
-            yield waveforms, rate, labels
+            yield waveforms, labels
             waveforms, labels = [], []
     if waveforms:
-        yield waveforms, rate, labels
+        yield waveforms, labels
 
 
 __all__ = ["COMPATIBILITY_KEYS", "average_checkpoints", "check_compatible", "ensemble_evaluate", "ensemble_predict"]

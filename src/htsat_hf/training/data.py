@@ -2,25 +2,26 @@
 errors, and the batch collator that pads/crops clips and runs the feature extractor once per batch.
 
 Sources (`load_audio_splits`): a Hub or local dataset by name (`datasets.load_dataset`, optionally streaming),
-`audiofolder` directories with a `metadata.csv`, or PANNs-style AudioSet hdf5 packs (see `audioset_hdf5`).
-Audio stays encoded in the dataset and is decoded per example by the collator (in the DataLoader workers), with
-`datasets.Audio`, which resamples to the model's rate and downmixes to mono through torchcodec.
+`audiofolder` directories with a `metadata.csv`, or PANNs-style AudioSet hdf5 packs (see `audioset_hdf5_split`).
+Audio stays encoded in the dataset and is decoded per example by the collator (in the DataLoader workers) with
+`audio.load_waveform`, the package's one audio input layer: downmixed to mono, integer PCM scaled, resampled to the
+model's rate. Every problem with the data is an `InputError` naming the split, row or file.
 """
 
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..audio import audio_duration, check_waveform, load_waveform, pcm_to_float
+from ..convert_htsat_original_checkpoint import read_label_file
+from ..errors import InputError, error_line
 from ..feature_extraction_htsat import pad_waveform
 
 logger = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """A problem with the training or evaluation data, found before or during loading; names the split or file."""
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -54,11 +55,11 @@ class LabelSpec:
     def _id(self, value, where: str) -> int:
         if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
             if not 0 <= value < len(self.names):
-                raise DataError(f"{where}: label id {value} is outside the label set 0..{len(self.names) - 1}")
+                raise InputError(f"{where}: label id {value} is outside the label set 0..{len(self.names) - 1}")
             return int(value)
         name = str(value).strip()
         if name not in self._index:
-            raise DataError(f"{where}: label {name!r} is not in the label set ({_preview(self.names)})")
+            raise InputError(f"{where}: label {name!r} is not in the label set ({_preview(self.names)})")
         return self._index[name]
 
     def encode(self, value, where: str = "example") -> int | np.ndarray:
@@ -71,7 +72,7 @@ class LabelSpec:
             target[[self._id(v, where) for v in values]] = 1.0
             return target
         if len(values) != 1:
-            raise DataError(f"{where}: single-label task but the example has {len(values)} labels: {value!r}")
+            raise InputError(f"{where}: single-label task but the example has {len(values)} labels: {value!r}")
         return self._id(values[0], where)
 
 
@@ -119,7 +120,7 @@ def infer_label_spec(dataset, label_column: str, multi_label: bool | None = None
 
     values = dataset.select_columns([label_column])[label_column]
     if not values:
-        raise DataError(f"the label column {label_column!r} is empty")
+        raise InputError(f"the label column {label_column!r} is empty")
     listed = [v for v in values if isinstance(v, (list, tuple))]
     if listed and len(listed) == len(values):
         lengths = {len(v) for v in listed}
@@ -138,15 +139,17 @@ def infer_label_spec(dataset, label_column: str, multi_label: bool | None = None
 def _names_from_values(values: list) -> list[str]:
     if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
         if min(values) < 0:
-            raise DataError(f"integer labels must be >= 0, found {min(values)}")
+            raise InputError(f"integer labels must be >= 0, found {min(values)}")
         return [str(i) for i in range(int(max(values)) + 1)]
     return sorted({str(v).strip() for v in values})
 
 
 def read_label_names(path: str) -> list[str]:
-    """Class names in index order from a `class_labels_indices.csv`-style file (AudioSet's label file)."""
-    from ..convert_htsat_original_checkpoint import read_label_file
+    """Class names in index order from a `class_labels_indices.csv`-style file (AudioSet's label file).
 
+    Raises:
+        InputError: an unreadable file, a missing header, or indices that are not 0..n-1 (naming the file).
+    """
     return list(read_label_file(path).values())
 
 
@@ -187,14 +190,15 @@ def load_audio_splits(
         `{"train": ..., "eval": ...}`, either possibly missing when not asked for.
 
     Raises:
-        DataError: for a missing split or column, or an empty split, naming it and what is available.
+        InputError: for a missing folder, a dataset that cannot be loaded, a missing split or column, or an empty
+            split, naming it and what is available.
     """
     import datasets
 
     sources = [dataset_name is not None, train_dir is not None or eval_dir is not None,
                audioset_train_index is not None or audioset_eval_index is not None]
     if sum(sources) != 1:
-        raise DataError("give exactly one data source: dataset_name, train_dir/eval_dir or audioset_*_index")
+        raise InputError("give exactly one data source: dataset_name, train_dir/eval_dir or audioset_*_index")
     splits = {}
     if sources[2]:
         for role, index in (("train", audioset_train_index), ("eval", audioset_eval_index)):
@@ -202,7 +206,10 @@ def load_audio_splits(
                 splits[role] = audioset_hdf5_split(index, audio_column, label_column)
         return splits
     if dataset_name is not None:
-        loaded = datasets.load_dataset(dataset_name, dataset_config_name, streaming=streaming)
+        try:
+            loaded = datasets.load_dataset(dataset_name, dataset_config_name, streaming=streaming)
+        except Exception as error:  # datasets raises many types (not found, bad config name, no connection)
+            raise InputError(f"cannot load dataset {dataset_name!r}: {error_line(error)}") from None
         for role, name in (("train", train_split), ("eval", eval_split)):
             if name is None or (role == "eval" and fold_column):
                 continue
@@ -210,16 +217,24 @@ def load_audio_splits(
                 if role == "eval" and name == "validation" and "test" in loaded:
                     name = "test"
                 else:
-                    raise DataError(f"{dataset_name} has no split {name!r}; it has {sorted(loaded)}")
+                    raise InputError(f"{dataset_name} has no split {name!r}; it has {sorted(loaded)}")
             splits[role] = loaded[name]
     else:
         for role, directory in (("train", train_dir), ("eval", eval_dir)):
-            if directory is not None:
-                splits[role] = datasets.load_dataset("audiofolder", data_dir=directory, split="train", streaming=streaming)
+            if directory is None:
+                continue
+            if not Path(directory).is_dir():
+                raise InputError(f"{directory}: no such folder (the {role} audiofolder)")
+            try:
+                splits[role] = datasets.load_dataset(
+                    "audiofolder", data_dir=directory, split="train", streaming=streaming
+                )
+            except Exception as error:  # datasets raises many types for a folder it cannot read
+                raise InputError(f"{directory}: cannot be read as an audiofolder ({error_line(error)})") from None
 
     if fold_column is not None:
         if eval_fold is None or "train" not in splits:
-            raise DataError("fold_column needs eval_fold and a train split to divide")
+            raise InputError("fold_column needs eval_fold and a train split to divide")
         source = splits["train"]
         _require_columns(source, [fold_column], "train")
         splits["train"] = source.filter(lambda fold: fold != eval_fold, input_columns=[fold_column])
@@ -229,7 +244,7 @@ def load_audio_splits(
         _require_columns(split, [audio_column, label_column], role)
         split = split.cast_column(audio_column, datasets.Audio(decode=False))
         if not streaming and len(split) == 0:
-            raise DataError(f"the {role} split is empty" + (f" (fold {eval_fold})" if fold_column else ""))
+            raise InputError(f"the {role} split is empty" + (f" (fold {eval_fold})" if fold_column else ""))
         splits[role] = split
     return splits
 
@@ -242,7 +257,7 @@ def audioset_hdf5_split(index_path: str, audio_column: str = "audio", label_colu
     waveforms (`{"hdf5_path", "index_in_hdf5"}`), read when a batch is collated, and carry the class ids.
 
     Raises:
-        DataError: for a missing file or a file without those datasets.
+        InputError: for a missing file or a file without those datasets.
     """
     import datasets
     import h5py
@@ -251,14 +266,14 @@ def audioset_hdf5_split(index_path: str, audio_column: str = "audio", label_colu
         with h5py.File(index_path, "r") as index:
             missing = [k for k in ("audio_name", "target", "hdf5_path", "index_in_hdf5") if k not in index]
             if missing:
-                raise DataError(f"{index_path}: not a PANNs AudioSet index, missing {missing}")
+                raise InputError(f"{index_path}: not a PANNs AudioSet index, missing {missing}")
             targets = index["target"][:].astype(bool)
             paths = [p.decode() for p in index["hdf5_path"][:]]
             rows = index["index_in_hdf5"][:].astype(np.int64)
     except OSError as error:
-        raise DataError(f"{index_path}: cannot open the AudioSet index ({error})") from error
+        raise InputError(f"{index_path}: cannot open the AudioSet index ({error})") from error
     if not len(rows):
-        raise DataError(f"{index_path}: the index lists no clips")
+        raise InputError(f"{index_path}: the index lists no clips")
     return datasets.Dataset.from_dict(
         {
             audio_column: [{"hdf5_path": p, "index_in_hdf5": int(r)} for p, r in zip(paths, rows)],
@@ -275,17 +290,16 @@ def _read_hdf5_clip(reference: dict) -> np.ndarray:
         with h5py.File(path, "r") as pack:
             waveform = pack["waveform"][row]
     except (OSError, KeyError, IndexError) as error:
-        raise DataError(f"{path}: cannot read waveform {row} ({error})") from error
-    if waveform.dtype == np.int16:
-        return waveform.astype(np.float32) / 32768.0
-    return waveform.astype(np.float32)
+        raise InputError(f"{path}: cannot read waveform {row} ({error})") from None
+    name = f"{path}, waveform {row}"
+    return check_waveform(pcm_to_float(waveform, name), name)
 
 
 def _require_columns(split, columns: list[str], role: str):
     available = list(split.features) if split.features is not None else []
     missing = [c for c in columns if c not in available]
     if missing:
-        raise DataError(f"the {role} split has no column {missing}; its columns are {available}")
+        raise InputError(f"the {role} split has no column {missing}; its columns are {available}")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -296,38 +310,29 @@ def _require_columns(split, columns: list[str], role: str):
 def decode_audio(value, sampling_rate: int) -> np.ndarray:
     """Mono float32 samples at `sampling_rate` from a dataset's audio value.
 
-    Accepts the encoded form (`{"path", "bytes"}`, decoded and resampled by `datasets.Audio` through torchcodec),
-    a reference into an AudioSet hdf5 pack (`{"hdf5_path", "index_in_hdf5"}`, see `audioset_hdf5_split`),
-    an already decoded `{"array", "sampling_rate"}` dict at the right rate, or a torchcodec `AudioDecoder`.
+    Accepts a reference into an AudioSet hdf5 pack (`{"hdf5_path", "index_in_hdf5"}`, see `audioset_hdf5_split`),
+    and every form `audio.load_waveform` takes: the encoded `{"path", "bytes"}` form (a remote path of a streamed
+    dataset is opened through `datasets`), a decoded `{"array", "sampling_rate"}` dict (integer PCM scaled,
+    resampled), a torchcodec `AudioDecoder`, a path or an array at `sampling_rate`.
+
+    Returns:
+        `(samples,)` float32, finite, non-empty.
 
     Raises:
-        DataError: naming the file when it cannot be decoded, or when a decoded array has another rate.
+        InputError: naming the file (or pack and row) when it cannot be read or decoded, is empty or not finite.
     """
     if isinstance(value, dict) and "hdf5_path" in value:
         if sampling_rate != 32000:
-            raise DataError(f"{value['hdf5_path']}: AudioSet packs hold 32 kHz audio; the model expects {sampling_rate} Hz")
-        return _read_hdf5_clip(value)
-    if isinstance(value, dict) and value.get("array") is not None:
-        if value.get("sampling_rate") != sampling_rate:
-            raise DataError(
-                f"{value.get('path') or 'an example'}: decoded at {value.get('sampling_rate')} Hz but the model "
-                f"expects {sampling_rate} Hz; cast the column with datasets.Audio(sampling_rate={sampling_rate})"
+            raise InputError(
+                f"{value['hdf5_path']}: AudioSet packs hold 32 kHz audio; the model expects {sampling_rate} Hz"
             )
-        return _mono(np.asarray(value["array"], dtype=np.float32))
-    from datasets import Audio
+        return _read_hdf5_clip(value)
+    if isinstance(value, dict) and value.get("bytes") is None and "://" in str(value.get("path") or ""):
+        from datasets import Audio
 
-    path = value.get("path") if isinstance(value, dict) else getattr(getattr(value, "metadata", None), "path", None)
-    try:
-        decoder = Audio(sampling_rate=sampling_rate, num_channels=1).decode_example(value) if isinstance(value, dict) else value
-        samples = decoder.get_all_samples()
-    except Exception as error:  # torchcodec/FFmpeg raise many types; the caller needs the path, not the type
-        raise DataError(f"{path or 'an in-memory example'}: cannot decode audio ({error})") from error
-    if samples.sample_rate != sampling_rate:
-        raise DataError(f"{path}: decoded at {samples.sample_rate} Hz, expected {sampling_rate} Hz")
-    waveform = _mono(samples.data.numpy())
-    if waveform.size == 0:
-        raise DataError(f"{path or 'an example'}: the audio is empty")
-    return waveform
+        # A file of a streamed Hub dataset: datasets opens it through fsspec and hands over a decoder.
+        value = Audio().decode_example(value)
+    return load_waveform(value, sampling_rate)
 
 
 def check_audio_files(split, audio_column: str, skip_bad_audio: bool, role: str):
@@ -338,30 +343,27 @@ def check_audio_files(split, audio_column: str, skip_bad_audio: bool, role: str)
         The split (without the unreadable rows when `skip_bad_audio`) and the number of rows skipped.
 
     Raises:
-        DataError: naming the first unreadable file, unless `skip_bad_audio`.
+        InputError: naming the first unreadable file, unless `skip_bad_audio`.
     """
-    from torchcodec.decoders import AudioDecoder
-
     bad = []
     for row, value in enumerate(split.select_columns([audio_column])[audio_column]):
         if "hdf5_path" in value:
             continue  # AudioSet packs are read row by row; a missing pack fails at its first batch
-        source = value.get("bytes") or value.get("path")
+        name = value.get("path") or f"{role} row {row}"
+        source = value.get("bytes") if value.get("bytes") is not None else value.get("path")
         try:
-            AudioDecoder(source).metadata
-        except Exception as error:  # torchcodec raises several types; the user needs the file named
+            if source is None:
+                raise InputError(f"{name}: the row has no audio (neither a path nor bytes)")
+            audio_duration(source, name=name)
+        except InputError as error:
             if not skip_bad_audio:
-                raise DataError(f"{value.get('path') or f'{role} row {row}'}: cannot decode audio ({error})") from error
+                raise
             bad.append(row)
-            logger.warning("skipping undecodable audio in the %s split: %s (%s)", role, value.get("path") or row, error)
+            logger.warning("skipping undecodable audio in the %s split: %s", role, error)
     if bad:
         bad_rows = set(bad)
         split = split.select([i for i in range(len(split)) if i not in bad_rows])
     return split, len(bad)
-
-
-def _mono(waveform: np.ndarray) -> np.ndarray:
-    return waveform.mean(axis=0) if waveform.ndim == 2 else waveform
 
 
 def crop(waveform: np.ndarray, length: int, random: bool, generator: torch.Generator | None = None) -> np.ndarray:
@@ -402,7 +404,7 @@ class AudioClassificationCollator:
         for row in rows:
             try:
                 wave = decode_audio(row[self.audio_column], extractor.sampling_rate)
-            except DataError as error:
+            except InputError as error:
                 if not self.skip_bad_audio:
                     raise
                 self.skipped += 1
@@ -411,7 +413,7 @@ class AudioClassificationCollator:
             waves.append(crop(wave, extractor.max_length_samples, self.random_crop))
             labels.append(self.label_spec.encode(row[self.label_column]))
         if not waves:
-            raise DataError("every example of a batch failed to decode; see the warnings above")
+            raise InputError("every example of a batch failed to decode; see the warnings above")
         if self.tta_offsets:
             padded = [pad_waveform(w, extractor.max_length_samples, extractor.pad_mode) for w in waves]
             waves = [np.roll(w, -offset) for w in padded for offset in self.tta_offsets]
@@ -430,7 +432,6 @@ __all__ = [
     "audioset_hdf5_split",
     "load_audio_splits",
     "read_label_names",
-    "DataError",
     "LabelSpec",
     "check_audio_files",
     "check_labels",

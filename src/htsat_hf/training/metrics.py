@@ -21,8 +21,12 @@ from collections.abc import Callable
 import datasets
 import evaluate
 import numpy as np
+import torch
 from scipy.stats import norm, rankdata
 from transformers import EvalPrediction
+
+from ..errors import InputError
+from ..modeling_htsat import clip_classification_loss
 
 _CITATION = """\
 @inproceedings{chen2022hts,
@@ -78,14 +82,14 @@ def audio_tagging_scores(scores: np.ndarray, targets: np.ndarray) -> dict[str, f
     """
     scores, positives = np.asarray(scores, dtype=np.float64), np.asarray(targets) != 0
     if scores.ndim != 2 or scores.shape != positives.shape:
-        raise ValueError(
+        raise InputError(
             f"scores and targets must both be (num_examples, num_classes), got {scores.shape} and {positives.shape}"
         )
     num_pos = positives.sum(axis=0)
     with_pos = np.flatnonzero(num_pos > 0)
     with_both = np.flatnonzero((num_pos > 0) & (num_pos < positives.shape[0]))
     if with_pos.size == 0 or with_both.size == 0:
-        raise ValueError("mAP and mAUC need at least one class with both positive and negative examples")
+        raise InputError("mAP and mAUC need at least one class with both positive and negative examples")
     if with_both.size < positives.shape[1]:
         warnings.warn(
             f"{positives.shape[1] - with_pos.size} of {positives.shape[1]} classes have no positive example and "
@@ -115,13 +119,13 @@ def classification_accuracy(scores: np.ndarray, labels: np.ndarray, top_k: int =
     """
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
     if scores.ndim != 2 or labels.shape != (scores.shape[0],):
-        raise ValueError(
+        raise InputError(
             f"need scores (num_examples, num_classes) and labels (num_examples,), got {scores.shape} and {labels.shape}"
         )
     if top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
+        raise InputError(f"top_k must be >= 1, got {top_k}")
     if labels.size and (labels.min() < 0 or labels.max() >= scores.shape[1]):
-        raise ValueError(f"class ids must lie in [0, {scores.shape[1]}), got {labels.min()} to {labels.max()}")
+        raise InputError(f"class ids must lie in [0, {scores.shape[1]}), got {labels.min()} to {labels.max()}")
     true_scores = scores[np.arange(labels.size), labels][:, None]
     lower_index = np.arange(scores.shape[1])[None, :] < labels[:, None]
     rank = (scores > true_scores).sum(axis=1) + ((scores == true_scores) & lower_index).sum(axis=1)
@@ -228,7 +232,7 @@ def make_compute_metrics(problem_type: str, top_k: int = 5) -> Callable[[EvalPre
             return {**results, "loss": _loss(logits, targets, problem_type)}
 
     else:
-        raise ValueError(
+        raise InputError(
             "problem_type must be 'multi_label_classification' or 'single_label_classification', got "
             f"{problem_type!r}"
         )
@@ -237,10 +241,6 @@ def make_compute_metrics(problem_type: str, top_k: int = 5) -> Callable[[EvalPre
 
 def _loss(logits: np.ndarray, targets: np.ndarray, problem_type: str) -> float:
     """The model's own loss over the whole evaluation set at once (Trainer reports it as `eval_loss`)."""
-    import torch
-
-    from ..modeling_htsat import clip_classification_loss
-
     labels = torch.from_numpy(np.asarray(targets))
     return float(clip_classification_loss(torch.from_numpy(np.asarray(logits, dtype=np.float32)), labels, problem_type))
 

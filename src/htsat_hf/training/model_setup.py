@@ -1,5 +1,6 @@
 """Building the model to train: from a saved model (re-initialising the classifier for a new label set), from a
-config with overrides (training from scratch), and initialising the backbone from ImageNet Swin-T weights."""
+config with overrides (training from scratch), and initialising the backbone from ImageNet Swin-T weights. Problems
+with what the user named (a missing folder, a bad override, an unreadable checkpoint) are `InputError`s naming it."""
 
 import json
 import logging
@@ -10,14 +11,20 @@ import torch
 
 from ..configuration_htsat import HTSATConfig
 from ..convert_htsat_original_checkpoint import _RENAMES
+from ..errors import InputError, error_line
 from ..modeling_htsat import HTSATForAudioClassification, HTSATPreTrainedModel
+from ..loading import check_model_source, load_model
 
 logger = logging.getLogger(__name__)
 
 
 def parse_config_overrides(overrides: str | None) -> dict:
     """`"embed_dim=16,depths=[2,2,2,2],drop_path_rate=0.0"` to a dict. Values are read as JSON (numbers, booleans,
-    lists) and fall back to plain strings; commas inside brackets do not split."""
+    lists) and fall back to plain strings; commas inside brackets do not split.
+
+    Raises:
+        InputError: an item that is not `key=value`.
+    """
     if not overrides:
         return {}
     result = {}
@@ -25,7 +32,7 @@ def parse_config_overrides(overrides: str | None) -> dict:
         if not item.strip():
             continue
         if "=" not in item:
-            raise ValueError(f"config override {item!r} is not key=value")
+            raise InputError(f"config override {item!r} is not key=value")
         key, value = (part.strip() for part in item.split("=", 1))
         try:
             result[key] = json.loads(value.replace("True", "true").replace("False", "false"))
@@ -35,19 +42,33 @@ def parse_config_overrides(overrides: str | None) -> dict:
 
 
 def build_config(config_name: str | None, overrides: str | None, label_names: list[str], problem_type: str):
-    """An `HTSATConfig` from a JSON file (or the defaults) with overrides and the task's labels."""
-    values = json.loads(Path(config_name).read_text()) if config_name else {}
+    """An `HTSATConfig` from a JSON file (or the defaults) with overrides and the task's labels.
+
+    Raises:
+        InputError: an unreadable or non-JSON config file, unknown fields, or values HTSATConfig refuses.
+    """
+    values = {}
+    if config_name:
+        try:
+            values = json.loads(Path(config_name).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise InputError(f"{config_name}: cannot read the config ({error_line(error)})") from None
+        if not isinstance(values, dict):
+            raise InputError(f"{config_name}: a config file holds a JSON object of HTSATConfig fields")
     values.update(parse_config_overrides(overrides))
     unknown = set(values) - set(HTSATConfig().to_dict()) - {"num_labels"}
     if unknown:
-        raise ValueError(f"unknown HTSATConfig fields: {sorted(unknown)}")
+        raise InputError(f"unknown HTSATConfig fields: {sorted(unknown)}")
     values.update(
         id2label=dict(enumerate(label_names)),
         label2id={name: i for i, name in enumerate(label_names)},
         problem_type=problem_type,
     )
     values.pop("num_labels", None)
-    return HTSATConfig(**values)
+    try:
+        return HTSATConfig(**values)
+    except (TypeError, ValueError) as error:  # int("abc") and friends, besides HTSATConfig's own InputErrors
+        raise InputError(f"config: {error_line(error)}") from None
 
 
 def load_for_labels(
@@ -58,17 +79,26 @@ def load_for_labels(
     **kwargs,
 ) -> HTSATPreTrainedModel:
     """A saved model set up for `label_names`: unchanged when the label set is the model's, otherwise with its
-    classifier re-initialised (logged), as when fine-tuning the AudioSet model on ESC-50."""
-    config = HTSATConfig.from_pretrained(model_name_or_path, **kwargs)
+    classifier re-initialised (logged), as when fine-tuning the AudioSet model on ESC-50.
+
+    Raises:
+        InputError: see `loading.load_model` (a missing folder, unreadable weights, ...).
+    """
+    check_model_source(model_name_or_path)
+    try:
+        config = HTSATConfig.from_pretrained(model_name_or_path, **kwargs)
+    except OSError as error:
+        raise InputError(f"{model_name_or_path}: cannot read the model's config ({error_line(error)})") from None
     same_labels = [config.id2label[i] for i in range(config.num_labels)] == list(label_names)
     if same_labels:
-        return model_class.from_pretrained(model_name_or_path, problem_type=problem_type, **kwargs)
+        return load_model(model_class, model_name_or_path, problem_type=problem_type, **kwargs)
     logger.warning(
         "re-initialising the classifier of %s: its %d labels (%s...) differ from the task's %d labels (%s...)",
         model_name_or_path, config.num_labels, ", ".join(list(config.id2label.values())[:3]), len(label_names),
         ", ".join(label_names[:3]),
     )
-    model = model_class.from_pretrained(
+    model = load_model(
+        model_class,
         model_name_or_path,
         id2label=dict(enumerate(label_names)),
         label2id={name: i for i, name in enumerate(label_names)},
@@ -91,14 +121,26 @@ def load_swin_weights(model: HTSATPreTrainedModel, checkpoint: str | Path) -> di
 
     Returns:
         `{"loaded": [...], "skipped": [...], "missing": [...]}` names in this model; also logged.
+
+    Raises:
+        InputError: a file that is missing or cannot be read as a PyTorch checkpoint of tensors.
     """
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    state = state.get("model", state.get("state_dict", state))
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load raises many types for a file that is not a checkpoint
+        raise InputError(
+            f"{checkpoint}: cannot be read as a Swin checkpoint ({type(error).__name__}: {error_line(error)})"
+        ) from None
+    state = state.get("model", state.get("state_dict", state)) if isinstance(state, dict) else None
+    if not isinstance(state, dict):
+        raise InputError(f"{checkpoint}: holds no state dict of tensors")
     targets = dict(model.named_parameters())
     prefix = f"{model.base_model_prefix}." if hasattr(model, model.base_model_prefix) else ""
     loaded, skipped = [], []
     with torch.no_grad():
         for key, value in state.items():
+            if not isinstance(value, torch.Tensor):
+                continue  # training metadata stored beside the weights
             key = key.removeprefix("model.").removeprefix("backbone.")
             if key == "patch_embed.proj.weight" and value.shape[1] == 3:
                 value = value.mean(dim=1, keepdim=True)

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from ..errors import InputError
+
 
 class BalancedClassSampler(Sampler[int]):
     r"""
@@ -48,12 +50,12 @@ class BalancedClassSampler(Sampler[int]):
         seed: int = 0,
     ):
         if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+            raise InputError(f"num_samples must be >= 1, got {num_samples}")
         if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(f"need num_replicas >= 1 and 0 <= rank < num_replicas, got {num_replicas=}, {rank=}")
+            raise InputError(f"need num_replicas >= 1 and 0 <= rank < num_replicas, got {num_replicas=}, {rank=}")
         clips, classes = _label_pairs(labels)
         if clips.size == 0:
-            raise ValueError("no clip has any label: class-balanced sampling needs at least one labelled clip")
+            raise InputError("no clip has any label: class-balanced sampling needs at least one labelled clip")
         # Clips of every class laid end to end (class-major), so one epoch's draw is a few vectorised operations.
         by_class = np.argsort(classes, kind="stable")
         self.classes, counts = np.unique(classes, return_counts=True)
@@ -112,7 +114,7 @@ class BalancedClassSampler(Sampler[int]):
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Continue from `state`: the next iteration yields the draw of `state["epoch"]` from `state["position"]`."""
         if state["seed"] != self.seed:
-            raise ValueError(
+            raise InputError(
                 f"the saved sampler state was drawn with seed {state['seed']} but this sampler has seed {self.seed}; "
                 "the resumed order would not continue the saved one"
             )
@@ -126,7 +128,7 @@ def _label_pairs(labels) -> tuple[np.ndarray, np.ndarray]:
         labels = labels.detach().cpu().numpy()
     if isinstance(labels, np.ndarray):
         if labels.ndim != 2:
-            raise ValueError(
+            raise InputError(
                 f"a labels array must be a (num_clips, num_classes) multi-hot matrix, got shape {labels.shape}; pass "
                 "class ids as a list with one entry per clip"
             )
@@ -140,7 +142,7 @@ def _label_pairs(labels) -> tuple[np.ndarray, np.ndarray]:
     clips, classes = np.array(clips, dtype=np.int64), np.array(classes, dtype=np.int64)
     if (classes < 0).any():
         bad = int(np.argmax(classes < 0))
-        raise ValueError(f"clip {clips[bad]} has the negative class id {classes[bad]}")
+        raise InputError(f"clip {clips[bad]} has the negative class id {classes[bad]}")
     return clips, classes
 
 

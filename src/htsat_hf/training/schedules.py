@@ -23,6 +23,8 @@ import bisect
 
 import torch
 
+from ..errors import InputError
+
 WARMUP_FACTORS = (0.02, 0.05, 0.1)
 DECAY_EPOCHS = (10, 20, 30)
 FLOOR_FACTOR = 0.03
@@ -31,7 +33,7 @@ FLOOR_FACTOR = 0.03
 def htsat_lr_factor(epoch: int) -> float:
     """Learning-rate factor of the original recipe for a 0-based `epoch` (see the module docstring)."""
     if epoch < 0:
-        raise ValueError(f"epoch must be >= 0, got {epoch}")
+        raise InputError(f"epoch must be >= 0, got {epoch}")
     if epoch < len(WARMUP_FACTORS):
         return WARMUP_FACTORS[epoch]
     stage = bisect.bisect_left(DECAY_EPOCHS, epoch)
@@ -50,7 +52,7 @@ class HTSATLRLambda:
 
     def __init__(self, steps_per_epoch: int):
         if steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+            raise InputError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
         self.steps_per_epoch = int(steps_per_epoch)
 
     def __call__(self, step: int) -> float:

@@ -6,6 +6,7 @@ import math
 import torch
 from transformers import Trainer
 
+from ..errors import InputError
 from ..modeling_htsat import mixup
 from .augmentation import sample_mixup
 from .schedules import get_htsat_schedule
@@ -41,7 +42,7 @@ class HTSATTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.eval_data_collator = eval_data_collator
         if lr_schedule not in (None, "htsat"):
-            raise ValueError(f"lr_schedule must be None or 'htsat', got {lr_schedule!r}")
+            raise InputError(f"lr_schedule must be None or 'htsat', got {lr_schedule!r}")
         self.lr_schedule = lr_schedule
         self.train_sampler = train_sampler
         self.mixup_alpha = mixup_alpha

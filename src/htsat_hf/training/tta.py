@@ -19,6 +19,8 @@ ESC-50 and Speech Commands evaluations it predicts once.
 import numpy as np
 import torch
 
+from ..audio import pcm_to_float
+from ..errors import InputError
 from ..feature_extraction_htsat import HTSATFeatureExtractor, _as_clip_list, pad_waveform
 
 
@@ -29,7 +31,7 @@ def time_shift_offsets(shifts: int = 10, step_samples: int = 100) -> list[int]:
     [0, 100, 300, 600, 1000, 1500, 2100, 2800, 3600, 4500]
     """
     if shifts < 1 or step_samples < 0:
-        raise ValueError(f"need shifts >= 1 and step_samples >= 0, got {shifts=}, {step_samples=}")
+        raise InputError(f"need shifts >= 1 and step_samples >= 0, got {shifts=}, {step_samples=}")
     return [step_samples * i * (i + 1) // 2 for i in range(shifts)]
 
 
@@ -39,7 +41,7 @@ def clip_probabilities(logits: torch.Tensor, problem_type: str) -> torch.Tensor:
         return torch.sigmoid(logits)
     if problem_type == "single_label_classification":
         return torch.softmax(logits, dim=-1)
-    raise ValueError(
+    raise InputError(
         f"problem_type must be 'multi_label_classification' or 'single_label_classification', got {problem_type!r}"
     )
 
@@ -69,17 +71,18 @@ def time_shift_tta(
 
     Returns:
         `(batch, num_labels)` float32 probabilities on the CPU.
+
+    Raises:
+        InputError: what the feature extractor refuses (rate, shape, samples), naming the clip.
     """
     offsets = time_shift_offsets(shifts, step_samples)
     device = next(model.parameters()).device
     problem_type = model.config.problem_type
     # The first call validates every clip (rate, mono, length, finite samples) before any padding here.
     unshifted = feature_extractor(waveforms, sampling_rate=sampling_rate, return_tensors="pt", device=device)
-    # Same reading of the input forms as the extractor's; integer PCM stays integer for the extractor to scale.
-    clips = [
-        clip.detach().cpu().numpy() if isinstance(clip, torch.Tensor) else np.asarray(clip)
-        for clip in _as_clip_list(waveforms)
-    ]
+    # Same reading of the input forms as the extractor's. Integer PCM is scaled before padding: zeros are silence
+    # only in float (8-bit WAV's silence is 128).
+    clips = [pcm_to_float(clip, f"clip {index}") for index, clip in enumerate(_as_clip_list(waveforms))]
     padded = [pad_waveform(clip, feature_extractor.max_length_samples, feature_extractor.pad_mode) for clip in clips]
 
     was_training = model.training

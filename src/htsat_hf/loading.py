@@ -1,0 +1,144 @@
+"""Loading what a user points a command at, with errors that name the folder or file: saved models (local folders
+or Hub ids, safetensors only), their feature extractors (checked against the model's config), and output folders.
+
+Every command and run script loads through here, so a typo'd path, a truncated `model.safetensors`, a folder with only
+pickled weights or a front end that disagrees with the model gives the same one line everywhere.
+"""
+
+import os
+from os import PathLike
+from pathlib import Path
+
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+from safetensors import SafetensorError, safe_open
+
+from .errors import InputError, error_line
+from .feature_extraction_htsat import HTSATFeatureExtractor
+from .modeling_htsat import HTSATPreTrainedModel
+
+# Weight files of a saved model, and the pickled ones this package refuses (unpickling can run code).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+PICKLED_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def load_model(model_class: type[HTSATPreTrainedModel], source: str | PathLike, **kwargs) -> HTSATPreTrainedModel:
+    """`model_class.from_pretrained(source, **kwargs)` from a saved model folder or a Hub id, reading the weights
+    from `model.safetensors` only.
+
+    Raises:
+        InputError: one line naming the folder or file: a path that does not exist, a file instead of a folder, a
+            folder without `config.json` or without `model.safetensors` (a pickled `pytorch_model.bin` is refused:
+            unpickling can run code), a truncated or corrupt weights file, or a Hub id that cannot be loaded.
+    """
+    check_model_source(source)
+    try:
+        return model_class.from_pretrained(source, use_safetensors=True, **kwargs)
+    except SafetensorError as error:  # a shard of a sharded model (single files are checked above)
+        raise InputError(f"{source}: cannot read the weights ({error_line(error)})") from None
+    except OSError as error:
+        if Path(source).is_dir():
+            raise InputError(f"{source}: cannot load the model ({error_line(error)})") from None
+        raise InputError(
+            f"{source}: no such model folder, and no model of that name could be loaded from the Hub "
+            f"({error_line(error)})"
+        ) from None
+
+
+def check_model_source(source: str | PathLike) -> None:
+    """The checks of [`load_model`] that need no loading: a local folder's files, and a `model.safetensors` whose
+    header covers the file (a truncated copy fails here); any other name must be a valid Hub id.
+
+    Raises:
+        InputError: as [`load_model`], naming the folder or file.
+    """
+    path = Path(source)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise InputError(f"{path}: not a saved model folder (no config.json)")
+        if not any((path / name).is_file() for name in WEIGHT_FILES):
+            pickled = next((name for name in PICKLED_WEIGHT_FILES if (path / name).is_file()), None)
+            if pickled is not None:
+                raise InputError(
+                    f"{path / pickled}: pickled PyTorch weights are not loaded (unpickling can run code); load them "
+                    "once where you trust the file and save the model with save_pretrained, which writes "
+                    "model.safetensors"
+                )
+            raise InputError(f"{path}: no model.safetensors in this model folder")
+        weights = path / WEIGHT_FILES[0]
+        if weights.is_file():
+            try:
+                with safe_open(weights, framework="pt"):
+                    pass
+            except (SafetensorError, OSError) as error:
+                raise InputError(
+                    f"{weights}: cannot read the weights, the file is truncated or not a safetensors file "
+                    f"({error_line(error)})"
+                ) from None
+        return
+    if path.exists():
+        raise InputError(f"{path}: is a file, not a saved model folder")
+    try:
+        validate_repo_id(str(source))
+    except HFValidationError:
+        # Not a Hub id either ("/data/typo", "../models/x"): say so instead of the Hub client's complaint.
+        raise InputError(f"{source}: no such model folder") from None
+
+
+def load_feature_extractor(source: str | PathLike, config) -> HTSATFeatureExtractor:
+    """The feature extractor saved with a model (built from `config` when the folder, or Hub model, has none),
+    checked against the model's config with [`HTSATFeatureExtractor.check_matches_config`].
+
+    Raises:
+        InputError: naming the folder, for an unreadable `preprocessor_config.json` or front-end values that differ
+            from the config's.
+    """
+    local = Path(source)
+    if local.is_dir() and not (local / "preprocessor_config.json").is_file():
+        extractor = HTSATFeatureExtractor.from_config(config)
+    else:
+        try:
+            extractor = HTSATFeatureExtractor.from_pretrained(source)
+        except OSError as error:
+            if local.is_dir():
+                saved = local / "preprocessor_config.json"
+                raise InputError(f"{saved}: cannot be read ({error_line(error)})") from None
+            extractor = HTSATFeatureExtractor.from_config(config)  # a Hub model saved without one
+        except InputError as error:
+            raise InputError(f"{source}: {error}") from None
+    try:
+        extractor.check_matches_config(config)
+    except InputError as error:
+        raise InputError(f"{source}: {error}") from None
+    return extractor
+
+
+def check_output_dir(path: str | PathLike) -> Path:
+    """Refuse, before any work is done, an output folder that cannot be created or written.
+
+    Returns:
+        `path` as a `Path` (not created).
+
+    Raises:
+        InputError: `path` is a file, lies under a file, or its nearest existing folder is not writable.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path}: is a file, not a folder to write to")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{path}: cannot create this folder, {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{path}: cannot write here, {existing} is not writable")
+    return path
+
+
+__all__ = [
+    "PICKLED_WEIGHT_FILES",
+    "WEIGHT_FILES",
+    "check_model_source",
+    "check_output_dir",
+    "load_feature_extractor",
+    "load_model",
+]
