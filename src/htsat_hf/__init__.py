@@ -15,6 +15,7 @@ from transformers import (
     AutoModelForAudioFrameClassification,
 )
 
+from .audio_classification_pipeline import HTSATAudioClassificationPipeline
 from .configuration_htsat import HTSATConfig
 from .cpu_fast_path_htsat import cpu_fast_path, set_cpu_fast_path
 from .errors import InputError
@@ -50,6 +51,7 @@ __all__ = [
     "HTSATModel",
     "HTSATPreTrainedModel",
     "FrameScores",
+    "HTSATAudioClassificationPipeline",
     "InputError",
     "SoundEventDetectionPipeline",
     "sliding_window_scores",

@@ -42,6 +42,7 @@ from .cpu_fast_path_htsat import (
     swin_block_forward,
     window_attention_forward,
 )
+from .errors import InputError
 
 REMOTE_CODE_AUTO_MAP = {
     "AutoModel": "modeling_htsat.HTSATModel",
@@ -526,7 +527,8 @@ class HTSATModel(HTSATPreTrainedModel):
         r"""
         Args:
             input_features: `(batch, frames, num_mel_bins)` log-mel features from [`HTSATFeatureExtractor`], at most
-                `config.max_frames` (1024) frames; shorter inputs are stretched to that length.
+                `config.max_frames` (1024) frames; shorter inputs are stretched to that length. Any float dtype; it is
+                cast to the model's.
             mixup_lambda: `(batch,)` mixup weights, used in training only: the normalised (and SpecAugmented)
                 features are mixed with the reversed batch, see [`mixup`]. Targets are the caller's to mix.
             output_hidden_states: also return the tokens after the patch embedding and after each stage.
@@ -535,16 +537,28 @@ class HTSATModel(HTSATPreTrainedModel):
         Returns:
             [`BaseModelOutputWithPooling`] with `last_hidden_state` `(batch, 64, hidden_size)` (the final 8x8 token
             grid, row-major, after the last LayerNorm) and `pooler_output` `(batch, hidden_size)` (their mean).
+
+        Raises:
+            InputError: `input_features` that are not a floating-point tensor of shape `(batch, frames, mel_bins)`,
+                or more frames than `config.max_frames`.
         """
         config = self.config
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
         return_dict = config.return_dict if return_dict is None else return_dict
+        if not isinstance(input_features, torch.Tensor) or not input_features.is_floating_point():
+            kind = input_features.dtype if isinstance(input_features, torch.Tensor) else type(input_features).__name__
+            raise InputError(
+                f"input_features must be a floating-point torch tensor of log-mel features, got {kind}; compute "
+                "them with HTSATFeatureExtractor(..., return_tensors='pt')"
+            )
         if input_features.ndim != 3 or input_features.shape[-1] != config.num_mel_bins:
-            raise ValueError(
+            raise InputError(
                 f"input_features must be (batch, frames, {config.num_mel_bins}) log-mel features, got shape "
                 f"{tuple(input_features.shape)}; compute them with HTSATFeatureExtractor"
             )
+        # Features in another float dtype (float64 from numpy, half) are read in the model's own.
+        input_features = input_features.to(self.feature_norm.weight.dtype)
 
         features = self.feature_norm(input_features.transpose(1, 2)).transpose(1, 2)
         if self.training:

@@ -3,9 +3,10 @@
 Files are read by `audio.read_audio` (soundfile, or FFmpeg for formats it cannot read), downmixed to mono and
 resampled to the model's rate. `sliding_window_scores` then runs the model over windows of its clip length:
 
-- clip tags: multi-label models (`problem_type="multi_label_classification"`) score each class with the sigmoid of
-  each window's clip logits, averaged over the windows; single-label models with the softmax of each window's clip
-  logits, averaged over the windows (the scores of a file then sum to 1);
+- clip tags: a file of at most the model's clip length (10 s) is scored in one pass as the model was trained and as
+  `pipeline("audio-classification")` scores it (padded to the clip length by the extractor's `pad_mode`); a longer
+  file by averaging over the windows. Multi-label models (`problem_type="multi_label_classification"`) give each
+  class the sigmoid of the clip logits, single-label models the softmax (the scores of a file then sum to 1);
 - events: the per-step sigmoid frame probabilities, optionally median filtered, thresholded (thresholds from
   `sed.postprocessing.resolve_thresholds`), and runs of active steps joined into `(onset, offset, label, score)`
   (score = the peak probability inside the event).
@@ -36,7 +37,7 @@ from .sed.postprocessing import (
     map_scores,
     resolve_thresholds,
 )
-from .sed.windows import sliding_window_scores
+from .sed.windows import check_detection_duration, sliding_window_scores
 
 FORMATS = ("table", "json", "tsv")
 TSV_COLUMNS = ("filename", "onset", "offset", "event_label", "score", "kind")
@@ -205,7 +206,17 @@ def predict_waveform(
     frame_scores = sliding_window_scores(
         recorder, feature_extractor, waveform, feature_extractor.sampling_rate, batch_size=batch_size
     )
-    if model.config.problem_type == "single_label_classification":
+    single_label = model.config.problem_type == "single_label_classification"
+    if waveform.shape[0] <= feature_extractor.max_length_samples:
+        # A clip the model reads whole is tagged as the model was trained, and as pipeline("audio-classification")
+        # and the extractor's defaults tag it: padded to `max_length_seconds` by `pad_mode`. The detection windows
+        # stretch a short clip over the model's steps instead, which gives other clip scores.
+        features = feature_extractor(
+            waveform, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt", device=model.device
+        )["input_features"].to(model.dtype)
+        logits = model(features).clip_logits.float().cpu()[0]
+        clip = (logits.softmax(dim=-1) if single_label else logits.sigmoid()).numpy()
+    elif single_label:
         clip = torch.cat(recorder.clip_logits).softmax(dim=-1).mean(dim=0).numpy()
     else:
         clip = frame_scores.clip_scores["mean"]
@@ -237,11 +248,8 @@ def predict_file(
     options = dict(top_k=top_k, threshold=threshold, class_map=class_map,
                    median_filter_seconds=median_filter_seconds, batch_size=batch_size)
     waveform, source_rate = read_audio(path, feature_extractor.sampling_rate)
-    try:
-        tags, events = predict_waveform(model, feature_extractor, waveform, **options)
-    except InputError as error:
-        # The options passed above, so what is left is about this audio (too short, ...): name the file.
-        raise InputError(f"{path}: {error}") from None
+    check_detection_duration(waveform.shape[0] / feature_extractor.sampling_rate, str(path))
+    tags, events = predict_waveform(model, feature_extractor, waveform, **options)
     return FilePrediction(
         path=str(path),
         duration=waveform.shape[0] / feature_extractor.sampling_rate,
