@@ -17,18 +17,23 @@ are listed in `htsat_hf.sed.detection`'s docstring. Every problem with the input
 """
 
 import logging
+import math
 import sys
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
 
 import transformers
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from htsat_hf import HTSATFeatureExtractor, HTSATForSoundEventDetection
-from htsat_hf.errors import InputError
+from htsat_hf.errors import InputError, error_line
 from htsat_hf.inputs import collect_inputs, dataset_items
 from htsat_hf.loading import load_feature_extractor
 from htsat_hf.sed.detection import (
     SHORT_AUDIO_MODES,
+    check_audio_items,
     check_reference_audio,
     load_detection_model,
     metrics_table,
@@ -38,6 +43,8 @@ from htsat_hf.sed.detection import (
     run_detection,
     score_predictions,
 )
+from htsat_hf.sed.io import read_thresholds
+from htsat_hf.sed.postprocessing import load_class_map
 from htsat_hf.sed.targets import (
     TARGET_MODES,
     StrongLabelCollator,
@@ -183,6 +190,88 @@ def parse_arguments(argv=None):
 # ------------------------------------------------------------------------------------------------------------- wiring
 
 
+def _number(name: str, value, minimum: float | None = 0.0, strict: bool = True, maximum: float | None = None,
+            integer: bool = False) -> None:
+    """Refuse an option value that is not a finite number in range, naming the option."""
+    kind = "a whole number" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
+        raise InputError(f"--{name} must be {kind}, got {value!r}")
+    if not math.isfinite(value):
+        raise InputError(f"--{name} must be a finite number, got {value!r}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        raise InputError(f"--{name} must be {'above' if strict else 'at least'} {minimum:g}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise InputError(f"--{name} must be at most {maximum:g}, got {value!r}")
+
+
+def check_options(model_args: ModelArguments, args: DetectionArguments, evaluation: EvaluationArguments,
+                  data_args: StrongLabelArguments, training_args: TrainingArguments) -> None:
+    """Refuse, before a model is loaded or anything is written, every option value that cannot work, with one line
+    naming the option (values that depend on the model, such as a window longer than its clip or a class map for
+    another class count, are checked once it is loaded, still before anything is written)."""
+    _number("batch_size", args.batch_size, integer=True)
+    for name in ("window_seconds", "hop_seconds"):
+        if getattr(args, name) is not None:
+            _number(name, getattr(args, name))
+    if args.window_seconds is not None and args.hop_seconds is not None and args.hop_seconds > args.window_seconds:
+        raise InputError(f"--hop_seconds ({args.hop_seconds:g}) must not exceed --window_seconds "
+                         f"({args.window_seconds:g}): audio between windows would not be scored")
+    if args.median_filter_seconds is not None:
+        _number("median_filter_seconds", args.median_filter_seconds, strict=False)
+    _number("min_duration", args.min_duration, strict=False)
+    _number("min_gap", args.min_gap, strict=False)
+    if args.max_plots is not None:
+        _number("max_plots", args.max_plots, strict=False, integer=True)
+    _number("plot_top_k", args.plot_top_k, strict=False, integer=True)
+    _number("threshold_sweep", evaluation.threshold_sweep, strict=False, integer=True)
+    if args.threshold is not None:
+        _number("threshold", args.threshold, minimum=0.0, strict=False, maximum=1.0)
+    if args.thresholds_file is not None:
+        for label, value in read_thresholds(args.thresholds_file).items():
+            if not 0.0 <= value <= 1.0:
+                raise InputError(f"{args.thresholds_file}: threshold of {label!r} must be between 0 and 1, got "
+                                 f"{value!r} (--thresholds_file)")
+    threshold_option(args)
+    if args.short_audio not in SHORT_AUDIO_MODES:
+        raise InputError(f"--short_audio must be one of {list(SHORT_AUDIO_MODES)}, got {args.short_audio!r}")
+    if data_args.target_mode not in TARGET_MODES:
+        raise InputError(f"--target_mode must be one of {list(TARGET_MODES)}, got {data_args.target_mode!r}")
+    if args.class_map is not None:
+        load_class_map(args.class_map)  # its format; its fit to the model once loaded
+    for name in ("ground_truth", "durations", "predictions", "psds_predictions"):
+        value = getattr(evaluation, name)
+        if value is not None and not Path(value).exists():
+            raise InputError(f"--{name} {value}: no such file or folder")
+    for name in ("train_dir", "eval_dir"):
+        value = getattr(data_args, name)
+        if value is not None and not Path(value).is_dir():
+            raise InputError(f"--{name} {value}: no such folder")
+    if model_args.device is not None:
+        try:
+            device = torch.device(model_args.device)
+        except (RuntimeError, ValueError):
+            raise InputError(f"--device {model_args.device!r} is not a device (e.g. cpu, cuda, cuda:1)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"--device {model_args.device}: no CUDA device is available here")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(f"--device {model_args.device}: there are {torch.cuda.device_count()} CUDA devices")
+    score_only = evaluation.score_only
+    if not score_only:
+        for name in ("predictions", "psds_predictions"):
+            if getattr(evaluation, name) is not None:
+                raise InputError(f"--{name} is for --score_only (scoring existing detections)")
+    if score_only:
+        used = [name for name, value in (("inputs", args.inputs), ("dataset_name", args.dataset_name),
+                                          ("do_train", training_args.do_train), ("train_dir", data_args.train_dir))
+                if value]
+        if used:
+            raise InputError(f"--score_only scores existing detections; it does not take --{used[0]}")
+    if not training_args.do_train:
+        for name in ("train_dir", "eval_dir"):
+            if getattr(data_args, name) is not None:
+                raise InputError(f"--{name} is for training: add --do_train")
+
+
 def threshold_option(args: DetectionArguments):
     """`--threshold` or `--thresholds_file`, as `resolve_thresholds` takes it (None: the default)."""
     if args.threshold is not None and args.thresholds_file is not None:
@@ -191,9 +280,10 @@ def threshold_option(args: DetectionArguments):
 
 
 def detect_and_score(model, extractor, items, args: DetectionArguments, evaluation: EvaluationArguments, output_dir,
-                     where: str, progress: bool) -> dict | None:
-    """Detect events in `items` with the options of `args` (scored against `evaluation`'s ground truth, when given),
-    print the metrics table, and return the metrics."""
+                     where: str, progress: bool, skipped=()) -> dict | None:
+    """Detect events in `items` (checked by `check_audio_items`, which left out `skipped`) with the options of
+    `args` (scored against `evaluation`'s ground truth, when given), print the metrics table, and return the
+    metrics. The outputs replace those of a previous run in `output_dir` only once all are written."""
     settings = resolve_settings(
         model,
         class_map=args.class_map,
@@ -220,6 +310,8 @@ def detect_and_score(model, extractor, items, args: DetectionArguments, evaluati
         max_plots=args.max_plots if args.plot else 0,
         plot_top_k=args.plot_top_k,
         progress=progress,
+        check_audio=False,
+        skipped=skipped,
     )
     if result.metrics is not None:
         print(metrics_table(result.metrics))
@@ -298,6 +390,7 @@ def run(
     Returns:
         `{"metrics": ..., "eval_detection_metrics": ...}`, the parts that ran.
     """
+    check_options(model_args, detection_args, evaluation_args, data_args, training_args)
     output_dir = prepare_output_dir(training_args.output_dir)
     progress = not getattr(training_args, "disable_tqdm", False)
     summary: dict = {}
@@ -317,6 +410,7 @@ def run(
             median_filter_seconds=detection_args.median_filter_seconds,
             min_duration=detection_args.min_duration,
             min_gap=detection_args.min_gap,
+            threshold_sweep=evaluation_args.threshold_sweep,
         )
         print(metrics_table(metrics))
         summary["metrics"] = metrics
@@ -342,19 +436,24 @@ def run(
         if evaluation_args.ground_truth is not None:  # format and missing files; labels once the model is known
             reference, _ = read_reference(evaluation_args.ground_truth, evaluation_args.durations, None)
             check_reference_audio(reference, evaluation_args.ground_truth, items, where, detection_args.skip_bad_audio)
+        items, skipped = check_audio_items(items, detection_args.skip_bad_audio)  # decodable headers, lengths
+    if data_args.eval_dir is not None:  # the evaluation after training: its folder, before training
+        eval_items, annotations, eval_durations = strong_label_inputs(data_args.eval_dir)
+        read_reference(annotations, eval_durations, None)
+        eval_items, eval_skipped = check_audio_items(eval_items, detection_args.skip_bad_audio)
 
     if training_args.do_train:
         model, feature_extractor, trainer = train(model_args, data_args, detection_args, training_args)
         if data_args.eval_dir is not None and trainer.is_world_process_zero():
-            eval_items, annotations, durations = strong_label_inputs(data_args.eval_dir)
             # The trained model has the annotations' classes: no class map; plots only when asked for.
             eval_detection_args = replace(
                 detection_args, class_map=None, max_plots=detection_args.max_plots or 0
             )
             summary["eval_detection_metrics"] = detect_and_score(
                 model, feature_extractor, eval_items, eval_detection_args,
-                EvaluationArguments(ground_truth=str(annotations), durations=str(durations) if durations else None),
-                output_dir / "eval_detection", f"{data_args.eval_dir}/audio", progress,
+                EvaluationArguments(ground_truth=str(annotations),
+                                    durations=str(eval_durations) if eval_durations else None),
+                output_dir / "eval_detection", f"{data_args.eval_dir}/audio", progress, eval_skipped,
             )
         if not trainer.is_world_process_zero():
             return summary
@@ -365,7 +464,7 @@ def run(
 
     if items is not None:
         summary["metrics"] = detect_and_score(
-            model, feature_extractor, items, detection_args, evaluation_args, output_dir, where, progress
+            model, feature_extractor, items, detection_args, evaluation_args, output_dir, where, progress, skipped
         )
     return summary
 
@@ -378,8 +477,12 @@ def main(argv=None) -> int:
     try:
         run(model_args, detection_args, evaluation_args, data_args, training_args)
     except (InputError, OSError) as error:
-        print(f"run_sed.py: error: {' '.join(str(error).split())}", file=sys.stderr)
+        print(f"run_sed.py: error: {error_line(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Outputs are staged (see sed.detection.staged_outputs): an interrupted run leaves the previous ones as they were.
+        print("run_sed.py: interrupted; the output folder holds the previous run's results", file=sys.stderr)
+        return 130
     return 0
 
 

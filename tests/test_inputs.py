@@ -83,3 +83,44 @@ def test_dataset_split_rows(tmp_path):
         dataset_items(str(root), None, "train", "sound")
     with pytest.raises(InputError, match=r"cannot load split 'test'"):
         dataset_items(str(root), None, "test", "audio")
+
+
+def test_every_dataset_audio_form_gives_the_scores_of_the_file(tmp_path):
+    """Decoded dicts (array + sampling_rate, float or int16), undecoded {path, bytes}, torchcodec decoders and
+    path columns all go through `load_waveform`: same samples, same detection scores as the file."""
+    from test_sed_windows import loudness_model, scene
+
+    from htsat_hf.sed.detection import check_audio_items, file_scores, resolve_settings
+
+    model, extractor = loudness_model()
+    wave = scene(3.0, [(0.5, 1.5)])
+    pcm = np.round(wave * 32767).astype(np.int16)
+    path = tmp_path / "x.wav"
+    soundfile.write(path, pcm, RATE, subtype="PCM_16")
+    reference = load_waveform(path, RATE)
+    settings = resolve_settings(model)
+    expected = file_scores(model, extractor, reference, settings).scores
+    forms = {
+        "path": {"audio": str(path)},
+        "undecoded": {"audio": {"path": None, "bytes": path.read_bytes()}},
+        "decoded float": {"audio": {"array": pcm.astype(np.float32) / 32768, "sampling_rate": RATE}},
+        "decoded int16": {"audio": {"array": pcm, "sampling_rate": RATE}},
+        "list": {"audio": {"array": (pcm.astype(np.float32) / 32768).tolist(), "sampling_rate": RATE}},
+    }
+    try:
+        from torchcodec.decoders import AudioDecoder
+
+        forms["decoder"] = {"audio": AudioDecoder(str(path))}
+    except ImportError:
+        pass
+    rows = list(forms.values())
+    items = [AudioItem(f"{name}.wav", dataset=rows, index=i) for i, name in enumerate(forms)]
+    assert check_audio_items(items) == (items, [])
+    for item in items:
+        np.testing.assert_allclose(item.load(RATE), reference, atol=1e-6, err_msg=item.name)
+        np.testing.assert_allclose(file_scores(model, extractor, item.load(RATE), settings).scores, expected,
+                                   atol=1e-6, err_msg=item.name)
+    broken = AudioItem("broken.wav", dataset=[{"audio": {"path": "broken.wav", "bytes": b"RIFFnope"}}], index=0)
+    with pytest.raises(InputError, match=r"broken.wav \(row 0\): cannot decode"):
+        check_audio_items([broken])
+    assert check_audio_items([broken], skip_bad_audio=True)[1][0][0] == "broken.wav"

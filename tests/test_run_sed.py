@@ -499,3 +499,192 @@ def test_training_refuses_evaluation_labels_outside_the_training_set(tmp_path, c
                          "--config_overrides", "embed_dim=16,depths=[2,2,2,2],num_heads=[1,2,4,8]",
                          *quiet(tmp_path / "out"))
     assert str(eval_dir / "annotations.tsv") in error and "unknown event label" in error and "chirp" in error
+
+
+# ------------------------------------------------------------------------------- output folder: never a mix of runs
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _copy_audio(source: Path, target: Path) -> Path:
+    target.mkdir()
+    for path in source.iterdir():
+        (target / path.name).write_bytes(path.read_bytes())
+    return target
+
+
+def test_reruns_replace_exactly_the_previous_outputs(tiny_dir, short_scenes, tmp_path, capsys):
+    """A corrupt file stops a run before anything is written; a successful rerun replaces the previous run's
+    detection outputs (its stale skipped_audio.tsv and metrics.json go), and leaves other files alone."""
+    folder = _copy_audio(short_scenes / "audio", tmp_path / "audio")
+    (folder / "aaa_broken.wav").write_bytes(b"RIFF....WAVEfmt garbage")
+    out = tmp_path / "out"
+    common = ["--model_name_or_path", tiny_dir, "--inputs", folder, "--max_plots", 1]
+    error = _run_failing(capsys, *common, *quiet(out))
+    assert str(folder / "aaa_broken.wav") in error
+    assert not out.exists() or not any(out.iterdir())  # checked before anything is written
+
+    assert run_sed(*common, "--skip_bad_audio", "--ground_truth", short_scenes / "annotations.tsv",
+                   *quiet(out)) == 0
+    assert (out / "skipped_audio.tsv").is_file() and (out / "metrics.json").is_file()
+    (out / "notes.txt").write_text("mine")
+    (out / "checkpoint-10").mkdir()
+    (out / "checkpoint-10" / "model.safetensors").write_bytes(b"weights")
+    (folder / "aaa_broken.wav").unlink()
+    assert run_sed(*common, *quiet(out)) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["checkpoint-10", "durations.tsv", "events.tsv", "notes.txt", "plots", "scores"]
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "checkpoint-10" / "model.safetensors").read_bytes() == b"weights"
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, RuntimeError])
+def test_failed_or_interrupted_rerun_keeps_the_previous_results(tiny_dir, short_scenes, tmp_path, monkeypatch,
+                                                                 failure):
+    detection = importlib.import_module("htsat_hf.sed.detection")
+    out = tmp_path / "out"
+    common = ["--model_name_or_path", tiny_dir, "--inputs", short_scenes / "audio", "--max_plots", 1]
+    assert run_sed(*common, "--ground_truth", short_scenes / "annotations.tsv", *quiet(out)) == 0
+    before = _snapshot(out)
+    written = detection.write_score_tsv
+    calls = []
+
+    def write_then_fail(*args):
+        written(*args)
+        calls.append(args[0])
+        if len(calls) == 2:  # half of the new scores written
+            raise failure("interrupted")
+
+    monkeypatch.setattr(detection, "write_score_tsv", write_then_fail)
+    if failure is KeyboardInterrupt:  # Ctrl-C: one line, status 130
+        assert run_sed(*common, "--threshold", 0.2, *quiet(out)) == 130
+    else:
+        with pytest.raises(failure):
+            run_sed(*common, "--threshold", 0.2, *quiet(out))
+    assert len(calls) == 2
+    assert _snapshot(out) == before  # byte for byte
+    assert not list(out.glob(".sed-run-*"))
+
+
+def test_score_only_rerun_is_staged_and_keeps_the_predictions(tone_run, tmp_path, monkeypatch):
+    data, out, _ = tone_run
+    target = tmp_path / "scored"
+    _copy_audio(out / "scores", tmp_path / "scores")
+    args = ["--score_only", "--predictions", tmp_path / "scores", "--ground_truth", data / "annotations.tsv",
+            "--durations", data / "durations.tsv", *quiet(target)]
+    assert run_sed(*args) == 0
+    before = _snapshot(target)
+    detection = importlib.import_module("htsat_hf.sed.detection")
+    monkeypatch.setattr(detection, "write_metrics", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert run_sed(*args) == 130  # interrupted
+    assert _snapshot(target) == before and not list(target.glob(".sed-run-*"))
+    monkeypatch.undo()
+    # An events file as predictions, in the output folder itself: scored, not removed.
+    assert run_sed("--score_only", "--predictions", target / "events.tsv", "--ground_truth", data / "annotations.tsv",
+                   "--durations", data / "durations.tsv", *quiet(target)) == 0
+    assert (target / "events.tsv").read_bytes() == before["events.tsv"]
+
+
+# ----------------------------------------------------------------------------- data that tools accept stays itself
+
+
+def test_overlapping_ground_truth_events_are_merged_with_a_warning(tiny_dir, short_scenes, tmp_path, caplog):
+    """Older DESED releases have overlapping events of one class in one file; psds_eval refuses them."""
+    table = pd.read_csv(short_scenes / "annotations.tsv", sep="\t", dtype=str)
+    first = table.iloc[0]
+    onset, offset = float(first["onset"]), float(first["offset"])
+    truth = _ground_truth_with(tmp_path, short_scenes,
+                               (first["filename"], str(onset + 0.1), str(offset + 0.5), first["event_label"]))
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING):
+        assert run_sed("--model_name_or_path", tiny_dir, "--inputs", short_scenes / "audio", "--ground_truth", truth,
+                       "--plot", "false", *quiet(out)) == 0
+    assert first["filename"] in caplog.text and "line 2" in caplog.text and "line 4" in caplog.text
+    assert "merged" in caplog.text
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["psds1"]["psds"] >= 0 and metrics["num_files"] == 2
+
+
+def test_score_only_threshold_sweep(tone_run, tmp_path, capsys):
+    """From score tables the sweep is computed (as a detection run computes it); from events only it is refused."""
+    data, out, summary = tone_run
+    common = ["--ground_truth", data / "annotations.tsv", "--durations", data / "durations.tsv",
+              "--threshold_sweep", 10]
+    assert run_sed("--score_only", "--predictions", out / "scores", *common, *quiet(tmp_path / "a")) == 0
+    sweep = json.loads((tmp_path / "a" / "metrics.json").read_text())["threshold_sweep"]
+    assert sweep["num_thresholds"] == 10 and 0.5 < sweep["psds2"] <= 1
+    assert run_sed("--score_only", "--predictions", out / "events.tsv", "--psds_predictions", out / "scores",
+                   *common, *quiet(tmp_path / "b")) == 0
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["threshold_sweep"] == pytest.approx(sweep)
+    # The detection run's own sweep over the same scores.
+    again = run(ModelArguments(), DetectionArguments(inputs=[str(data / "audio")], plot=False),
+                EvaluationArguments(ground_truth=str(data / "annotations.tsv"), durations=str(data / "durations.tsv"),
+                                    threshold_sweep=10),
+                StrongLabelArguments(), TrainingArguments(output_dir=str(tmp_path / "run"), disable_tqdm=True,
+                                                          report_to="none"),
+                model=loudness_model(("low", "high"))[0], feature_extractor=loudness_model(("low", "high"))[1])
+    assert again["metrics"]["threshold_sweep"]["psds1"] == pytest.approx(sweep["psds1"], abs=1e-9)
+    assert again["metrics"]["threshold_sweep"]["psds2"] == pytest.approx(sweep["psds2"], abs=1e-9)
+    error = _run_failing(capsys, "--score_only", "--predictions", out / "events.tsv", *common, *quiet(tmp_path / "c"))
+    assert "--threshold_sweep" in error and str(out / "events.tsv") in error
+    assert not (tmp_path / "c" / "metrics.json").exists()
+
+
+# ------------------------------------------------------------------------------------------- options, checked first
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--batch_size", 0), ("--batch_size", -2), ("--window_seconds", 0), ("--window_seconds", "nan"),
+        ("--window_seconds", -1), ("--hop_seconds", 0), ("--hop_seconds", "nan"), ("--hop_seconds", "inf"),
+        ("--median_filter_seconds", -0.5), ("--median_filter_seconds", "nan"), ("--min_duration", -1),
+        ("--min_duration", "nan"), ("--min_gap", -0.1), ("--min_gap", "inf"), ("--max_plots", -1),
+        ("--plot_top_k", -1), ("--threshold", 1.5), ("--threshold", -0.1), ("--threshold", "nan"),
+        ("--threshold_sweep", -3), ("--device", "gpu7"),
+        ("--class_map", "no-such-map.json"), ("--durations", "no-such-durations.tsv"),
+        ("--predictions", "no-such-events.tsv"), ("--eval_dir", "no-such-folder"),
+    ],
+)
+def test_bad_option_values_are_refused_before_loading_the_model(short_scenes, tmp_path, capsys, option, value):
+    # The model does not exist: an option error must come first, naming the option.
+    scoring = option in ("--threshold_sweep", "--durations")
+    extra = ["--ground_truth", short_scenes / "annotations.tsv"] if scoring else []
+    error = _run_failing(capsys, "--model_name_or_path", tmp_path / "no-model", "--inputs", short_scenes / "audio",
+                         *extra, option, value, *quiet(tmp_path / "out"))
+    assert error.startswith("run_sed.py: error: ") and error.count("\n") == 1
+    assert option in error or str(value) in error, error
+    assert "no-model" not in error
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_out_of_range_thresholds_file_and_conflicting_options(short_scenes, tmp_path, capsys):
+    thresholds = tmp_path / "thresholds.json"
+    thresholds.write_text(json.dumps({"tone": 0.5, "chirp": 2.0, "bursts": 0.5}))
+    common = ["--model_name_or_path", tmp_path / "no-model", "--inputs", short_scenes / "audio"]
+    error = _run_failing(capsys, *common, "--thresholds_file", thresholds, *quiet(tmp_path / "out"))
+    assert str(thresholds) in error and "'chirp'" in error and "between 0 and 1" in error
+    error = _run_failing(capsys, *common, "--score_only", "--predictions", thresholds, *quiet(tmp_path / "out"))
+    assert "--score_only" in error and "--inputs" in error
+    error = _run_failing(capsys, *common, "--psds_predictions", tmp_path, *quiet(tmp_path / "out"))
+    assert "--psds_predictions is for --score_only" in error
+    error = _run_failing(capsys, *common, "--window_seconds", 2, "--hop_seconds", 3, *quiet(tmp_path / "out"))
+    assert "--hop_seconds" in error and "--window_seconds" in error
+
+
+def test_window_longer_than_the_model_clip_is_refused_before_writing(tiny_dir, short_scenes, tmp_path, capsys):
+    error = _run_failing(capsys, "--model_name_or_path", tiny_dir, "--inputs", short_scenes / "audio",
+                         "--window_seconds", 20, *quiet(tmp_path / "out"))
+    assert "window_seconds" in error and "20" in error
+    assert not list((tmp_path / "out").iterdir())
+
+
+def test_durations_missing_a_ground_truth_file(tiny_dir, short_scenes, tmp_path, capsys):
+    durations = tmp_path / "durations.tsv"
+    durations.write_text("filename\tduration\nscene_000.wav\t4.0\n")
+    error = _run_failing(capsys, "--model_name_or_path", tiny_dir, "--inputs", short_scenes / "audio",
+                         "--ground_truth", short_scenes / "annotations.tsv", "--durations", durations,
+                         *quiet(tmp_path / "out"))
+    assert str(durations) in error and "scene_001.wav" in error

@@ -291,3 +291,30 @@ def test_read_thresholds_errors(tmp_path, name, text, message):
     (tmp_path / name).write_text(text)
     with pytest.raises(InputError, match=message):
         read_thresholds(tmp_path / name)
+
+
+def test_overlapping_ground_truth_events_of_one_class_are_merged(tmp_path, caplog):
+    import logging
+
+    from htsat_hf.sed.io import merge_intervals
+
+    path = tmp_path / "gt.tsv"
+    path.write_text(
+        "filename\tonset\toffset\tevent_label\n"
+        "a.wav\t1.0\t3.0\tDog\n"      # line 2
+        "a.wav\t2.0\t4.0\tDog\n"      # line 3: overlaps line 2
+        "a.wav\t2.5\t3.5\tCat\n"      # another class: kept
+        "a.wav\t4.0\t5.0\tDog\n"      # touches the merged event: two events for the metrics
+        "b.wav\t0.0\t1.0\tDog\n"
+        "b.wav\t0.5\t0.8\tDog\n"      # line 7: inside line 6
+        "c.wav\t\t\t\n"
+    )
+    with caplog.at_level(logging.WARNING):
+        table = read_ground_truth_tsv(path)
+    assert "a.wav (Dog): line 2, line 3" in caplog.text and "b.wav (Dog): line 6, line 7" in caplog.text
+    assert str(path) in caplog.text
+    rows = [tuple(row) for row in table.dropna().itertuples(index=False)]
+    assert rows == [("a.wav", 1.0, 4.0, "Dog"), ("a.wav", 2.5, 3.5, "Cat"), ("a.wav", 4.0, 5.0, "Dog"),
+                    ("b.wav", 0.0, 1.0, "Dog")]
+    assert table["filename"].tolist()[-1] == "c.wav"
+    assert merge_intervals([(2.0, 4.0), (1.0, 3.0), (4.0, 5.0)]) == [(1.0, 4.0), (4.0, 5.0)]

@@ -112,3 +112,23 @@ def test_events_thresholds_and_class_maps(tone_detector, tmp_path):
     assert [(e["onset"], e["offset"], e["label"]) for e in merged] == [(e["onset"], e["offset"], "any") for e in events]
     output = tone_detector(wave, class_map=both, return_frame_scores=True)
     assert output["frame_scores"].labels == ["any"] and output["events"] == []
+
+
+def test_a_list_with_an_undecodable_file_names_that_file(random_detector, tmp_path):
+    good = tmp_path / "good.wav"
+    soundfile.write(good, scene(2.0, [(0.5, 1.0)]), RATE)
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF....WAVEfmt garbage")
+    with pytest.raises(InputError, match=r"bad.wav: cannot decode"):
+        random_detector([str(good), str(bad)])
+    with pytest.raises(InputError, match=r"bad.wav: cannot decode"):
+        random_detector([str(good), str(bad)], batch_size=2)
+
+
+def test_too_short_audio_is_named(random_detector, tmp_path):
+    path = tmp_path / "blip.wav"
+    soundfile.write(path, np.zeros(1600, dtype=np.float32), 32000)  # 50 ms
+    with pytest.raises(InputError, match=r"blip.wav: 50.0 ms of audio, too short for detection \(at least 100 ms\)"):
+        random_detector(str(path))
+    with pytest.raises(InputError, match=r"^the audio: 50.0 ms of audio, too short"):
+        random_detector(np.zeros(1600, dtype=np.float32))

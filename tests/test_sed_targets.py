@@ -127,3 +127,11 @@ def test_compute_frame_metrics_reads_the_frame_logits():
 
     Prediction.label_ids[0, 0, 0] = 1
     assert compute_frame_metrics(Prediction()) == {"frame_f1_micro": 1.0, "frame_f1_macro": 1.0}
+
+
+def test_frame_targets_and_ground_truth_share_one_merge():
+    from htsat_hf.sed import io, targets
+
+    assert targets.merge_intervals is io.merge_intervals
+    overlapping = frame_targets([(0.0, 0.5, "a"), (0.25, 0.75, "a")], ["a"], 4, 0.25)
+    np.testing.assert_allclose(overlapping[:, 0], [1, 1, 1, 0])

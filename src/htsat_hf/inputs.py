@@ -29,13 +29,17 @@ __all__ = ["AudioItem", "collect_inputs", "dataset_items"]
 @dataclass
 class AudioItem:
     """One input: `name` is its file name in the output tables (and in the ground truth); the audio comes from
-    `path`, or from row `index` of a `datasets` split's `column` (stored undecoded: `{"path", "bytes"}`)."""
+    `path`, from row `index` of a `datasets` split's `column` (an `Audio` column is read undecoded, `{"path",
+    "bytes"}`; other columns as they are: paths, `{"array", "sampling_rate"}` dicts), or from `audio`, any form
+    `audio.load_waveform` takes (a decoded `datasets` value, an undecoded one, a torchcodec `AudioDecoder`, samples
+    in a `{"array", "sampling_rate"}` dict, float or integer PCM)."""
 
     name: str
     path: str | None = None
     dataset: object = None
     index: int | None = None
     column: str = "audio"
+    audio: object = None
 
     @property
     def audio_id(self) -> str:
@@ -46,7 +50,19 @@ class AudioItem:
     @property
     def source(self) -> str:
         """Where the audio comes from, as messages name it: the path, or the name and dataset row."""
-        return self.path if self.path is not None else f"{self.name} (row {self.index})"
+        if self.path is not None:
+            return self.path
+        return self.name if self.index is None else f"{self.name} (row {self.index})"
+
+    def value(self):
+        """The audio as given: the path, the in-memory `audio`, or the dataset row's value."""
+        if self.path is not None:
+            return self.path
+        if self.audio is not None:
+            return self.audio
+        if self.dataset is None:
+            raise InputError(f"{self.name}: no audio (an AudioItem needs a path, audio, or a dataset row)")
+        return self.dataset[self.index][self.column]
 
     def load(self, sampling_rate: int) -> np.ndarray:
         """`(samples,)` mono float32 audio at `sampling_rate` Hz.
@@ -56,7 +72,7 @@ class AudioItem:
         """
         if self.path is not None:
             return load_waveform(self.path, sampling_rate)
-        return load_waveform(self.dataset[self.index][self.column], sampling_rate, name=self.source)
+        return load_waveform(self.value(), sampling_rate, name=self.source)
 
 
 def collect_inputs(paths: Sequence[str | Path], skip_missing: bool = False) -> list[AudioItem]:
@@ -122,7 +138,8 @@ def _listed_items(listing: Path, skip_missing: bool) -> list[AudioItem]:
 
 def dataset_items(name: str, config_name: str | None, split: str, audio_column: str) -> list[AudioItem]:
     """The rows of a `datasets` split as inputs, named by their audio file name (or `<split>_<row>.wav`; a name
-    seen before gets its row number as a prefix). The column is read undecoded, so rows decode one at a time.
+    seen before gets its row number as a prefix). An `Audio` column is read undecoded, so rows decode one at a time;
+    another column (file paths, `{"array", "sampling_rate"}` dicts) is read as it is.
 
     Raises:
         ImportError: `datasets` is not installed.
@@ -140,10 +157,11 @@ def dataset_items(name: str, config_name: str | None, split: str, audio_column: 
         raise InputError(f"cannot load split {split!r} of dataset {name!r}: {error}") from None
     if audio_column not in dataset.column_names:
         raise InputError(f"dataset {name!r}, split {split!r} has no column {audio_column!r}: {dataset.column_names}")
-    dataset = dataset.cast_column(audio_column, datasets.Audio(decode=False))
+    if isinstance(dataset.features.get(audio_column), datasets.Audio):
+        dataset = dataset.cast_column(audio_column, datasets.Audio(decode=False))
     items, used = [], set()
     for index, value in enumerate(dataset.select_columns([audio_column])[audio_column]):
-        path = value.get("path") if isinstance(value, dict) else None
+        path = value.get("path") if isinstance(value, dict) else value if isinstance(value, str) else None
         item_name = Path(path).name if path else f"{split}_{index:06d}.wav"
         if item_name in used:
             item_name = f"{index:06d}_{item_name}"

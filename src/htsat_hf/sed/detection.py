@@ -13,6 +13,12 @@ A detection run ([`run_detection`], or [`detect`] without scoring) writes into i
   of the scores (see `metrics.evaluate_detection`), and the settings;
 - `skipped_audio.tsv` when `skip_bad_audio` left files out.
 
+A run never leaves a mix of old and new results: it writes these outputs into a temporary folder inside the output
+directory (`.sed-run-*`) and moves them into place only once all are written, replacing exactly the previous run's
+detection outputs (`DETECTION_OUTPUTS`; a stale `skipped_audio.tsv` or `metrics.json` is removed) and leaving every
+other file in the directory alone (see [`staged_outputs`]). A run that fails or is interrupted leaves the previous
+results as they were and no temporary folder.
+
 [`score_predictions`] scores existing detections (an events table, per-threshold detections or score tables)
 without a model. Every problem with the inputs is an [`InputError`] naming the file (and line, for tables).
 """
@@ -22,8 +28,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -32,12 +40,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..audio import audio_duration
 from ..errors import InputError
 from ..inputs import AudioItem
 from ..loading import check_output_dir, load_feature_extractor, load_model
 from ..modeling_htsat import HTSATForSoundEventDetection
 from .io import (
     audio_id,
+    detection_table,
     events_to_dataframe,
     predictions_kind,
     read_durations_tsv,
@@ -64,14 +74,17 @@ from .postprocessing import (
     resolve_thresholds,
     scores_to_events,
 )
-from .windows import MIN_AUDIO_SECONDS, FrameScores, sliding_window_scores
+from .windows import MIN_AUDIO_SECONDS, FrameScores, check_detection_duration, sliding_window_scores
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DETECTION_OUTPUTS",
+    "SCORE_ONLY_OUTPUTS",
     "SHORT_AUDIO_MODES",
     "DetectionResult",
     "DetectionSettings",
+    "check_audio_items",
     "check_reference_audio",
     "detect",
     "evaluate_result",
@@ -84,10 +97,17 @@ __all__ = [
     "resolve_settings",
     "run_detection",
     "score_predictions",
+    "staged_outputs",
     "write_metrics",
 ]
 
 SHORT_AUDIO_MODES = ("stretch", "pad")
+# What a detection run writes into its output directory, and so replaces there.
+DETECTION_OUTPUTS = ("events.tsv", "scores", "durations.tsv", "plots", "metrics.json", "skipped_audio.tsv")
+# What scoring existing predictions replaces: its metrics (and events.tsv only when it writes one: the events file of
+# the folder may be the predictions being scored).
+SCORE_ONLY_OUTPUTS = ("metrics.json",)
+STAGING_PREFIX = ".sed-run-"
 
 
 # ------------------------------------------------------------------------------------------------- model and outputs
@@ -124,12 +144,49 @@ def prepare_output_dir(directory: str | Path) -> Path:
     return directory
 
 
-def _clear_outputs(directory: Path, pattern: str) -> None:
-    stale = sorted(directory.glob(pattern)) if directory.is_dir() else []
-    if stale:
-        logger.info("removing %d outputs of a previous run from %s", len(stale), directory)
-        for path in stale:
-            path.unlink()
+@contextmanager
+def staged_outputs(output_dir: str | Path, replaces: Sequence[str] = DETECTION_OUTPUTS) -> Iterator[Path]:
+    """A temporary folder inside `output_dir` to write a run's outputs into; when the block ends without an
+    exception, the outputs of `replaces` (and any other name written) are taken out of `output_dir` and the staged
+    ones moved in, so that the folder holds exactly the new run's outputs besides its unrelated files. When the
+    block raises (an error, KeyboardInterrupt), or moving fails, `output_dir` is left as it was. The temporary
+    folder is removed in every case.
+
+    Raises:
+        InputError: the output directory cannot be created or written to.
+    """
+    output_dir = prepare_output_dir(output_dir)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output_dir))
+    try:
+        yield staging
+        _commit(staging, output_dir, replaces)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _commit(staging: Path, output_dir: Path, replaces: Sequence[str]) -> None:
+    """Swap the staged outputs into `output_dir`: the old ones go into `staging/.previous` (deleted with the staging
+    folder), and come back if any move fails."""
+    previous = staging / ".previous"
+    previous.mkdir()
+    new = sorted(path.name for path in staging.iterdir() if path.name != previous.name)
+    moved_out, moved_in = [], []
+    try:
+        for name in dict.fromkeys([*replaces, *new]):
+            if (output_dir / name).exists() or (output_dir / name).is_symlink():
+                (output_dir / name).rename(previous / name)
+                moved_out.append(name)
+        for name in new:
+            (staging / name).rename(output_dir / name)
+            moved_in.append(name)
+    except BaseException:
+        for name in moved_in:
+            (output_dir / name).rename(staging / name)
+        for name in moved_out:
+            (previous / name).rename(output_dir / name)
+        raise
+    if moved_out:
+        logger.info("replaced the outputs of a previous run in %s: %s", output_dir, ", ".join(moved_out))
 
 
 # ----------------------------------------------------------------------------------------------------------- settings
@@ -279,37 +336,53 @@ def detect(
     reference: pd.DataFrame | None = None,
     keep_scores: bool = False,
     progress: bool = True,
+    skipped: Sequence[tuple[str, str]] = (),
 ) -> DetectionResult:
     """Detect events in every item and write `events.tsv`, `scores/`, `durations.tsv` and up to `max_plots` PNGs
-    (None: all; 0: none) into `output_dir`, replacing the scores and plots of an earlier run there.
+    (None: all; 0: none) into `output_dir`, replacing the detection outputs of an earlier run there only once all
+    are written (see `staged_outputs`).
 
     Args:
         reference: ground truth (`io.read_ground_truth_tsv`), drawn in the plots of its files.
         keep_scores: keep every file's filtered scores in the result (for evaluation).
         progress: show a progress bar.
+        skipped: `(filename, reason)` of files already left out (by `check_audio_items`), listed with the others.
 
     Raises:
         InputError naming the file for missing, unreadable, empty or too short audio, unless `skip_bad_audio`
         (then counted, logged, and listed in `skipped_audio.tsv`).
     """
-    output_dir = Path(output_dir)
-    scores_dir, plots_dir = output_dir / "scores", output_dir / "plots"
-    _clear_outputs(scores_dir, "*.tsv")
-    _clear_outputs(plots_dir, "*.png")
+    check_settings(settings, feature_extractor)
+    with staged_outputs(output_dir) as staging:
+        return _detect_into(staging, model, feature_extractor, list(items), settings, skip_bad_audio, max_plots,
+                            plot_top_k, reference, keep_scores, progress, skipped, Path(output_dir))
+
+
+def check_settings(settings: DetectionSettings, feature_extractor) -> None:
+    """Refuse a window longer than the model's clip or a hop longer than the window, before any audio is read."""
+    longest = feature_extractor.max_length_seconds
+    window = settings.window_seconds if settings.window_seconds is not None else longest
+    if not MIN_AUDIO_SECONDS <= window <= longest:
+        raise InputError(f"window_seconds must be between {MIN_AUDIO_SECONDS} and {longest:g} (the model's clip), "
+                         f"got {window:g}")
+    if settings.hop_seconds is not None and settings.hop_seconds > window:
+        raise InputError(f"hop_seconds ({settings.hop_seconds:g}) must not exceed the window ({window:g} s): audio "
+                         "between windows would not be scored")
+
+
+def _detect_into(staging: Path, model, feature_extractor, items: list[AudioItem], settings: DetectionSettings,
+                 skip_bad_audio: bool, max_plots: int | None, plot_top_k: int, reference, keep_scores: bool,
+                 progress: bool, skipped: Sequence[tuple[str, str]], final_dir: Path) -> DetectionResult:
+    scores_dir, plots_dir = staging / "scores", staging / "plots"
     scores_dir.mkdir(parents=True, exist_ok=True)
-    items = list(items)
     rate = feature_extractor.sampling_rate
     reference_events = _reference_events(reference)
-    result = DetectionResult(events={}, durations={}, skipped=[])
+    result = DetectionResult(events={}, durations={}, skipped=list(skipped))
     plotted = 0
     for item in tqdm(items, desc="detecting events", unit="file", disable=not progress):
         try:
             waveform = item.load(rate)
-            if waveform.shape[0] < MIN_AUDIO_SECONDS * rate:
-                raise InputError(
-                    f"{item.source}: {1000 * waveform.shape[0] / rate:.1f} ms of audio, too short for detection (at "
-                    f"least {1000 * MIN_AUDIO_SECONDS:.0f} ms)"
-                )
+            check_detection_duration(waveform.shape[0] / rate, item.source)
         except InputError as error:
             if not skip_bad_audio:
                 raise
@@ -323,6 +396,7 @@ def detect(
             result.scores[item.name] = filtered
         write_score_tsv(scores_dir / f"{item.audio_id}.tsv", filtered.scores, filtered.boundaries, filtered.labels)
         if max_plots is None or plotted < max_plots:
+            plots_dir.mkdir(exist_ok=True)
             plot_detection(
                 plots_dir / f"{item.audio_id}.png",
                 waveform,
@@ -336,15 +410,56 @@ def detect(
             )
             plotted += 1
         del waveform
-    write_events_tsv(result.events, output_dir / "events.tsv")
-    write_durations_tsv(result.durations, output_dir / "durations.tsv")
+    write_events_tsv(result.events, staging / "events.tsv")
+    write_durations_tsv(result.durations, staging / "durations.tsv")
     if result.skipped:
-        write_skipped_audio_tsv(result.skipped, output_dir / "skipped_audio.tsv")
-        logger.warning("%d of %d files were skipped (--skip_bad_audio), see %s", len(result.skipped), len(items),
-                       output_dir / "skipped_audio.tsv")
+        write_skipped_audio_tsv(result.skipped, staging / "skipped_audio.tsv")
+        logger.warning("%d of %d files were skipped (--skip_bad_audio), see %s", len(result.skipped),
+                       len(items) + len(skipped), final_dir / "skipped_audio.tsv")
     num_events = sum(len(events) for events in result.events.values())
-    logger.info("%d events in %d files written to %s", num_events, len(result.events), output_dir / "events.tsv")
+    logger.info("%d events in %d files written to %s", num_events, len(result.events), final_dir / "events.tsv")
     return result
+
+
+def check_audio_items(items: Sequence[AudioItem], skip_bad_audio: bool = False
+                      ) -> tuple[list[AudioItem], list[tuple[str, str]]]:
+    """Check, from their headers, that the inputs' audio can be read and is long enough for detection, before a
+    model runs or anything is written (files that soundfile cannot open are decoded once with FFmpeg).
+
+    Returns:
+        `(usable items, skipped)`: with `skip_bad_audio`, the `(filename, reason)` of the files left out (logged).
+
+    Raises:
+        InputError naming the first bad file, unless `skip_bad_audio`.
+    """
+    usable, skipped = [], []
+    for item in items:
+        try:
+            duration = _item_duration(item)
+            if duration is not None:
+                check_detection_duration(duration, item.source)
+        except InputError as error:
+            if not skip_bad_audio:
+                raise
+            skipped.append((item.name, str(error)))
+            logger.warning("skipping %s (%d skipped so far): %s", item.name, len(skipped), error)
+            continue
+        usable.append(item)
+    return usable, skipped
+
+
+def _item_duration(item: AudioItem) -> float | None:
+    """The item's duration from its header, or None for audio given as samples or a decoder (checked when loaded)."""
+    if item.path is not None:
+        return audio_duration(item.path)
+    value = item.value()
+    if isinstance(value, (str, Path)):
+        return audio_duration(value, item.source)
+    if isinstance(value, dict) and value.get("bytes") is not None and value.get("array") is None:
+        return audio_duration(bytes(value["bytes"]), item.source)
+    if isinstance(value, dict) and value.get("path") is not None and value.get("array") is None:
+        return audio_duration(value["path"], item.source)
+    return None
 
 
 def _reference_events(reference: pd.DataFrame | None) -> dict[str, list[tuple[float, float, str]]]:
@@ -371,41 +486,43 @@ def run_detection(
     max_plots: int | None = None,
     plot_top_k: int = 5,
     progress: bool = True,
+    check_audio: bool = True,
+    skipped: Sequence[tuple[str, str]] = (),
 ) -> DetectionResult:
     """Detect (see `detect`) and, with `ground_truth`, score: the ground truth is checked against the settings'
-    classes and the inputs before the model runs, and the metrics go to `metrics.json` and `result.metrics`.
+    classes and the inputs, and the audio's headers (`check_audio_items`, unless `check_audio` is False because the
+    caller did it), before the model runs; the metrics go to `metrics.json` and `result.metrics`. Nothing replaces
+    the previous outputs in `output_dir` before everything is written (see `staged_outputs`).
 
     Args:
         where: how messages name the inputs (folders, a dataset split).
         ground_truth, durations: DCASE TSVs (see `io`); without durations, the audio's lengths are used. Both, and
             `threshold_sweep`, only serve scoring.
         threshold_sweep: also compute PSDS from this many operating points (see `evaluate_result`); 0: off.
+        skipped: `(filename, reason)` of inputs the caller's `check_audio_items` left out (listed in
+            `skipped_audio.tsv`).
 
     Raises:
         InputError: as `read_reference`, `check_reference_audio`, `detect` and `evaluate_result`.
     """
-    output_dir = prepare_output_dir(output_dir)
     reference = lengths = None
     if ground_truth is not None:
         reference, lengths = read_reference(ground_truth, durations, settings.labels)
         check_reference_audio(reference, ground_truth, items, where, skip_bad_audio)
-    result = detect(
-        model,
-        feature_extractor,
-        items,
-        settings,
-        output_dir,
-        skip_bad_audio=skip_bad_audio,
-        max_plots=max_plots,
-        plot_top_k=plot_top_k,
-        reference=reference,
-        keep_scores=reference is not None,
-        progress=progress,
-    )
-    if reference is not None:
-        result.metrics = evaluate_result(result, reference, lengths, settings, threshold_sweep)
-        result.metrics["skipped_files"] = [name for name, _ in result.skipped]
-        write_metrics(result.metrics, output_dir, settings.describe())
+    if threshold_sweep and reference is None:
+        raise InputError("threshold_sweep is for scoring: give ground truth too")
+    check_settings(settings, feature_extractor)
+    skipped = list(skipped)
+    if check_audio:
+        items, more = check_audio_items(items, skip_bad_audio)
+        skipped += more
+    with staged_outputs(output_dir) as staging:
+        result = _detect_into(staging, model, feature_extractor, list(items), settings, skip_bad_audio, max_plots,
+                              plot_top_k, reference, reference is not None, progress, skipped, Path(output_dir))
+        if reference is not None:
+            result.metrics = evaluate_result(result, reference, lengths, settings, threshold_sweep)
+            result.metrics["skipped_files"] = [name for name, _ in result.skipped]
+            write_metrics(result.metrics, staging, settings.describe())
     return result
 
 
@@ -424,6 +541,7 @@ def read_reference(
     lengths = read_durations_tsv(durations) if durations is not None else None
     if table["event_label"].dropna().empty:
         raise InputError(f"{ground_truth}: no events to score against")
+    check_durations_cover(table, lengths, ground_truth, durations)
     return table, lengths
 
 
@@ -486,29 +604,37 @@ def evaluate_result(
     try:
         metrics = evaluate_detection(detections(result.events), reference, lengths, scores)
         if threshold_sweep:
-            thresholds = (np.arange(threshold_sweep) + 0.5) / threshold_sweep
-            operating_points = {
-                float(threshold): detections({
+            metrics["threshold_sweep"] = threshold_sweep_psds(
+                threshold_sweep,
+                lambda threshold: detections({
                     name: frame_scores_events(
-                        result.scores[name], float(threshold), None, settings.min_duration, settings.min_gap
+                        result.scores[name], threshold, None, settings.min_duration, settings.min_gap
                     )
                     for name in evaluated
-                })
-                for threshold in thresholds
-            }
-            # Piecewise-constant scores once, for both scenarios.
-            sweep_scores = operating_points_to_scores(operating_points, reference, lengths)
-            metrics["threshold_sweep"] = {
-                "num_thresholds": threshold_sweep,
-                "psds1": psds(sweep_scores, reference, lengths, 1)["psds"],
-                "psds2": psds(sweep_scores, reference, lengths, 2)["psds"],
-            }
+                }),
+                reference,
+                lengths,
+            )
     except InputError:
         raise
     except ValueError as error:
         raise InputError(f"scoring failed: {error}") from None
     metrics["excluded_files"] = excluded
     return metrics
+
+
+def threshold_sweep_psds(num_thresholds: int, events_at, reference: pd.DataFrame, durations) -> dict:
+    """PSDS1 and PSDS2 from the detections at `num_thresholds` operating points `(k + 0.5) / N` (as DCASE did
+    before scores-based PSDS); `events_at(threshold)` gives the detection table at a threshold."""
+    thresholds = (np.arange(num_thresholds) + 0.5) / num_thresholds
+    operating_points = {float(threshold): events_at(float(threshold)) for threshold in thresholds}
+    # Piecewise-constant scores once, for both scenarios.
+    sweep_scores = operating_points_to_scores(operating_points, reference, durations)
+    return {
+        "num_thresholds": num_thresholds,
+        "psds1": psds(sweep_scores, reference, durations, 1)["psds"],
+        "psds2": psds(sweep_scores, reference, durations, 2)["psds"],
+    }
 
 
 def write_metrics(metrics: dict, output_dir: str | Path, settings: dict | None = None) -> Path:
@@ -550,9 +676,12 @@ def score_predictions(
     median_filter_seconds: float | None = None,
     min_duration: float = 0.0,
     min_gap: float = 0.0,
+    threshold_sweep: int = 0,
 ) -> dict:
     """Score existing predictions against the ground truth, writing `metrics.json` (and `events.tsv` when the
-    events come from score tables) into `output_dir`.
+    events come from score tables) into `output_dir`, in place of the previous ones only once all is computed (see
+    `staged_outputs`; an events file there that this run does not write is left alone, as it may be the
+    predictions).
 
     Args:
         predictions: an events TSV/CSV (F1 scores; PSDS from `psds_predictions` when given), a directory of
@@ -562,6 +691,8 @@ def score_predictions(
         psds_predictions: a directory of per-threshold detections or of score tables to compute PSDS from.
         threshold: as `postprocessing.resolve_thresholds` takes it, for the ground truth's classes.
         class_map: restricts the ground truth's labels to its classes, and gives its thresholds.
+        threshold_sweep: also compute PSDS from this many operating points thresholded from the score tables (of
+            `predictions`, filtered as for the F1 scores, or of `psds_predictions`); refused without score tables.
 
     Returns:
         `metrics.evaluate_detection`'s dict plus `predictions: {"path", "kind"}`.
@@ -572,48 +703,88 @@ def score_predictions(
     """
     if class_map is not None and not isinstance(class_map, ClassMap):
         class_map = load_class_map(class_map)
-    reference, _ = read_reference(ground_truth, durations, class_map.labels if class_map else None)
+    reference, lengths = read_reference(ground_truth, durations, class_map.labels if class_map else None)
     kind = predictions_kind(predictions)
-    psds_source = None
+    psds_source = psds_kind = None
     if psds_predictions is not None:
         psds_kind = predictions_kind(psds_predictions)
         if psds_kind == "events":
             raise InputError(f"{psds_predictions}: PSDS predictions must be a directory (operating points or scores)")
         read = read_operating_points if psds_kind == "operating_points" else read_score_tsvs
         psds_source = read(psds_predictions)
+    if threshold_sweep and "scores" not in (kind, psds_kind):
+        raise InputError(
+            f"--threshold_sweep needs score tables to threshold, but {predictions} holds {kind.replace('_', ' ')}"
+            + (f" and {psds_predictions} {psds_kind.replace('_', ' ')}" if psds_kind else "")
+            + " (give a directory of score TSVs as --predictions or --psds_predictions)"
+        )
+    classes = sorted(reference["event_label"].dropna().unique())
+    names = {audio_id(name): name for name in reference["filename"]}
 
     try:
+        events_tables = None
         if kind == "events":
-            detections = predictions
+            detections = detection_table(predictions)
         elif kind == "operating_points":
             operating_points = read_operating_points(predictions)
             detections = operating_points[_operating_point(operating_points, threshold, predictions)]
             psds_source = operating_points if psds_source is None else psds_source
         else:
             scores = read_score_tsvs(predictions)
-            classes = sorted(reference["event_label"].dropna().unique())
             thresholds = resolve_thresholds(classes, threshold, _restricted_class_map(class_map, classes))
-            names = {audio_id(name): name for name in reference["filename"]}
             events = {}
             for key, table in scores.items():
-                missing = [label for label in classes if label not in table.columns]
-                if missing:
-                    raise InputError(f"{predictions}/{key}.tsv: no scores for classes {missing}")
+                _check_score_classes(table, classes, f"{predictions}/{key}.tsv")
                 scores[key], events[names.get(key, f"{key}.wav")] = _table_events(
                     table[["onset", "offset", *classes]], classes, thresholds, median_filter_seconds, min_duration,
                     min_gap,
                 )
-            write_events_tsv(events, Path(output_dir) / "events.tsv")
+            events_tables = events
             detections = events_to_dataframe(events)
             psds_source = scores if psds_source is None else psds_source
-        metrics = evaluate_detection(detections, ground_truth, durations, psds_source)
+        metrics = evaluate_detection(detections, reference, lengths, psds_source)
+        if threshold_sweep:
+            sweep_tables = scores if kind == "scores" else psds_source
+            if kind != "scores":
+                for key, table in sweep_tables.items():
+                    _check_score_classes(table, classes, f"{psds_predictions}/{key}.tsv")
+            metrics["threshold_sweep"] = threshold_sweep_psds(
+                threshold_sweep,
+                lambda t: events_to_dataframe({
+                    names.get(key, f"{key}.wav"): _table_events(
+                        table[["onset", "offset", *classes]], classes, t, None, min_duration, min_gap
+                    )[1]
+                    for key, table in sweep_tables.items()
+                }),
+                reference,
+                lengths,
+            )
     except InputError:
         raise
     except ValueError as error:
         raise InputError(f"scoring failed: {error}") from None
     metrics["predictions"] = {"path": str(predictions), "kind": kind}
-    write_metrics(metrics, output_dir)
+    with staged_outputs(output_dir, SCORE_ONLY_OUTPUTS) as staging:
+        if events_tables is not None:
+            write_events_tsv(events_tables, staging / "events.tsv")
+        write_metrics(metrics, staging)
     return metrics
+
+
+def _check_score_classes(table: pd.DataFrame, classes: list[str], where: str) -> None:
+    missing = [label for label in classes if label not in table.columns]
+    if missing:
+        raise InputError(f"{where}: no scores for classes {missing}")
+
+
+def check_durations_cover(reference: pd.DataFrame, lengths: dict[str, float] | None, ground_truth, durations) -> None:
+    """Refuse durations that miss files of the ground truth, naming the files, before anything runs."""
+    if lengths is None:
+        return
+    missing = [name for name in dict.fromkeys(reference["filename"]) if name not in lengths]
+    if missing:
+        raise InputError(f"{durations}: no duration for {len(missing)} files of {ground_truth}, e.g. "
+                         f"{', '.join(missing[:5])}")
 
 
 def _operating_point(operating_points: dict[float, pd.DataFrame], threshold, directory) -> float:

@@ -24,6 +24,7 @@ reads them) do not need it.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,6 +37,8 @@ from ..errors import InputError
 if TYPE_CHECKING:
     import pandas as pd
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "EVENT_COLUMNS",
     "audio_id",
@@ -43,6 +46,8 @@ __all__ = [
     "durations_mapping",
     "events_to_dataframe",
     "ground_truth_table",
+    "merge_intervals",
+    "merge_overlapping_events",
     "predictions_kind",
     "read_detection_tsv",
     "read_durations_tsv",
@@ -86,7 +91,10 @@ def read_ground_truth_tsv(path: str | Path, labels: Sequence[str] | None = None)
 
     Returns:
         DataFrame with columns `filename` (str), `onset`, `offset` (float64 seconds), `event_label` (str), in file
-        order; files without events keep their row, with NaN onset, offset and label.
+        order; files without events keep their row, with NaN onset, offset and label. Overlapping events of one
+        class in one file (as older DESED releases have) are merged into one, with a warning naming the file and
+        lines (see `merge_overlapping_events`): the metric libraries refuse them, and strong-label training
+        counts their union.
 
     Raises:
         InputError naming the file and line: a missing or unreadable file, missing columns, empty filename, a row
@@ -484,11 +492,74 @@ def _check_events(
             "onset": onset.to_numpy(),
             "offset": offset.to_numpy(),
             "event_label": table["event_label"].where(~no_label, np.nan).to_numpy(dtype=object),
-        }
+        },
+        index=table.index,
     )
     if not keep_empty_rows:
-        checked = checked[~empty_row.to_numpy()]
-    return checked.reset_index(drop=True)
+        return checked[~empty_row.to_numpy()].reset_index(drop=True)
+    return merge_overlapping_events(checked, source, locate).reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------------------ overlapping events
+
+
+def merge_intervals(intervals: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The union of `(onset, offset)` intervals as sorted, disjoint intervals: intervals that overlap (one starts
+    before the other ends) become one; touching intervals (`offset == onset`) stay apart, as the metrics count
+    them as two events. The one rule for overlapping annotations, used by ground-truth reading and frame targets."""
+    merged: list[list[float]] = []
+    for onset, offset in sorted((float(a), float(b)) for a, b in intervals):
+        if merged and onset < merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], offset)
+        else:
+            merged.append([onset, offset])
+    return [(a, b) for a, b in merged]
+
+
+def merge_overlapping_events(table: pd.DataFrame, source: str = "ground truth", locate=None) -> pd.DataFrame:
+    """Merge the overlapping events of one class in one file (`merge_intervals`) of a checked event table, logging
+    a warning that names the file, the class and the lines (`locate(index)`, default: the table's row) merged.
+
+    Returns:
+        The table with each group of overlapping events replaced by one row (at the first one's position); tables
+        without such events are returned as they are.
+    """
+    locate = locate or _frame_row
+    events = table[table["event_label"].notna()]
+    if events.empty:
+        return table
+    drop, changed, reports = [], {}, []
+    for (filename, label), group in events.groupby(["filename", "event_label"], sort=False):
+        if len(group) < 2:
+            continue
+        ordered = group.sort_values(["onset", "offset"], kind="stable")
+        current, end, members = None, -np.inf, []
+
+        def close():
+            if current is not None and len(members) > 1:
+                changed[current] = end
+                drop.extend(members[1:])
+                reports.append(f"{filename} ({label}): {', '.join(locate(i) for i in sorted(members))}")
+
+        for index, row in zip(ordered.index, ordered.itertuples(index=False), strict=True):
+            if current is not None and row.onset < end:
+                members.append(index)
+                end = max(end, row.offset)
+            else:
+                close()
+                current, end, members = index, row.offset, [index]
+        close()
+    if not drop:
+        return table
+    logger.warning(
+        "%s: merged %d overlapping events of one class in one file into %d (the metrics refuse them): %s%s",
+        source, len(drop) + len(reports), len(reports), "; ".join(reports[:5]),
+        f"; and {len(reports) - 5} more" if len(reports) > 5 else "",
+    )
+    merged = table.copy()
+    for index, offset in changed.items():  # the group's earliest event keeps its row and onset
+        merged.loc[index, "offset"] = offset
+    return merged.drop(index=drop)
 
 
 def _check_durations(table: pd.DataFrame, source: str, locate) -> dict[str, float]:

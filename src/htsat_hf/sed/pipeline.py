@@ -1,11 +1,13 @@
 """`pipeline("sound-event-detection", model=...)`: audio of any length in, timed events out."""
 
+from os import PathLike
+
 from transformers import AutoModelForAudioFrameClassification, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from ..audio import load_waveform
 from .postprocessing import ClassMap, frame_scores_events, load_class_map, map_frame_scores, resolve_thresholds
-from .windows import sliding_window_scores
+from .windows import check_detection_duration, sliding_window_scores
 
 TASK = "sound-event-detection"
 
@@ -14,7 +16,7 @@ class SoundEventDetectionPipeline(Pipeline):
     """Detect sound events with an `HTSATForSoundEventDetection` model in audio of any length.
 
     Inputs: every form `htsat_hf.audio.load_waveform` takes: a file path or bytes (decoded, resampled to the model's
-    rate and downmixed), a mono numpy array, torch tensor or list of samples at the model's rate (float in [-1, 1] or
+    rate and downmixed), a mono numpy array, torch tensor of samples at the model's rate (float in [-1, 1] or
     integer PCM such as int16), `{"raw" or "array": samples, "sampling_rate": rate}` (resampled with torchaudio), an
     undecoded `datasets` value `{"path", "bytes"}`, or a torchcodec `AudioDecoder` (decoded `datasets` >= 4 values).
 
@@ -73,7 +75,11 @@ class SoundEventDetectionPipeline(Pipeline):
         return {}, forward, post
 
     def preprocess(self, inputs):
-        return {"waveform": load_waveform(inputs, self.feature_extractor.sampling_rate)}
+        rate = self.feature_extractor.sampling_rate
+        name = str(inputs) if isinstance(inputs, (str, PathLike)) else "the audio"
+        waveform = load_waveform(inputs, rate, name=name)
+        check_detection_duration(waveform.shape[0] / rate, name)
+        return {"waveform": waveform}
 
     def _forward(self, model_inputs, window_seconds=None, hop_seconds=None, batch_size=8):
         return sliding_window_scores(

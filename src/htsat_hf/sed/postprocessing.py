@@ -518,7 +518,7 @@ def resolve_thresholds(
         A float, or `(len(labels),)` float64 thresholds in label order.
 
     Raises:
-        InputError: a threshold that is not a finite number, a mapping or file that does not name exactly the
+        InputError: a threshold that is not a number in [0, 1], a mapping or file that does not name exactly the
             classes, or an unreadable file (naming it).
     """
     if threshold is None:
@@ -527,14 +527,26 @@ def resolve_thresholds(
         return DEFAULT_THRESHOLD
     if isinstance(threshold, (str, Path)):
         try:
-            return threshold_vector(read_thresholds(threshold), labels)
+            return _probability_thresholds(threshold_vector(read_thresholds(threshold), labels), labels, str(threshold))
         except InputError as error:
             message = str(error)
             raise InputError(message if message.startswith(str(threshold)) else f"{threshold}: {message}") from None
     if isinstance(threshold, Mapping):
-        return threshold_vector(threshold, labels)
+        return _probability_thresholds(threshold_vector(threshold, labels), labels, "threshold")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.number)) or not np.isfinite(threshold):
         raise InputError(
             f"a threshold must be a finite number, a {{label: threshold}} dict or a file, got {threshold!r}"
         )
-    return float(threshold)
+    return _probability_thresholds(float(threshold), labels, "threshold")
+
+
+def _probability_thresholds(thresholds, labels: Sequence[str], source: str):
+    """`thresholds` unchanged when every value lies in [0, 1]: they are compared with probabilities, so a value
+    outside would silently detect everything or nothing."""
+    values = np.atleast_1d(np.asarray(thresholds, dtype=np.float64))
+    bad = [(labels[i] if values.size > 1 else None, v) for i, v in enumerate(values) if not 0.0 <= v <= 1.0]
+    if bad:
+        label, value = bad[0]
+        where = f" of {label!r}" if label is not None else ""
+        raise InputError(f"{source}: the threshold{where} must be a probability between 0 and 1, got {value:g}")
+    return thresholds

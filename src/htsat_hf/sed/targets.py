@@ -8,7 +8,8 @@ step `i` covers `[i, i + 1) * step_seconds` from the clip's start with `step_sec
 of the padded clip (0.3125 s at 32 kHz with hop 320), the grid `windows.sliding_window_scores` uses for a 10 s window.
 
 Targets are soft: `target[step, class]` is the fraction of the step's span covered by events of that class (the
-union of its events, so overlapping annotations of one class do not count twice), in [0, 1]; the model's loss is
+union of its events, `io.merge_intervals`, so overlapping annotations of one class do not count twice; reading the
+annotations already merges them, with a warning), in [0, 1]; the model's loss is
 binary cross-entropy, which takes such targets. `target_mode="majority"` gives hard targets instead: 1 where at least
 half of the step is covered. Steps in the zero padding have no events and target 0.
 """
@@ -28,7 +29,7 @@ import torch
 from ..audio import audio_duration, read_audio
 from ..errors import InputError
 from ..inputs import AudioItem
-from .io import read_ground_truth_tsv
+from .io import merge_intervals, read_ground_truth_tsv
 from .windows import MIN_AUDIO_SECONDS, grid_step_seconds
 
 logger = logging.getLogger(__name__)
@@ -73,22 +74,12 @@ def frame_targets(
     starts = np.arange(num_steps) * step_seconds
     ends = starts + step_seconds
     for column, intervals in per_class.items():
-        for onset, offset in _union(intervals):
+        for onset, offset in merge_intervals(intervals):
             targets[:, column] += np.clip(np.minimum(ends, offset) - np.maximum(starts, onset), 0.0, None)
     targets = np.clip(targets / step_seconds, 0.0, 1.0)
     if mode == "majority":
         targets = (targets >= 0.5 - 1e-9).astype(np.float64)
     return targets.astype(np.float32)
-
-
-def _union(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    merged: list[list[float]] = []
-    for onset, offset in sorted(intervals):
-        if merged and onset <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], offset)
-        else:
-            merged.append([onset, offset])
-    return [(a, b) for a, b in merged]
 
 
 # ---------------------------------------------------------------------------------------------------------- examples

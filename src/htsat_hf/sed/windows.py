@@ -59,6 +59,19 @@ class FrameScores:
         return np.append(self.onsets, self.duration)
 
 
+def check_detection_duration(seconds: float, name: str = "the audio") -> None:
+    """Refuse audio shorter than `MIN_AUDIO_SECONDS` (0.1 s), too short to place an event on the model's grid.
+
+    Raises:
+        InputError: naming `name` (a file) and its duration in ms.
+    """
+    if seconds < MIN_AUDIO_SECONDS:
+        raise InputError(
+            f"{name}: {1000 * seconds:.1f} ms of audio, too short for detection (at least "
+            f"{1000 * MIN_AUDIO_SECONDS:.0f} ms)"
+        )
+
+
 def grid_step_seconds(window_samples: int, hop_length: int, num_steps: int, sampling_rate: int) -> float:
     """Seconds per model step for a window (or clip, after padding) of `window_samples` samples.
 
@@ -110,11 +123,7 @@ def sliding_window_scores(
         raise InputError(f"waveform must be mono (samples,), got shape {waveform.shape}; downmix it first")
     feature_extractor.check_sampling_rate(sampling_rate)
     duration = waveform.shape[0] / sampling_rate
-    if duration < MIN_AUDIO_SECONDS:
-        raise InputError(
-            f"audio of {duration * 1000:.1f} ms is too short for detection: at least {MIN_AUDIO_SECONDS * 1000:.0f} "
-            "ms are needed"
-        )
+    check_detection_duration(duration)
     max_seconds = feature_extractor.max_length_seconds
     window_seconds = max_seconds if window_seconds is None else window_seconds
     if not MIN_AUDIO_SECONDS <= window_seconds <= max_seconds:
@@ -170,4 +179,11 @@ def _window(waveform: np.ndarray, start: int, length: int) -> np.ndarray:
     return piece
 
 
-__all__ = ["FrameScores", "MIN_AUDIO_SECONDS", "grid_step_seconds", "plan_windows", "sliding_window_scores"]
+__all__ = [
+    "FrameScores",
+    "MIN_AUDIO_SECONDS",
+    "check_detection_duration",
+    "grid_step_seconds",
+    "plan_windows",
+    "sliding_window_scores",
+]
