@@ -19,6 +19,7 @@ import logging
 import math
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import transformers
 from transformers import HfArgumentParser, TrainingArguments, set_seed
@@ -33,7 +34,10 @@ from htsat_hf.training.data import (
     LabelSpec,
     check_audio_files,
     check_labels,
+    audiofolder_row_name,
+    default_row_name,
     infer_label_spec,
+    label_column_is_list,
     load_audio_splits,
     read_label_names,
 )
@@ -51,7 +55,9 @@ class ModelArguments:
         default=None, metadata={"help": "Converted or trained model directory, or a Hub id, to start from."}
     )
     config_name: str | None = field(
-        default=None, metadata={"help": "HTSATConfig JSON file to train from scratch (default config if omitted)."}
+        default=None,
+        metadata={"help": "Config to train from scratch: a config.json (as save_pretrained writes it), a folder "
+                          "holding one, or a Hub id (default config if omitted)."},
     )
     config_overrides: str | None = field(
         default=None,
@@ -69,13 +75,20 @@ class DataArguments:
     train_split_name: str = field(default="train", metadata={"help": "Training split of dataset_name."})
     eval_split_name: str = field(default="validation", metadata={"help": "Evaluation split (falls back to 'test')."})
     streaming: bool = field(default=False, metadata={"help": "Stream the dataset instead of downloading it whole."})
+    train_dataset_size: int | None = field(
+        default=None,
+        metadata={"help": "Examples per epoch of a streamed training set, for --lr_schedule htsat (streamed data has no "
+                          "length; without it an epoch is --max_steps / --num_train_epochs steps)."},
+    )
     train_dir: str | None = field(default=None, metadata={"help": "audiofolder directory (metadata.csv) to train on."})
     audioset_train_index: str | None = field(
         default=None, metadata={"help": "PANNs AudioSet hdf5 index to train on (waveform packs at 32 kHz)."}
     )
     audioset_eval_index: str | None = field(default=None, metadata={"help": "PANNs AudioSet hdf5 index to evaluate on."})
     label_names_file: str | None = field(
-        default=None, metadata={"help": "class_labels_indices.csv naming the classes of integer labels (AudioSet)."}
+        default=None,
+        metadata={"help": "The classes, in id order: AudioSet's class_labels_indices.csv (index,display_name) or a "
+                          "plain list with one label per line (.txt)."},
     )
     eval_dir: str | None = field(default=None, metadata={"help": "audiofolder directory to evaluate on."})
     audio_column_name: str = field(default="audio", metadata={"help": "Column holding the audio."})
@@ -133,14 +146,27 @@ class DataArguments:
             ("balanced_samples_per_epoch", self.balanced_samples_per_epoch, 1),
             ("max_train_samples", self.max_train_samples, 1),
             ("max_eval_samples", self.max_eval_samples, 1),
+            ("train_dataset_size", self.train_dataset_size, 1),
             ("eval_fold", self.eval_fold, 0),
         ):
             if value is not None and value < smallest:
                 raise InputError(f"--{option} must be >= {smallest}, got {value}")
         if self.eval_fold is not None and self.fold_column_name is None:
             raise InputError("--eval_fold needs --fold_column_name (the column holding each example's fold)")
-        if not self.label_separator:
-            raise InputError("--label_separator must not be empty")
+        if not self.label_separator or not self.label_separator.strip():
+            raise InputError(f"--label_separator must be a non-blank string, got {self.label_separator!r}")
+        if self.balanced_samples_per_epoch is not None and not self.balanced_sampling:
+            raise InputError("--balanced_samples_per_epoch needs --balanced_sampling (it sizes the balanced epochs)")
+        if self.mix_targets and self.mixup_alpha == 0:
+            raise InputError("--mix_targets needs --mixup_alpha > 0 (mixup is off)")
+        if self.train_dataset_size is not None and not self.streaming:
+            raise InputError("--train_dataset_size is for --streaming data (other datasets have a length)")
+        if self.streaming and self.balanced_sampling:
+            raise InputError("--balanced_sampling needs the whole training set, it cannot draw from --streaming data")
+        if self.streaming and (self.audioset_train_index or self.audioset_eval_index):
+            raise InputError("--streaming reads --dataset_name or --train_dir/--eval_dir, not AudioSet hdf5 indexes")
+        if self.dataset_config_name is not None and self.dataset_name is None:
+            raise InputError("--dataset_config_name needs --dataset_name")
 
 
 class _Parser(HfArgumentParser):
@@ -177,6 +203,48 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Tra
         raise InputError(error_line(error)) from None
 
 
+def check_options(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments):
+    """Refuse combinations of options that would fail later, or silently do nothing, before any data is read.
+
+    Raises:
+        InputError: one line naming the option.
+    """
+    if not (training_args.do_train or training_args.do_eval):
+        raise InputError("nothing to do: give --do_train and/or --do_eval")
+    if model_args.model_name_or_path and model_args.config_name:
+        raise InputError("give --model_name_or_path (a saved model) or --config_name (train from scratch), not both")
+    if model_args.model_name_or_path and model_args.config_overrides:
+        raise InputError("--config_overrides set up a model trained from scratch; they do not apply to "
+                         "--model_name_or_path")
+    if data_args.label_names_file and not Path(data_args.label_names_file).is_file():
+        raise InputError(f"--label_names_file {data_args.label_names_file}: no such file")
+    sources = dict(dataset_name=data_args.dataset_name, train_dir=data_args.train_dir, eval_dir=data_args.eval_dir,
+                   audioset_train_index=data_args.audioset_train_index,
+                   audioset_eval_index=data_args.audioset_eval_index)
+    if not any(sources.values()):
+        raise InputError("no data: give --train_dir/--eval_dir, --dataset_name or --audioset_train_index/"
+                         "--audioset_eval_index")
+    folds = data_args.fold_column_name is not None
+    if training_args.do_train:
+        if not (data_args.dataset_name or data_args.train_dir or data_args.audioset_train_index):
+            raise InputError("--do_train needs training data: --train_dir, --dataset_name or --audioset_train_index")
+        if training_args.learning_rate <= 0:
+            raise InputError(f"--learning_rate must be > 0, got {training_args.learning_rate}")
+        if training_args.max_steps <= 0 and training_args.num_train_epochs <= 0:
+            raise InputError(f"--num_train_epochs must be > 0 (or give --max_steps), got "
+                             f"{training_args.num_train_epochs}")
+        if data_args.streaming and training_args.max_steps <= 0:
+            raise InputError("--streaming training needs --max_steps (a streamed dataset has no length)")
+    wants_eval = training_args.do_eval or (training_args.do_train and training_args.eval_strategy != "no")
+    if wants_eval and not (data_args.dataset_name or data_args.eval_dir or data_args.audioset_eval_index or folds):
+        strategy = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)
+        option = f"--eval_strategy {strategy}" if training_args.do_train and strategy != "no" else "--do_eval"
+        raise InputError(f"{option} needs evaluation data: --eval_dir, --audioset_eval_index, --dataset_name or "
+                         "--fold_column_name with --eval_fold")
+    if folds and not (data_args.dataset_name or data_args.train_dir):
+        raise InputError("--fold_column_name divides --train_dir or --dataset_name data")
+
+
 def run(argv: list[str]) -> int:
     """Train and/or evaluate as the arguments say.
 
@@ -184,6 +252,7 @@ def run(argv: list[str]) -> int:
         InputError, OSError: bad input, naming the option, file, split or row.
     """
     model_args, data_args, training_args = parse_arguments(argv)
+    check_options(model_args, data_args, training_args)
     check_output_dir(training_args.output_dir)
     training_args.remove_unused_columns = False  # the collator reads the raw audio and label columns
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -209,10 +278,11 @@ def run(argv: list[str]) -> int:
         if limit is not None and role in splits:
             splits[role] = splits[role].take(limit) if data_args.streaming else splits[role].select(range(min(limit, len(splits[role]))))
 
-    label_spec = resolve_labels(model_args, data_args, splits)
+    row_names = {role: row_namer(data_args, role, split) for role, split in splits.items()}
+    label_spec = resolve_labels(model_args, data_args, splits, row_names)
     for role, split in splits.items():
         if not data_args.streaming:
-            check_labels(split, label_spec, data_args.label_column_name, role)
+            check_labels(split, label_spec, data_args.label_column_name, role, row_names[role])
     skipped_before_training = 0
     if training_args.do_train and "eval" in splits and not data_args.streaming:
         # A broken evaluation file should stop the run now, not after the first epoch.
@@ -258,6 +328,7 @@ def run(argv: list[str]) -> int:
         train_sampler=sampler,
         mixup_alpha=data_args.mixup_alpha,
         mix_targets=data_args.mix_targets,
+        train_dataset_size=data_args.train_dataset_size,
     )
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -275,22 +346,39 @@ def run(argv: list[str]) -> int:
     return 0
 
 
-def resolve_labels(model_args: ModelArguments, data_args: DataArguments, splits: dict) -> LabelSpec:
-    """The task's label set: read from the data, or for streamed data from ClassLabel features or the model."""
-    reference = splits.get("train") or splits.get("eval")
+def row_namer(data_args: DataArguments, role: str, split):
+    """How errors name a row of `split`: the line of `metadata.csv` for audiofolder data, else the split's row."""
+    folder = data_args.eval_dir if role == "eval" and data_args.fold_column_name is None else data_args.train_dir
+    if folder is None or data_args.streaming:
+        return default_row_name(role)
+    return audiofolder_row_name(split, data_args.audio_column_name, Path(folder) / "metadata.csv", role)
+
+
+def resolve_labels(model_args: ModelArguments, data_args: DataArguments, splits: dict,
+                   row_names: dict | None = None) -> LabelSpec:
+    """The task's label set: from `--label_names_file`, read from the data, or for streamed data from ClassLabel
+    features or the model."""
+    role = "train" if "train" in splits else "eval"
+    reference = splits.get(role)
+    column = data_args.label_column_name
     if data_args.label_names_file:
         names = read_label_names(data_args.label_names_file)
-        multi = True if data_args.multi_label is None else data_args.multi_label
-        return LabelSpec(names, multi_label=multi, separator=data_args.label_separator)
+        multi = data_args.multi_label
+        if multi is None:  # lists of labels (AudioSet) are multi-label; one label or name per clip is not
+            multi = label_column_is_list(reference, column) in (True, None)
+        return LabelSpec(names, multi_label=multi, separator=data_args.label_separator,
+                         source=f"--label_names_file {data_args.label_names_file}")
     if not data_args.streaming:
-        return infer_label_spec(reference, data_args.label_column_name, data_args.multi_label, data_args.label_separator)
-    feature = reference.features[data_args.label_column_name]
+        return infer_label_spec(reference, column, data_args.multi_label, data_args.label_separator,
+                                row_name=(row_names or {}).get(role))
+    feature = reference.features[column] if reference.features is not None else None
     names = getattr(feature, "names", None) or getattr(getattr(feature, "feature", None), "names", None)
     if names is None and model_args.model_name_or_path:
         config = HTSATConfig.from_pretrained(model_args.model_name_or_path)
         names = [config.id2label[i] for i in range(config.num_labels)]
     if names is None:
-        raise InputError("streamed labels need a ClassLabel column or a --model_name_or_path whose labels they use")
+        raise InputError("streamed labels need a ClassLabel column, --label_names_file (one label per line, or "
+                         "AudioSet's class_labels_indices.csv) or a --model_name_or_path whose labels they use")
     multi = data_args.multi_label if data_args.multi_label is not None else not hasattr(feature, "names")
     return LabelSpec(list(names), multi_label=multi, separator=data_args.label_separator)
 

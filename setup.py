@@ -2,6 +2,10 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
+# What the Trainer-based scripts import (run_audio_classification.py, and run_sed.py: its argument parsing reads
+# transformers' TrainingArguments, which needs accelerate, and htsat_hf.training's metrics need datasets and evaluate).
+TRAINER = ["datasets>=4", "accelerate>=1.0", "evaluate>=0.4"]
+
 setup(
     name="htsat-hf",
     version="0.1.0",
@@ -23,9 +27,13 @@ setup(
     extras_require={
         # File decoding and resampling in datasets and the pipeline's dict inputs.
         "audio": ["torchaudio", "torchcodec", "datasets>=4", "soundfile"],
-        "train": ["datasets>=4", "accelerate>=1.0", "evaluate>=0.4", "scikit-learn", "h5py"],
-        # Detection metrics as DCASE computes them; sed_eval's dcase_util needs pkg_resources (setuptools < 81).
-        "sed": ["scipy", "sed_scores_eval==0.0.4", "sed_eval>=0.2.1", "psds_eval==0.5.3", "setuptools<81", "matplotlib"],
+        "train": [*TRAINER, "scikit-learn", "h5py"],
+        # run_sed.py (detection, --score_only, fine-tuning): detection metrics as DCASE computes them, tables (pandas),
+        # plots, and what its Trainer-based wiring imports; sed_eval's dcase_util needs pkg_resources (setuptools < 81).
+        "sed": [
+            "scipy", "pandas", "sed_scores_eval==0.0.4", "sed_eval>=0.2.1", "psds_eval==0.5.3", "setuptools<81",
+            "matplotlib", *TRAINER,
+        ],
         "onnx": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript"],
         "test": ["pytest", "librosa>=0.10", "soundfile", "scipy"],
     },

@@ -71,6 +71,12 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
+def without_overrides(argv):
+    """`argv` without `--config_overrides` (which only apply to a model trained from scratch)."""
+    i = argv.index("--config_overrides")
+    return argv[:i] + argv[i + 2:]
+
+
 def common_args(output_dir, *extra):
     return [
         "--output_dir", str(output_dir),
@@ -524,7 +530,7 @@ def test_eval_label_outside_the_training_labels(sound_folders, tmp_path, capsys)
     message = fails_with_one_line(capsys, common_args(
         out, "--train_dir", str(train), "--eval_dir", str(other), "--do_train", "--do_eval"
     ))
-    assert message.startswith("eval split, row 2: label 'hum' is not in the label set")
+    assert message.startswith(f"{other / 'metadata.csv'}, line 4 (hum_0.wav): label 'hum' is not in the label set")
     assert not out.exists() or not any(out.iterdir())  # nothing trained or saved
 
 
@@ -541,8 +547,9 @@ def test_eval_label_outside_the_training_labels(sound_folders, tmp_path, capsys)
 )
 def test_data_errors_before_training(fold_folder, tmp_path, capsys, extra, message):
     out = tmp_path / "out"
+    evaluate = ["--do_eval"] if "--fold_column_name" in extra else []  # evaluation data comes from the folds
     printed = fails_with_one_line(capsys, common_args(
-        out, "--train_dir", str(fold_folder), "--do_train", "--do_eval", *extra
+        out, "--train_dir", str(fold_folder), "--do_train", *evaluate, *extra
     ))
     assert re.fullmatch(message, printed), printed
     assert not out.exists() or not any(out.iterdir())  # failed before anything was trained or saved
@@ -559,14 +566,58 @@ def test_data_errors_before_training(fold_folder, tmp_path, capsys, extra, messa
         (["--eval_fold", "1"], r"--eval_fold needs --fold_column_name \(the column holding each example's fold\)"),
         (["--padding", "repeat"], r".*--padding.*"),  # the old name of --pad_mode is gone
         (["--num_train_epochs", "many"], r"argument --num_train_epochs/--num-train-epochs: invalid float value: 'many'"),
+        (["--time_shift_tta", "-3"], "--time_shift_tta must be >= 1, got -3"),
+        (["--mixup_alpha", "nan"], r"--mixup_alpha must be >= 0 \(0 turns mixup off\), got nan"),
+        (["--max_length_seconds", "-2"], "--max_length_seconds must be a positive number of seconds, got -2.0"),
+        (["--label_separator", ""], "--label_separator must be a non-blank string, got ''"),
+        (["--label_separator", " "], "--label_separator must be a non-blank string, got ' '"),
+        (["--balanced_samples_per_epoch", "100"],
+         r"--balanced_samples_per_epoch needs --balanced_sampling \(it sizes the balanced epochs\)"),
+        (["--mix_targets", "true"], r"--mix_targets needs --mixup_alpha > 0 \(mixup is off\)"),
+        (["--train_dataset_size", "100"], r"--train_dataset_size is for --streaming data \(other datasets have a length\)"),
+        (["--train_dataset_size", "0", "--streaming", "true"], "--train_dataset_size must be >= 1, got 0"),
+        (["--streaming", "true", "--balanced_sampling", "true"],
+         "--balanced_sampling needs the whole training set, it cannot draw from --streaming data"),
+        (["--dataset_config_name", "fold1"], "--dataset_config_name needs --dataset_name"),
+        (["--num_train_epochs", "0"], r"--num_train_epochs must be > 0 \(or give --max_steps\), got 0.0"),
+        (["--learning_rate=-1e-3"], "--learning_rate must be > 0, got -0.001"),
+        (["--streaming", "true"], r"--streaming training needs --max_steps \(a streamed dataset has no length\)"),
+        (["--do_eval"], r"--do_eval needs evaluation data: --eval_dir, --audioset_eval_index, --dataset_name or "
+                        r"--fold_column_name with --eval_fold"),
+        (["--eval_strategy", "epoch"], r"--eval_strategy epoch needs evaluation data: .*"),
+        (["--model_name_or_path", "m", "--config_name", "c.json"],
+         r"give --model_name_or_path \(a saved model\) or --config_name \(train from scratch\), not both"),
+        (["--model_name_or_path", "m"], r"--config_overrides set up a model trained from scratch; .*"),
+        (["--label_names_file", "absent.txt"], "--label_names_file absent.txt: no such file"),
     ],
-    ids=["pad-mode", "lr-schedule", "tta", "mixup", "clip-length", "fold", "old-padding", "bad-number"],
+    ids=["pad-mode", "lr-schedule", "tta", "mixup", "clip-length", "fold", "old-padding", "bad-number",
+         "tta-negative", "mixup-nan", "clip-length-negative", "separator-empty", "separator-blank",
+         "balanced-size-alone", "mix-targets-alone", "dataset-size-not-streaming", "dataset-size-zero",
+         "streaming-balanced", "config-name-alone", "no-epochs", "negative-lr", "streaming-no-max-steps",
+         "eval-without-data", "eval-strategy-without-data", "model-and-config", "overrides-with-model",
+         "absent-label-file"],
 )
 def test_bad_options_fail_before_any_data_is_read(tmp_path, capsys, extra, message):
     # The data folder does not exist: the options are refused before it is looked at.
     printed = fails_with_one_line(capsys, common_args(tmp_path / "out", "--train_dir", str(tmp_path / "absent"),
                                                       "--do_train", *extra))
     assert re.fullmatch(message, printed), printed
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--do_train"], "no data: give --train_dir/--eval_dir, --dataset_name or --audioset_train_index/"
+                         "--audioset_eval_index"),
+        (["--eval_dir", "e", "--do_train"],
+         "--do_train needs training data: --train_dir, --dataset_name or --audioset_train_index"),
+        (["--train_dir", "t"], "nothing to do: give --do_train and/or --do_eval"),
+    ],
+    ids=["no-data", "train-without-train-data", "nothing-to-do"],
+)
+def test_missing_data_and_tasks_fail_with_one_line(tmp_path, capsys, argv, message):
+    printed = fails_with_one_line(capsys, ["--output_dir", str(tmp_path / "out"), "--report_to", "none", *argv])
+    assert printed == message
 
 
 def test_pad_mode_sets_how_the_extractor_pads(saved_tiny_model, tmp_path):
@@ -585,17 +636,17 @@ def test_pad_mode_sets_how_the_extractor_pads(saved_tiny_model, tmp_path):
 def test_model_and_config_problems_are_one_line(saved_tiny_model, tmp_path, capsys):
     path, _ = saved_tiny_model
     folder = make_classification_folder(tmp_path / "data", CLASSES, clips_per_class=1, seconds=CLIP_SECONDS, seed=8)
-    message = fails_with_one_line(capsys, common_args(
+    message = fails_with_one_line(capsys, without_overrides(common_args(
         tmp_path / "out", "--train_dir", str(folder), "--do_train", "--model_name_or_path", str(tmp_path / "typo")
-    ))
+    )))
     assert message == f"{tmp_path / 'typo'}: no such model folder"
 
     mismatched = tmp_path / "mismatched"
     shutil.copytree(path, mismatched)
     HTSATFeatureExtractor(hop_length=160, max_length_seconds=CLIP_SECONDS).save_pretrained(mismatched)
-    message = fails_with_one_line(capsys, common_args(
+    message = fails_with_one_line(capsys, without_overrides(common_args(
         tmp_path / "out", "--train_dir", str(folder), "--do_train", "--model_name_or_path", str(mismatched)
-    ))
+    )))
     assert message.startswith(f"{mismatched}: the feature extractor does not match the model's config")
     assert "hop_length: config 320, feature extractor 160" in message
 
@@ -652,3 +703,82 @@ def test_same_label_set_keeps_the_classifier(saved_tiny_model, caplog):
     assert not any("re-initialising" in r.getMessage() for r in caplog.records)
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, saved[name]), name
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 9. Every input gives the right answer or one clear line
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _folder_with_labels(root, labels, seed=11):
+    """An audiofolder of len(labels) 1 s clips whose metadata.csv holds exactly `labels` (strings, '' = empty)."""
+    folder = make_classification_folder(root, CLASSES, clips_per_class=2, seconds=CLIP_SECONDS, seed=seed)
+    rows = read_metadata(folder)[: len(labels)]
+    write_metadata(folder, [[row["file_name"], label] for row, label in zip(rows, labels)], ["file_name", "label"])
+    return folder, [row["file_name"] for row in rows]
+
+
+def test_empty_single_label_in_metadata_csv_is_refused_naming_file_and_line(tmp_path, capsys):
+    folder, files = _folder_with_labels(tmp_path / "data", ["tone", "", "chirp", "bursts"])
+    out = tmp_path / "out"
+    message = fails_with_one_line(capsys, common_args(out, "--train_dir", str(folder), "--do_train",
+                                                      "--max_steps", "1"))
+    assert message.startswith(f"{folder / 'metadata.csv'}, line 3 ({files[1]}): the label is empty")
+    assert not (out / "config.json").exists()  # no class named 'None' was trained
+
+
+def test_empty_numeric_label_in_metadata_csv_is_refused(tmp_path, capsys):
+    """A numeric column with an empty cell is read as floats with a None: refused, never a class 'None' or '1.0'."""
+    folder, files = _folder_with_labels(tmp_path / "data", ["0", "1", "", "2"])
+    message = fails_with_one_line(capsys, common_args(tmp_path / "out", "--train_dir", str(folder), "--do_train",
+                                                      "--max_steps", "1"))
+    assert message.startswith(f"{folder / 'metadata.csv'}, line 4 ({files[2]}): the label is empty")
+
+
+def test_empty_multi_label_value_is_a_clip_without_classes(tmp_path):
+    folder, _ = _folder_with_labels(tmp_path / "data", ["tone;chirp", "", "bursts", "chirp"])
+    out = tmp_path / "out"
+    run_script.run(common_args(out, "--train_dir", str(folder), "--do_train", "--max_steps", "1",
+                               "--per_device_train_batch_size", "4", "--save_strategy", "no"))
+    config = read_json(out / "config.json")
+    assert config["id2label"] == {"0": "bursts", "1": "chirp", "2": "tone"}
+    assert config["problem_type"] == "multi_label_classification"
+
+
+def test_streaming_training_with_the_htsat_schedule_and_a_plain_label_list(tmp_path):
+    """--streaming with the original schedule (the default) trains from --max_steps, or from --train_dataset_size,
+    and streamed labels come from a plain label list (one per line)."""
+    folder, _ = _folder_with_labels(tmp_path / "data", ["tone", "chirp", "bursts", "tone"])
+    labels = tmp_path / "labels.txt"
+    labels.write_text("tone\nchirp\nbursts\n")
+    for extra in ([], ["--train_dataset_size", "4"]):
+        out = tmp_path / f"out{len(extra)}"
+        run_script.run(common_args(
+            out, "--train_dir", str(folder), "--streaming", "true", "--label_names_file", str(labels), "--do_train",
+            "--max_steps", "2", "--per_device_train_batch_size", "2", "--save_strategy", "no",
+            "--logging_steps", "1", *extra,
+        ))
+        config = read_json(out / "config.json")
+        assert config["id2label"] == {"0": "tone", "1": "chirp", "2": "bursts"}
+        assert config["problem_type"] == "single_label_classification"
+        rates = [entry["learning_rate"] for entry in read_json(out / "trainer_state.json")["log_history"]
+                 if "learning_rate" in entry]
+        assert rates and rates[0] == pytest.approx(5e-5 * 0.02)  # the warm-up factor of epoch 0
+
+
+def test_config_name_takes_what_save_pretrained_writes_a_folder_or_an_unreachable_hub_id(tmp_path, capsys):
+    folder, _ = _folder_with_labels(tmp_path / "data", ["tone", "chirp", "bursts", "tone"])
+    saved = tmp_path / "config"
+    tiny = run_script.HTSATConfig(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8])
+    tiny.save_pretrained(saved)  # writes auto_map too
+    base = ["--output_dir", None, "--max_length_seconds", "1", "--report_to", "none", "--use_cpu", "true",
+            "--dataloader_num_workers", "0", "--disable_tqdm", "true", "--train_dir", str(folder), "--do_train",
+            "--max_steps", "1", "--save_strategy", "no"]
+    for name, config_name in (("file", saved / "config.json"), ("folder", saved)):
+        out = tmp_path / name
+        base[1] = str(out)
+        assert run_script.run([*base, "--config_name", str(config_name)]) == 0
+        assert read_json(out / "config.json")["embed_dim"] == 16
+    base[1] = str(tmp_path / "hub")
+    message = fails_with_one_line(capsys, [*base, "--config_name", "someone/htsat-config"])
+    assert message.startswith("someone/htsat-config: cannot load the config from the Hub")

@@ -34,7 +34,16 @@ from htsat_hf.training import (
     time_shift_offsets,
     time_shift_tta,
 )
-from htsat_hf.training.data import AudioClassificationCollator, LabelSpec, check_audio_files, decode_audio
+from htsat_hf.training.data import (
+    AudioClassificationCollator,
+    LabelSpec,
+    check_audio_files,
+    check_labels,
+    decode_audio,
+    infer_label_spec,
+    read_label_names,
+)
+from htsat_hf.training.trainer import HTSATTrainer
 from htsat_hf.training.model_setup import build_config, load_for_labels, load_swin_weights, parse_config_overrides
 
 # Notes section 3: 0.02, 0.05, 0.1 for epochs 0-2, then 0.1 up to epoch 10, 0.05 up to 20, 0.02 up to 30, then 0.03.
@@ -730,3 +739,127 @@ def test_model_setup_errors_name_what_is_wrong(tmp_path):
         load_swin_weights(HTSATForAudioClassification(tiny_config()), swin)
     with pytest.raises(InputError, match=f"{tmp_path / 'missing'}: no such model folder"):
         load_for_labels(str(tmp_path / "missing"), ["a"], "single_label_classification")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Labels, label files, configs and the streamed schedule: the right answer or one clear line
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _labels(values, feature=None):
+    return datasets.Dataset.from_dict({"label": values}, features=feature and datasets.Features({"label": feature}))
+
+
+@pytest.mark.parametrize("missing", [None, float("nan"), "", "  "], ids=["none", "nan", "empty", "blank"])
+def test_missing_single_label_is_refused_naming_the_row(missing):
+    values = ["dog", missing, "cat"] if isinstance(missing, str) or missing is None else [1.0, missing, 2.0]
+    with pytest.raises(InputError, match=r"^train split, row 1: the label is empty"):
+        infer_label_spec(_labels(values), "label", multi_label=False)
+    spec = LabelSpec(["cat", "dog"], multi_label=False)
+    with pytest.raises(InputError, match=r"^eval split, row 1: the label is empty"):
+        check_labels(_FakeSplit(["dog", missing]), spec, "label", "eval")
+
+
+def test_missing_multi_label_value_is_no_class():
+    spec = infer_label_spec(_labels(["dog;cat", None, "", "cat"]), "label")
+    assert spec.multi_label and spec.names == ["cat", "dog"]
+    for value in (None, "", float("nan")):
+        assert spec.encode(value).tolist() == [0.0, 0.0]
+    with pytest.raises(InputError, match="row 0: a missing label among the labels"):
+        infer_label_spec(_labels([["dog", None], ["cat"]]), "label")
+
+
+def test_whole_float_labels_are_class_ids_and_others_are_refused():
+    spec = infer_label_spec(_labels([0.0, 2.0, 1.0]), "label")
+    assert spec.names == ["0", "1", "2"] and spec.encode(2.0) == 2
+    with pytest.raises(InputError, match=r"row 1: label 1.5 is not a class name or a whole class id"):
+        infer_label_spec(_labels([0.0, 1.5]), "label")
+
+
+def test_numbers_against_names_are_read_as_names_never_as_positions():
+    spec = infer_label_spec(_labels(["dog", "cat"]), "label")  # names ['cat', 'dog']
+    with pytest.raises(InputError, match=r"label 0 is a number but the classes are names \('cat', 'dog'\)"):
+        spec.encode(0, "eval split, row 0")
+    digits = infer_label_spec(_labels(["10", "2"]), "label")  # names ['10', '2']: 2 is the class named '2'
+    assert digits.names == ["10", "2"] and digits.encode(2) == 1
+    mixed = _FakeSplit([3, "dog"])  # e.g. a JSON-lines metadata file; Arrow columns cannot mix types
+    with pytest.raises(InputError, match=r"the labels mix numbers \(train split, row 0: 3\) and names "
+                                         r"\(train split, row 1: 'dog'\)"):
+        infer_label_spec(mixed, "label")
+
+
+class _FakeSplit:
+    """A split whose label column holds Python objects of any type."""
+
+    def __init__(self, values):
+        self.values = values
+        self.features = {"label": datasets.Value("string")}
+
+    def select_columns(self, columns):
+        return {"label": self.values}
+
+
+def test_duplicate_and_blank_label_names_are_refused(tmp_path):
+    with pytest.raises(InputError, match=r"classes 0 and 1 have the same name 'dog' once surrounding whitespace"):
+        LabelSpec(["dog", "dog "], multi_label=False)
+    with pytest.raises(InputError, match=r"class 1 has a blank name"):
+        LabelSpec(["dog", " "], multi_label=False)
+    spec = infer_label_spec(_labels(["dog ", "dog", " cat"]), "label")  # values: one class per stripped name
+    assert spec.names == ["cat", "dog"]
+
+
+def test_label_names_file_plain_list_and_audioset_csv(tmp_path):
+    plain = tmp_path / "labels.txt"
+    plain.write_text("dog\ncat\nbird\n")
+    assert read_label_names(str(plain)) == ["dog", "cat", "bird"]
+    audioset = tmp_path / "class_labels_indices.csv"
+    audioset.write_text('index,mid,display_name\n0,/m/09x0r,"Speech"\n1,/m/05zppz,"Male speech, man speaking"\n')
+    assert read_label_names(str(audioset)) == ["Speech", "Male speech, man speaking"]
+    plain.write_text("dog\n\ncat\n")
+    with pytest.raises(InputError, match=f"{plain}, line 2: blank line in the label names file"):
+        read_label_names(str(plain))
+    plain.write_text("dog\ncat\ndog \n")
+    with pytest.raises(InputError, match=f"{plain}, line 3: label 'dog' repeats line 1"):
+        read_label_names(str(plain))
+    audioset.write_text("index,mid,display_name\n0,/m/a,Speech\n1,/m/b,Speech\n")
+    with pytest.raises(InputError, match=r"classes 0 and 1 have the same name 'Speech'"):
+        read_label_names(str(audioset))
+    plain.write_text("")
+    with pytest.raises(InputError, match=f"{plain}: the label names file is empty"):
+        read_label_names(str(plain))
+
+
+def test_build_config_takes_a_saved_config_a_folder_or_a_hub_id(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    saved = tmp_path / "saved"
+    from_save = tiny_config()
+    from_save.save_pretrained(saved)
+    for name in (saved / "config.json", saved):
+        config = build_config(str(name), None, ["a", "b"], "single_label_classification")
+        assert config.embed_dim == from_save.embed_dim and config.id2label == {0: "a", 1: "b"}
+    with pytest.raises(InputError, match=f"{tmp_path}: the folder holds no config.json"):
+        build_config(str(tmp_path), None, ["a"], "single_label_classification")
+    with pytest.raises(InputError, match=r"^nobody/no-such-config: cannot load the config from the Hub"):
+        build_config("nobody/no-such-config", None, ["a"], "single_label_classification")
+    with pytest.raises(InputError, match=f"{tmp_path / 'absent.json'}: no such config file or folder"):
+        build_config(str(tmp_path / "absent.json"), None, ["a"], "single_label_classification")
+    other = tmp_path / "ast.json"
+    other.write_text(json.dumps({"model_type": "audio-spectrogram-transformer"}))
+    with pytest.raises(InputError, match="is a 'audio-spectrogram-transformer' config, not an HTS-AT"):
+        build_config(str(other), None, ["a"], "single_label_classification")
+
+
+def test_htsat_schedule_on_a_streamed_dataset(tmp_path):
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(range(10))
+
+    def trainer(size=None, **arguments):
+        args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none",
+                                 per_device_train_batch_size=4, **arguments)
+        return HTSATTrainer(model=_TinyRegressor(), args=args, train_dataset=Stream(), lr_schedule="htsat",
+                            train_dataset_size=size)
+
+    assert trainer(size=10, max_steps=100).steps_per_epoch() == 3  # ceil(10 / 4)
+    assert trainer(size=10, max_steps=100, gradient_accumulation_steps=2).steps_per_epoch() == 2
+    assert trainer(max_steps=100, num_train_epochs=20).steps_per_epoch() == 5  # max_steps over num_train_epochs

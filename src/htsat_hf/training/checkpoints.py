@@ -7,6 +7,7 @@ augmentation of [`time_shift_tta`].
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from os import PathLike
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,8 +16,8 @@ from .. import modeling_htsat
 from ..audio import load_waveform
 from ..configuration_htsat import HTSATConfig
 from ..errors import InputError, error_line
-from ..modeling_htsat import HTSATForAudioClassification, HTSATPreTrainedModel
 from ..loading import check_model_source, check_output_dir, load_feature_extractor, load_model
+from ..modeling_htsat import HTSATForAudioClassification, HTSATPreTrainedModel
 from .metrics import audio_tagging_scores, classification_accuracy
 from .tta import time_shift_tta
 
@@ -98,12 +99,17 @@ def average_checkpoints(model_dirs: Sequence[str | PathLike], output_dir: str | 
         the averaged model, in eval mode.
 
     Raises:
-        InputError: before any loading, for an output folder that cannot be written (`loading.check_output_dir`);
+        InputError: before any loading, for an output folder that cannot be written (`loading.check_output_dir`)
+            or that is one of `model_dirs`;
             for models of different architectures or label sets (see [`check_compatible`]), a feature extractor
             that differs from its config, unreadable weights (see `loading.load_model`), or weights that differ in
             names or shapes.
     """
     output_dir = check_output_dir(output_dir)
+    overwritten = [str(d) for d in model_dirs if Path(d).resolve() == output_dir.resolve()]
+    if overwritten:
+        raise InputError(f"{output_dir}: the output folder is one of the models to average ({overwritten[0]}); "
+                         "write the average to a new folder")
     configs = check_compatible(model_dirs)
     extractors = [load_feature_extractor(model_dir, config) for model_dir, config in zip(model_dirs, configs)]
     architecture = (configs[0].architectures or ["HTSATForAudioClassification"])[0]

@@ -8,6 +8,7 @@ Audio stays encoded in the dataset and is decoded per example by the collator (i
 model's rate. Every problem with the data is an `InputError` naming the split, row or file.
 """
 
+import csv
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,18 +35,29 @@ class LabelSpec:
     """The label set of a task and how a dataset's label column encodes it.
 
     Attributes:
-        names: class names; the model's `id2label` is `dict(enumerate(names))`.
+        names: class names; the model's `id2label` is `dict(enumerate(names))`. Surrounding whitespace is dropped;
+            blank names and names that are equal once it is dropped are refused.
         multi_label: whether an example may carry several classes (multi-hot targets, BCE) or exactly one
             (class id, cross-entropy).
         separator: for string columns, the separator of several labels in one string (multi-label only).
+        numeric_ids: whether integer label values are class ids (`names[value]`: ClassLabel columns, integer labels,
+            a label names file). When the names were read from string labels it is False, and a number is read as
+            the class of that name (`3` is class `"3"`), never as a position in the sorted names.
+        source: what the names came from, named in errors about them.
+
+    Missing values (None, NaN, an empty string): in a single-label task an error naming the row; in a multi-label
+    task a clip with no class (an all-zero target, e.g. background only).
     """
 
     names: list[str]
     multi_label: bool
     separator: str = ";"
+    numeric_ids: bool = True
+    source: str = "label set"
     _index: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self):
+        self.names = check_label_names(self.names, self.source)
         self._index = {name: i for i, name in enumerate(self.names)}
 
     @property
@@ -53,9 +65,26 @@ class LabelSpec:
         return "multi_label_classification" if self.multi_label else "single_label_classification"
 
     def _id(self, value, where: str) -> int:
-        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        if _is_missing(value):
+            raise InputError(f"{where}: a missing label among the labels of the example")
+        if isinstance(value, (bool, np.bool_)):
+            raise InputError(f"{where}: label {value!r} is a boolean, not a class name or id")
+        if isinstance(value, (float, np.floating)):
+            if not float(value).is_integer():
+                raise InputError(f"{where}: label {value!r} is not a class name or a whole class id")
+            value = int(value)  # a numeric column with an empty cell is read as floats
+        if isinstance(value, (int, np.integer)):
+            if not self.numeric_ids:
+                if str(value) in self._index:
+                    return self._index[str(value)]
+                raise InputError(
+                    f"{where}: label {value} is a number but the classes are names ({_preview(self.names)})"
+                )
             if not 0 <= value < len(self.names):
-                raise InputError(f"{where}: label id {value} is outside the label set 0..{len(self.names) - 1}")
+                hint = " (-1 is how datasets marks a missing ClassLabel)" if value == -1 else ""
+                raise InputError(
+                    f"{where}: label id {value} is outside the label set 0..{len(self.names) - 1}{hint}"
+                )
             return int(value)
         name = str(value).strip()
         if name not in self._index:
@@ -64,6 +93,8 @@ class LabelSpec:
 
     def encode(self, value, where: str = "example") -> int | np.ndarray:
         """A class id (single-label) or a float32 multi-hot vector (multi-label) for one label-column value."""
+        if not self.multi_label and _is_missing(value):
+            raise InputError(f"{where}: the label is empty (a single-label task needs one label per clip)")
         values = _split_label_value(value, self.separator if self.multi_label else None)
         if self.multi_label:
             if _is_multi_hot(values, len(self.names)):
@@ -74,6 +105,34 @@ class LabelSpec:
         if len(values) != 1:
             raise InputError(f"{where}: single-label task but the example has {len(values)} labels: {value!r}")
         return self._id(values[0], where)
+
+
+def check_label_names(names: Sequence, source: str = "label set") -> list[str]:
+    """Class names without surrounding whitespace, refusing blank and duplicate names.
+
+    Raises:
+        InputError: naming `source` (a file, a column) and the position of the blank or repeated name.
+    """
+    cleaned, seen = [], {}
+    for i, name in enumerate(names):
+        if _is_missing(name):
+            raise InputError(f"{source}: class {i} has a blank name")
+        text = str(name).strip()
+        if text in seen:
+            same = "" if str(names[seen[text]]) == str(name) else " once surrounding whitespace is dropped"
+            raise InputError(f"{source}: classes {seen[text]} and {i} have the same name {text!r}{same}")
+        seen[text] = i
+        cleaned.append(text)
+    return cleaned
+
+
+def _is_missing(value) -> bool:
+    """None, NaN or a blank string: what CSV readers make of an empty cell."""
+    if value is None:
+        return True
+    if isinstance(value, (float, np.floating)):
+        return bool(np.isnan(value))
+    return isinstance(value, str) and not value.strip()
 
 
 def _preview(names: Sequence[str], limit: int = 8) -> str:
@@ -88,8 +147,10 @@ def _split_label_value(value, separator: str | None) -> list:
         value = value.tolist()
     if isinstance(value, (list, tuple)):
         return list(value)
-    if separator and (value is None or isinstance(value, str)):
-        return [part for part in (p.strip() for p in (value or "").split(separator)) if part]
+    if separator and _is_missing(value):
+        return []
+    if separator and isinstance(value, str):
+        return [part for part in (p.strip() for p in value.split(separator)) if part]
     return [value]
 
 
@@ -102,61 +163,166 @@ def _is_multi_hot(values: list, num_labels: int) -> bool:
     )
 
 
-def infer_label_spec(dataset, label_column: str, multi_label: bool | None = None, separator: str = ";") -> LabelSpec:
+def default_row_name(role: str):
+    """`row -> "train split, row 3"`, the default way errors name a row."""
+    return lambda row: f"{role} split, row {row}"
+
+
+def audiofolder_row_name(split, audio_column: str, metadata_file: str | Path, role: str = "train"):
+    """`row -> "data/train/metadata.csv, line 3 (c1.wav)"` for a split read from an audiofolder, so that an error
+    about a row names the line of `metadata.csv` to fix (falls back to the split's row where the file is unknown)."""
+    metadata_file = Path(metadata_file)
+    lines = {}
+    try:
+        with metadata_file.open(newline="", encoding="utf-8") as handle:
+            for line, record in enumerate(csv.DictReader(handle), start=2):
+                name = record.get("file_name")
+                if name:
+                    lines[str((metadata_file.parent / name).resolve())] = (line, name)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        pass
+    paths = [value.get("path") if isinstance(value, dict) else None
+             for value in split.select_columns([audio_column])[audio_column]] if lines else []
+
+    def name(row: int) -> str:
+        path = paths[row] if row < len(paths) else None
+        found = lines.get(str(Path(path).resolve())) if path else None
+        if found is None:
+            return f"{metadata_file} ({role} split, row {row})"
+        return f"{metadata_file}, line {found[0]} ({found[1]})"
+
+    return name
+
+
+def infer_label_spec(dataset, label_column: str, multi_label: bool | None = None, separator: str = ";",
+                     row_name=None) -> LabelSpec:
     """Read the label set from a (non-streaming) split's label column and its features.
 
-    ClassLabel and lists of ClassLabel give their names; strings give their sorted distinct values (split on
-    `separator` when multi-label); integers give ids `0..max`; float lists of one length are multi-hot vectors.
+    ClassLabel and lists of ClassLabel give their names; strings give their sorted distinct values without
+    surrounding whitespace (split on `separator` when multi-label); integers (and whole floats, which is what a
+    numeric CSV column with an empty cell becomes) give ids `0..max`; float lists of one length are multi-hot vectors.
     `multi_label=None` infers it: lists, multi-hot vectors and strings containing the separator are multi-label.
+
+    Raises:
+        InputError: a missing label in a single-label task, numbers mixed with names, or non-whole numbers,
+            naming the row with `row_name(row)` (default: "split, row N").
     """
     from datasets import ClassLabel, List, Sequence as HFSequence
 
+    row_name = row_name or default_row_name("train")
     feature = dataset.features[label_column]
     inner = getattr(feature, "feature", None) if isinstance(feature, (List, HFSequence)) else None
+    source = f"the ClassLabel names of the label column {label_column!r}"
     if isinstance(feature, ClassLabel):
-        return LabelSpec(list(feature.names), multi_label=bool(multi_label), separator=separator)
+        return LabelSpec(list(feature.names), multi_label=bool(multi_label), separator=separator, source=source)
     if isinstance(inner, ClassLabel):
-        return LabelSpec(list(inner.names), multi_label=True if multi_label is None else multi_label, separator=separator)
+        return LabelSpec(list(inner.names), multi_label=True if multi_label is None else multi_label,
+                         separator=separator, source=source)
 
     values = dataset.select_columns([label_column])[label_column]
     if not values:
         raise InputError(f"the label column {label_column!r} is empty")
+    values = list(values)
     listed = [v for v in values if isinstance(v, (list, tuple))]
     if listed and len(listed) == len(values):
         lengths = {len(v) for v in listed}
         if len(lengths) == 1 and all(isinstance(x, float) for x in listed[0]):
             return LabelSpec([str(i) for i in range(lengths.pop())], multi_label=True, separator=separator)
-        flat = [x for v in listed for x in v]
-        return LabelSpec(_names_from_values(flat), multi_label=True if multi_label is None else multi_label,
-                         separator=separator)
+        return _spec_from_values(
+            [(row, x) for row, v in enumerate(values) for x in v], True if multi_label is None else multi_label,
+            separator, row_name,
+        )
     strings = [v for v in values if isinstance(v, str)]
     if multi_label is None:
         multi_label = any(separator in s for s in strings)
-    flat = [x for v in values for x in _split_label_value(v, separator if multi_label else None)]
-    return LabelSpec(_names_from_values(flat), multi_label=multi_label, separator=separator)
+    if not multi_label:
+        missing = next((row for row, v in enumerate(values) if _is_missing(v)), None)
+        if missing is not None:
+            raise InputError(
+                f"{row_name(missing)}: the label is empty (a single-label task needs one label per clip; "
+                f"several labels as 'a{separator}b' make the task multi-label)"
+            )
+    flat = [(row, x) for row, v in enumerate(values)
+            for x in _split_label_value(v, separator if multi_label else None)]
+    return _spec_from_values(flat, multi_label, separator, row_name)
 
 
-def _names_from_values(values: list) -> list[str]:
-    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
-        if min(values) < 0:
-            raise InputError(f"integer labels must be >= 0, found {min(values)}")
-        return [str(i) for i in range(int(max(values)) + 1)]
-    return sorted({str(v).strip() for v in values})
+def _spec_from_values(values: list[tuple[int, object]], multi_label: bool, separator: str, row_name) -> LabelSpec:
+    """The label set of `(row, label)` pairs: integer ids `0..max` for numbers, sorted names for strings."""
+    numbers, names = [], []
+    for row, value in values:
+        if _is_missing(value):
+            raise InputError(f"{row_name(row)}: a missing label among the labels of the example")
+        if isinstance(value, (bool, np.bool_)):
+            raise InputError(f"{row_name(row)}: label {value!r} is a boolean, not a class name or id")
+        if isinstance(value, (int, np.integer, float, np.floating)):
+            if not float(value).is_integer():
+                raise InputError(f"{row_name(row)}: label {value!r} is not a class name or a whole class id")
+            if value < 0:
+                raise InputError(f"{row_name(row)}: integer labels must be >= 0, found {int(value)}")
+            numbers.append((row, int(value)))
+        else:
+            names.append((row, str(value).strip()))
+    if numbers and names:
+        raise InputError(
+            f"the labels mix numbers ({row_name(numbers[0][0])}: {numbers[0][1]}) and names "
+            f"({row_name(names[0][0])}: {names[0][1]!r}); give every label as a name, or every one as a class id"
+        )
+    if not numbers and not names:
+        raise InputError(f"no row has a label (first row: {row_name(0)})")
+    if numbers:
+        return LabelSpec([str(i) for i in range(max(v for _, v in numbers) + 1)], multi_label=multi_label,
+                         separator=separator)
+    return LabelSpec(sorted({name for _, name in names}), multi_label=multi_label, separator=separator,
+                     numeric_ids=False)
+
+
+def label_column_is_list(split, label_column: str) -> bool | None:
+    """Whether a split's label column holds lists of labels (True), one label per row (False), or is unknown (None:
+    a streamed split without features)."""
+    from datasets import List, Sequence as HFSequence
+
+    features = getattr(split, "features", None)
+    if not features or label_column not in features:
+        return None
+    return isinstance(features[label_column], (List, HFSequence, list))
 
 
 def read_label_names(path: str) -> list[str]:
-    """Class names in index order from a `class_labels_indices.csv`-style file (AudioSet's label file).
+    """Class names in index order from a label file: AudioSet's `class_labels_indices.csv` (a header with `index`
+    and `display_name`), or a plain list with one label per line (`.txt`; the final newline is optional).
 
     Raises:
-        InputError: an unreadable file, a missing header, or indices that are not 0..n-1 (naming the file).
+        InputError: an unreadable or empty file, a blank line, a repeated label, or (AudioSet format) indices that
+            are not 0..n-1, naming the file and line.
     """
-    return list(read_label_file(path).values())
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: cannot read the label names file ({error_line(error)})") from None
+    lines = text.splitlines()
+    if not lines:
+        raise InputError(f"{path}: the label names file is empty")
+    header = [part.strip() for part in next(csv.reader([lines[0]]))]
+    if {"index", "display_name"} <= set(header):
+        names = list(read_label_file(path).values())
+        return check_label_names(names, f"{path} (the display_name column)")
+    names = []
+    for line, name in enumerate(lines, start=1):
+        if not name.strip():
+            raise InputError(f"{path}, line {line}: blank line in the label names file (one label per line)")
+        if name.strip() in names:
+            first = names.index(name.strip()) + 1
+            raise InputError(f"{path}, line {line}: label {name.strip()!r} repeats line {first}")
+        names.append(name.strip())
+    return names
 
 
-def check_labels(dataset, label_spec: LabelSpec, label_column: str, split: str):
+def check_labels(dataset, label_spec: LabelSpec, label_column: str, split: str, row_name=None):
     """Encode every label of a non-streaming split once, so that a bad label fails before training starts."""
+    row_name = row_name or default_row_name(split)
     for row, value in enumerate(dataset.select_columns([label_column])[label_column]):
-        label_spec.encode(value, where=f"{split} split, row {row}")
+        label_spec.encode(value, where=row_name(row))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -429,7 +595,10 @@ class AudioClassificationCollator:
 
 __all__ = [
     "AudioClassificationCollator",
+    "audiofolder_row_name",
     "audioset_hdf5_split",
+    "check_label_names",
+    "default_row_name",
     "load_audio_splits",
     "read_label_names",
     "LabelSpec",
@@ -438,4 +607,5 @@ __all__ = [
     "crop",
     "decode_audio",
     "infer_label_spec",
+    "label_column_is_list",
 ]

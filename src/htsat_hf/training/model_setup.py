@@ -41,20 +41,59 @@ def parse_config_overrides(overrides: str | None) -> dict:
     return result
 
 
+# Keys that `save_pretrained` writes beside the config's own fields, accepted in a config file and dropped.
+_SAVED_METADATA = {"auto_map", "architectures", "transformers_version", "model_type", "_name_or_path", "num_labels"}
+
+
+def read_config_values(config_name: str) -> dict:
+    """The fields of an `HTSATConfig` named by `--config_name`, as transformers' example scripts take it: a
+    `config.json` file (e.g. written by `HTSATConfig.save_pretrained`), a folder holding one, or a Hub id (read with
+    `HTSATConfig.from_pretrained`).
+
+    Raises:
+        InputError: a missing or unreadable file, a folder without `config.json`, a config of another model type, or
+            a Hub id that cannot be reached (offline) or found, naming it.
+    """
+    path = Path(config_name)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise InputError(f"{config_name}: the folder holds no config.json")
+        path = path / "config.json"
+    if path.is_file():
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise InputError(f"{path}: cannot read the config ({error_line(error)})") from None
+        if not isinstance(values, dict):
+            raise InputError(f"{path}: a config file holds a JSON object of HTSATConfig fields")
+        model_type = values.get("model_type", HTSATConfig.model_type)
+        if model_type != HTSATConfig.model_type:
+            raise InputError(f"{path}: is a {model_type!r} config, not an HTS-AT ({HTSATConfig.model_type!r}) one")
+        return values
+    if config_name.endswith(".json") or path.is_absolute() or config_name.startswith((".", "~")) or (
+        config_name.count("/") > 1
+    ):
+        raise InputError(f"{config_name}: no such config file or folder")
+    try:
+        config = HTSATConfig.from_pretrained(config_name)
+    except InputError:
+        raise
+    except Exception as error:  # OSError offline or for an unknown id, ValueError for another model type
+        raise InputError(f"{config_name}: cannot load the config from the Hub ({error_line(error)})") from None
+    return config.to_dict()
+
+
 def build_config(config_name: str | None, overrides: str | None, label_names: list[str], problem_type: str):
-    """An `HTSATConfig` from a JSON file (or the defaults) with overrides and the task's labels.
+    """An `HTSATConfig` from `config_name` (see `read_config_values`; the defaults if None) with overrides and the
+    task's labels (which replace any labels of the config).
 
     Raises:
         InputError: an unreadable or non-JSON config file, unknown fields, or values HTSATConfig refuses.
     """
     values = {}
     if config_name:
-        try:
-            values = json.loads(Path(config_name).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise InputError(f"{config_name}: cannot read the config ({error_line(error)})") from None
-        if not isinstance(values, dict):
-            raise InputError(f"{config_name}: a config file holds a JSON object of HTSATConfig fields")
+        values = read_config_values(config_name)
+        values = {key: value for key, value in values.items() if key not in _SAVED_METADATA}
     values.update(parse_config_overrides(overrides))
     unknown = set(values) - set(HTSATConfig().to_dict()) - {"num_labels"}
     if unknown:
@@ -162,4 +201,4 @@ def load_swin_weights(model: HTSATPreTrainedModel, checkpoint: str | Path) -> di
     return {"loaded": loaded, "skipped": skipped, "missing": missing}
 
 
-__all__ = ["build_config", "load_for_labels", "load_swin_weights", "parse_config_overrides"]
+__all__ = ["build_config", "read_config_values", "load_for_labels", "load_swin_weights", "parse_config_overrides"]

@@ -5,6 +5,7 @@ import math
 
 import torch
 from transformers import Trainer
+from transformers.trainer_utils import has_length
 
 from ..errors import InputError
 from ..modeling_htsat import mixup
@@ -37,9 +38,13 @@ class HTSATTrainer(Trainer):
         mixup_alpha: float = 0.0,
         mix_targets: bool = False,
         eval_data_collator=None,
+        train_dataset_size: int | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        if train_dataset_size is not None and train_dataset_size < 1:
+            raise InputError(f"train_dataset_size must be >= 1, got {train_dataset_size}")
+        self.train_dataset_size = train_dataset_size
         self.eval_data_collator = eval_data_collator
         if lr_schedule not in (None, "htsat"):
             raise InputError(f"lr_schedule must be None or 'htsat', got {lr_schedule!r}")
@@ -49,9 +54,28 @@ class HTSATTrainer(Trainer):
         self.mix_targets = mix_targets
 
     def steps_per_epoch(self) -> int:
-        """Optimizer steps in one epoch, counted as Trainer does (batches of this process's dataloader)."""
-        batches = len(self.get_train_dataloader())
-        return max(1, math.ceil(batches / self.args.gradient_accumulation_steps))
+        """Optimizer steps in one epoch of the `htsat` schedule.
+
+        - `train_dataset_size` given (e.g. a streamed dataset, which has no length): that many examples make an
+          epoch, in batches of `train_batch_size` on each of `world_size` processes;
+        - a dataset with a length: counted as Trainer does (batches of this process's dataloader);
+        - a dataset without one (streamed) and no size: `max_steps` spread over `num_train_epochs` epochs.
+
+        Raises:
+            InputError: a streamed dataset with neither `train_dataset_size` nor `max_steps`.
+        """
+        accumulation = self.args.gradient_accumulation_steps
+        if self.train_dataset_size is not None:
+            per_step = self.args.train_batch_size * max(1, self.args.world_size)
+            return max(1, math.ceil(math.ceil(self.train_dataset_size / per_step) / accumulation))
+        if has_length(self.train_dataset):
+            return max(1, math.ceil(len(self.get_train_dataloader()) / accumulation))
+        if self.args.max_steps > 0 and self.args.num_train_epochs > 0:
+            return max(1, math.ceil(self.args.max_steps / self.args.num_train_epochs))
+        raise InputError(
+            "the htsat learning-rate schedule counts epochs, and a streamed dataset has no length: give "
+            "--train_dataset_size (examples per epoch) or --max_steps"
+        )
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_schedule != "htsat":
