@@ -91,10 +91,11 @@ def run(capsys, *argv):
 
 @torch.no_grad()
 def direct_clip_logits(model_dir, path):
-    """Clip logits of a file of at most 10 s at the model's rate, computed without the CLI's code path."""
+    """Clip logits of a file of at most 10 s at the model's rate, computed without the CLI's code path: the clip
+    handled as the model was trained (the extractor's defaults: padded to 10 s by its pad_mode)."""
     waveform, rate = soundfile.read(path, dtype="float32")
     extractor = HTSATFeatureExtractor.from_pretrained(model_dir)
-    features = extractor(waveform, sampling_rate=rate, padding="longest", return_tensors="pt")["input_features"]
+    features = extractor(waveform, sampling_rate=rate, return_tensors="pt")["input_features"]
     return HTSATForSoundEventDetection.from_pretrained(model_dir).eval()(features).clip_logits[0]
 
 
@@ -258,7 +259,7 @@ def test_predict_errors_name_the_file(capsys, tagger, audio, tmp_path):
     assert code == 1
     bad_line, tiny_line = err.splitlines()  # one line per file that could not be used
     assert bad_line.startswith(f"htsat-hf predict: error: {audio['bad']}: cannot decode audio")
-    assert tiny_line.startswith(f"htsat-hf predict: error: {audio['tiny']}: audio of 50.0 ms is too short")
+    assert tiny_line.startswith(f"htsat-hf predict: error: {audio['tiny']}: 50.0 ms of audio, too short for detection")
     assert [file_name(r["file"]) for r in json.loads(out)] == ["clip.wav"]  # the readable file is still reported
 
     # A path that does not exist is a typo in the command: it stops everything before the model loads.
@@ -307,6 +308,7 @@ def test_predict_takes_folders_and_list_files(capsys, tagger, audio, tmp_path):
         ("--top-k", "-1", "argument --top-k: must be >= 0, got -1"),
         ("--median-filter", "-0.5", "argument --median-filter: must be a number of seconds >= 0, got -0.5"),
         ("--threshold", "nan", "argument --threshold: must be a finite number or a thresholds file, got nan"),
+        ("--threshold", "2", "threshold: the threshold must be a probability between 0 and 1, got 2"),
     ],
 )
 def test_predict_options_are_checked_before_the_audio(capsys, tagger, audio, option, value, message):
@@ -597,3 +599,23 @@ def test_error_line_keeps_the_message_of_a_dataloader_worker():
     assert "\n" in str(error.value)
     assert error_line(error.value) == "clip0.wav: cannot decode audio (soundfile: Format not recognised)"
     assert error_line(OSError("first line\nsecond line")) == "first line second line"
+
+
+def test_ctrl_c_ends_a_command_with_one_line(capsys, tagger, audio, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("htsat_hf.predict.predict_waveform", interrupted)
+    code, out, err = run(capsys, "predict", audio["clip"], "--model", tagger)
+    assert code == 130 and err == "htsat-hf predict: interrupted\n" and out == ""
+
+
+def test_average_refuses_to_overwrite_one_of_its_inputs(capsys, tmp_path, tagger):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tagger, copy)
+    before = (copy / "model.safetensors").read_bytes()
+    _, _, err = one_line_error(capsys, "average", copy, tagger, "--output", copy)
+    assert "the output folder is one of the models to average" in err
+    assert (copy / "model.safetensors").read_bytes() == before

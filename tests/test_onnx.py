@@ -12,6 +12,7 @@ import torch
 from safetensors.numpy import load_file
 
 import htsat_hf
+from htsat_hf.errors import InputError
 from htsat_hf import HTSATFeatureExtractor, HTSATForAudioClassification
 from htsat_hf import onnx_export
 from htsat_hf.convert_htsat_original_checkpoint import convert_checkpoint
@@ -190,7 +191,14 @@ def test_auto_falls_back_to_torchscript_and_failures_are_reported(tiny_classifie
 def test_export_refuses_bad_arguments(tiny_classifier, tmp_path):
     with pytest.raises(ValueError, match="task"):
         export_onnx(tiny_classifier, tmp_path / "x.onnx", task="segmentation")
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(InputError, match="nothing-here: no such model folder"):
         export_onnx(tmp_path / "nothing-here", tmp_path / "x.onnx")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no config.json"):
+        export_onnx(tmp_path / "empty", tmp_path / "x.onnx")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(InputError, match="is a file"):
+        export_onnx(tiny_classifier, blocker / "model.onnx")
     with pytest.raises(TypeError, match="no classification head"):
         export_onnx(htsat_hf.HTSATModel(tiny_classifier.config), tmp_path / "x.onnx")

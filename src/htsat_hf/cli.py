@@ -153,9 +153,7 @@ def _average(args: argparse.Namespace) -> int:
 
 def _export_onnx(args: argparse.Namespace) -> int:
     from .onnx_export import export_onnx
-    from .loading import check_model_source
 
-    check_model_source(args.model_dir)  # a missing folder or truncated weights, in one line before the export
     try:
         result = export_onnx(
             args.model_dir,
@@ -390,13 +388,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit status (0, 1 for `predict` files that could not be read, 2 for bad input).
-    Bad arguments exit with status 2 while parsing (`SystemExit`), as argparse does, after the same one line."""
+    Bad arguments exit with status 2 while parsing (`SystemExit`), as argparse does, after the same one line; Ctrl-C
+    ends it with status 130 and one line."""
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
     except (InputError, OSError) as error:
         _error(args.command, error)
         return 2
+    except KeyboardInterrupt:
+        print(f"htsat-hf {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

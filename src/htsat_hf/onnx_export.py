@@ -40,6 +40,7 @@ from torch import nn
 from .configuration_htsat import HTSATConfig
 from .errors import InputError
 from .feature_extraction_htsat import HTSATFeatureExtractor
+from .loading import check_output_dir, load_model
 from .modeling_htsat import HTSATForAudioClassification, HTSATForSoundEventDetection, HTSATPreTrainedModel
 
 logger = logging.getLogger(__name__)
@@ -145,6 +146,9 @@ def load_model_for_export(model_dir_or_model, task: str = "classification") -> H
     Both tasks export from the detection class: its clip logits are the classifier's logits (same head, same
     weights), so one wrapper serves both. An in-memory model is copied, so switching the copy's attention
     implementation to eager for the dynamo exporter never touches the caller's model.
+
+    Raises:
+        InputError: a folder `loading.load_model` refuses (missing, no config, truncated or pickled-only weights).
     """
     _check_task(task)
     if isinstance(model_dir_or_model, HTSATPreTrainedModel):
@@ -158,10 +162,7 @@ def load_model_for_export(model_dir_or_model, task: str = "classification") -> H
         model.load_state_dict(source.state_dict())
         model.to(device="cpu", dtype=torch.float32)
     else:
-        model_dir = Path(model_dir_or_model)
-        if not (model_dir / "config.json").is_file():
-            raise FileNotFoundError(f"{model_dir} is not a saved HTS-AT model folder (no config.json)")
-        model = HTSATForSoundEventDetection.from_pretrained(model_dir, dtype=torch.float32)
+        model = load_model(HTSATForSoundEventDetection, model_dir_or_model, dtype=torch.float32)
     return model.eval()
 
 
@@ -303,6 +304,7 @@ def export_onnx(
         [`OnnxExportResult`] with the exporter used, the opset and, when verified, the max abs difference.
 
     Raises:
+        InputError: a model folder `loading.load_model` refuses, or an output folder that cannot be written.
         OnnxExportError: when every exporter tried fails, or verification exceeds the tolerance.
     """
     _check_task(task)
@@ -318,7 +320,7 @@ def export_onnx(
     dynamic_frames = dynamic_frames and frames < config.max_frames
     example = _example_features(2, frames, config.num_mel_bins, seed=0)
     output_path = Path(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
+    check_output_dir(output_path.parent).mkdir(parents=True, exist_ok=True)
 
     import onnx
 
