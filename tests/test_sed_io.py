@@ -280,6 +280,8 @@ def test_read_thresholds_json_and_tsv(tmp_path):
         ("t.tsv", "Dog\t0.39\nCat\thigh\n", r"t.tsv, line 2: threshold 'high' of 'Cat' is not a number"),
         ("t.tsv", "Dog\t0.39\nDog\t0.4\n", r"line 2: duplicate label 'Dog'"),
         ("t.tsv", "Dog\tinf\n", "must be finite"),
+        ("t.tsv", "Dog\t0.39\nCat\t1.5\n", r"t.tsv, line 2: threshold of 'Cat' must be between 0 and 1, got '1.5'"),
+        ("t.json", '{"Dog": -0.1}', r"threshold of 'Dog' must be between 0 and 1, got -0.1"),
         ("t.tsv", "\n\n", "t.tsv: no thresholds"),
         ("t.json", '["Dog", 0.39]', "expected a JSON object"),
         ("t.json", '{"Dog": "0.39"}', "must be a finite number"),

@@ -374,7 +374,7 @@ def read_thresholds(path: str | Path) -> dict[str, float]:
 
     Raises:
         InputError naming the file (and line): unreadable file, unknown extension, malformed content, duplicate
-        labels, non-finite values.
+        labels, values that are not probabilities (finite, in [0, 1]: they are compared with probabilities).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -392,6 +392,8 @@ def read_thresholds(path: str | Path) -> dict[str, float]:
         for label, value in document.items():
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value):
                 raise InputError(f"{path}: threshold of {label!r} must be a finite number, got {value!r}")
+            if not 0.0 <= value <= 1.0:
+                raise InputError(f"{path}: threshold of {label!r} must be between 0 and 1, got {value!r}")
             thresholds[label] = float(value)
         return thresholds
     for number, line in enumerate(text.splitlines(), start=1):
@@ -407,6 +409,8 @@ def read_thresholds(path: str | Path) -> dict[str, float]:
             raise InputError(f"{path}, line {number}: threshold {value!r} of {label!r} is not a number") from None
         if not np.isfinite(threshold):
             raise InputError(f"{path}, line {number}: threshold of {label!r} must be finite, got {value!r}")
+        if not 0.0 <= threshold <= 1.0:
+            raise InputError(f"{path}, line {number}: threshold of {label!r} must be between 0 and 1, got {value!r}")
         if label in thresholds:
             raise InputError(f"{path}, line {number}: duplicate label {label!r}")
         thresholds[label] = threshold

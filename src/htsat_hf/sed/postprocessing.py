@@ -527,7 +527,7 @@ def resolve_thresholds(
         return DEFAULT_THRESHOLD
     if isinstance(threshold, (str, Path)):
         try:
-            return _probability_thresholds(threshold_vector(read_thresholds(threshold), labels), labels, str(threshold))
+            return threshold_vector(read_thresholds(threshold), labels)
         except InputError as error:
             message = str(error)
             raise InputError(message if message.startswith(str(threshold)) else f"{threshold}: {message}") from None
