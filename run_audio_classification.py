@@ -104,7 +104,8 @@ class DataArguments:
     )
     pad_mode: str | None = field(
         default=None,
-        metadata={"help": "How short clips are padded: 'zeros' or 'repeat' (tiled) (default: the extractor's)."},
+        metadata={"help": "How short clips are padded: 'zeros', 'repeat' (tiled) or 'repeatpad' (whole copies, then "
+                          "zeros: CLAP's, for converted CLAP towers) (default: the extractor's)."},
     )
     random_crop: bool = field(default=True, metadata={"help": "Crop longer training clips at random positions."})
     balanced_sampling: bool = field(

@@ -558,7 +558,7 @@ def test_data_errors_before_training(fold_folder, tmp_path, capsys, extra, messa
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--pad_mode", "zero"], "--pad_mode must be one of zeros, repeat, got 'zero'"),
+        (["--pad_mode", "zero"], "--pad_mode must be one of zeros, repeat, repeatpad, got 'zero'"),
         (["--lr_schedule", "cosine"], "--lr_schedule must be one of htsat, trainer, got 'cosine'"),
         (["--time_shift_tta", "0"], "--time_shift_tta must be >= 1, got 0"),
         (["--mixup_alpha", "-1"], r"--mixup_alpha must be >= 0 \(0 turns mixup off\), got -1.0"),

@@ -1,6 +1,6 @@
-"""The `htsat-hf` command line: `convert`, `predict`, `average`, `export-onnx` and `card`.
+"""The `htsat-hf` command line: `convert`, `convert-clap`, `predict`, `average`, `export-onnx` and `card`.
 
-This module only parses arguments and calls the package: `convert_htsat_original_checkpoint`, `predict`,
+This module only parses arguments and calls the package: `convert_htsat_original_checkpoint`, `convert_clap`, `predict`,
 `training.checkpoints`, `onnx_export` and `model_card` hold the logic.
 
 Errors: every command prints each problem as one line `htsat-hf COMMAND: error: MESSAGE` on stderr, never a
@@ -33,6 +33,24 @@ def _convert(args: argparse.Namespace) -> int:
         labels_file=args.labels,
         pad_mode=args.pad_mode,
         max_length_seconds=args.max_length_seconds,
+    )
+    print(report.summary())
+    return 0
+
+
+def _convert_clap(args: argparse.Namespace) -> int:
+    from .convert_clap import convert_clap
+    from .training.data import read_label_names
+
+    report = convert_clap(
+        args.clap_model,
+        args.output_dir,
+        head=args.head,
+        labels=read_label_names(args.labels) if args.labels else None,
+        num_labels=args.num_labels,
+        problem_type=args.problem_type,
+        feature_extractor=args.feature_extractor,
+        base_model=args.base_model,
     )
     print(report.summary())
     return 0
@@ -338,6 +356,55 @@ def _add_card(commands) -> None:
     card.set_defaults(handler=_card)
 
 
+def _add_convert_clap(commands) -> None:
+    convert_clap = commands.add_parser(
+        "convert-clap",
+        help="start an HTS-AT model from the audio tower of a transformers CLAP model (LAION-CLAP)",
+        description=(
+            "Convert the audio tower of an unfused transformers ClapModel or ClapAudioModel (a saved folder or Hub "
+            "id, e.g. laion/clap-htsat-unfused) into an HTS-AT model folder: the "
+            "backbone weights with a new, untrained head (token-semantic or linear) to fine-tune, a feature "
+            "extractor reproducing the source's unfused ClapFeatureExtractor features (48 kHz, hop 480, its mel "
+            "range and padding), and a model card naming the source and the license its card declares. Before "
+            "writing, the converted backbone and front end are run against the source's and refused if they differ. "
+            "Fused models (enable_fusion) are refused. See docs/clap.md."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    convert_clap.add_argument("clap_model", help="folder or Hub id of a ClapModel or ClapAudioModel (safetensors)")
+    convert_clap.add_argument("output_dir", help="folder to write the HTS-AT model to")
+    convert_clap.add_argument(
+        "--head", choices=["token-semantic", "linear"], default="token-semantic", help="the new classification head"
+    )
+    convert_clap.add_argument(
+        "--labels",
+        default=None,
+        help="class names of the head: one per line, or an AudioSet-style class_labels_indices.csv (default: "
+        "--num-labels classes LABEL_0, LABEL_1, ...; fine-tuning replaces the head for the data's labels anyway)",
+    )
+    convert_clap.add_argument(
+        "--num-labels",
+        type=_whole_number(1),
+        default=None,
+        help="number of classes without --labels (default: the tower's num_classes, 527)",
+    )
+    convert_clap.add_argument(
+        "--problem-type",
+        choices=["multi_label_classification", "single_label_classification"],
+        default="multi_label_classification",
+        help="sigmoid scores (multi-label) or softmax scores (single-label)",
+    )
+    convert_clap.add_argument(
+        "--feature-extractor",
+        default=None,
+        help="folder or Hub id with the source's preprocessor_config.json, when CLAP_MODEL has none",
+    )
+    convert_clap.add_argument(
+        "--base-model", default=None, help="Hub id of the source for the card (default: CLAP_MODEL when a Hub id)"
+    )
+    convert_clap.set_defaults(handler=_convert_clap)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="htsat-hf", description="HTS-AT models for Hugging Face transformers.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
@@ -379,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-length-seconds", type=_seconds(positive=True), default=10.0, help="clip length of the model"
     )
     convert.set_defaults(handler=_convert)
+    _add_convert_clap(commands)
     _add_predict(commands)
     _add_average(commands)
     _add_export_onnx(commands)

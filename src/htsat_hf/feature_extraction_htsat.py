@@ -21,7 +21,9 @@ from .audio import check_waveform, pcm_to_float
 from .cpu_fast_path_htsat import clips_per_cpu_chunk
 from .errors import InputError
 
-PAD_MODES = ("zeros", "repeat")
+PAD_MODES = ("zeros", "repeat", "repeatpad")
+# The dtype the STFT and mel projection run in; features are float32 either way.
+PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
 # The front-end settings an HTSATConfig and its feature extractor both hold: (config attribute, extractor attribute).
 FRONT_END_FIELDS = (
     ("sampling_rate", "sampling_rate"),
@@ -107,12 +109,20 @@ def _log_mel(
 
 
 def pad_waveform(waveform: np.ndarray, length: int, pad_mode: str) -> np.ndarray:
-    """Bring a 1-D clip to `length` samples: zeros after it, or the clip tiled (the ESC-50/Speech Commands recipes)."""
+    """Bring a 1-D clip to `length` samples (longer clips are cut to their start).
+
+    `pad_mode`: `"zeros"` appends silence (AudioSet recipe); `"repeat"` tiles the clip and cuts the last copy
+    (ESC-50/Speech Commands recipes); `"repeatpad"` tiles it a whole number of times, `length // samples`, then
+    appends silence: `ClapFeatureExtractor`'s `padding="repeatpad"` (its default), so that
+    models converted from CLAP see the clips they were trained on.
+    """
     if waveform.shape[0] >= length:
         return waveform[:length]
     if pad_mode == "repeat":
         repeats = -(-length // waveform.shape[0])
         return np.tile(waveform, repeats)[:length]
+    if pad_mode == "repeatpad":
+        waveform = np.tile(waveform, length // waveform.shape[0])
     return np.pad(waveform, (0, length - waveform.shape[0]))
 
 
@@ -133,11 +143,19 @@ class HTSATFeatureExtractor(SequenceFeatureExtractor):
         max_length_seconds (`float`, defaults to 10.0): the clip length of the model. Shorter clips are padded to it
             (with `padding="max_length"`); longer ones are refused unless `truncation=True`.
         pad_mode (`str`, defaults to `"zeros"`): `"zeros"` pads with silence (AudioSet recipe); `"repeat"` tiles
-            the clip (ESC-50 and Speech Commands recipes).
+            the clip (ESC-50 and Speech Commands recipes); `"repeatpad"` tiles it a whole number of times and pads
+            the rest with silence (CLAP's default, for models converted with `htsat-hf convert-clap`); see
+            [`pad_waveform`].
+        precision (`str`, defaults to `"float32"`): dtype of the STFT and mel projection, `"float32"` (HTS-AT's
+            front end, which computed in float32) or `"float64"`. The features are float32 either way. float64
+            reproduces transformers' `ClapFeatureExtractor`, which computes in float64 with numpy, to the float32
+            rounding of the result (about 1e-5 dB); float32 rounding of the spectrum differs from it by up to about
+            0.05 dB in mel bins 60 dB or more below a frame's loudest (a pure tone's far bins). `htsat-hf
+            convert-clap` sets `"float64"` for converted CLAP towers.
         padding_value (`float`, defaults to 0.0): unused by the log-mel path, required by the base class.
 
     Raises:
-        InputError: an unknown `pad_mode` or a `max_length_seconds` that is not positive.
+        InputError: an unknown `pad_mode` or `precision`, or a `max_length_seconds` that is not positive.
 
     Example:
 
@@ -165,6 +183,7 @@ class HTSATFeatureExtractor(SequenceFeatureExtractor):
         f_max: float = 14000.0,
         max_length_seconds: float = 10.0,
         pad_mode: str = "zeros",
+        precision: str = "float32",
         padding_value: float = 0.0,
         **kwargs,
     ):
@@ -174,6 +193,8 @@ class HTSATFeatureExtractor(SequenceFeatureExtractor):
         del self.return_attention_mask  # the base class sets it per instance; the class attribute (False) holds
         if pad_mode not in PAD_MODES:
             raise InputError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+        if precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
         if not max_length_seconds > 0:
             raise InputError(f"max_length_seconds must be positive, got {max_length_seconds}")
         self.hop_length = int(hop_length)
@@ -182,6 +203,7 @@ class HTSATFeatureExtractor(SequenceFeatureExtractor):
         self.f_max = float(f_max)
         self.max_length_seconds = float(max_length_seconds)
         self.pad_mode = pad_mode
+        self.precision = precision
         self._mel_filters = torch.from_numpy(
             htsat_mel_filters(self.sampling_rate, self.n_fft, self.feature_size, self.f_min, self.f_max)
         )
@@ -256,7 +278,7 @@ class HTSATFeatureExtractor(SequenceFeatureExtractor):
             padding: `"max_length"` (default) pads every clip to `max_length_seconds`; `"longest"` (or `True`) pads
                 only to the longest clip of the batch; `False`/`"do_not_pad"` requires clips of equal length.
             truncation: cut clips longer than `max_length_seconds` to their start instead of refusing them.
-            pad_mode: `"zeros"` or `"repeat"`; defaults to the extractor's `pad_mode`.
+            pad_mode: `"zeros"`, `"repeat"` or `"repeatpad"`; defaults to the extractor's `pad_mode`.
             return_tensors: `"pt"`, `"np"` or `None` (lists).
             device: where to compute the STFT (for example `"cuda"`); features stay there with `return_tensors="pt"`.
 
@@ -281,10 +303,11 @@ class HTSATFeatureExtractor(SequenceFeatureExtractor):
             raise InputError("raw_speech is an empty batch: pass at least one clip")
 
         clips = self._fit_lengths(clips, padding, truncation, pad_mode)
-        batch = torch.from_numpy(np.stack(clips))
+        batch = torch.from_numpy(np.stack(clips)).to(PRECISIONS[self.precision])
         if device is not None:
             batch = batch.to(device)
         features = log_mel_spectrogram(batch, self._mel_filters.to(batch.device), self.n_fft, self.hop_length)
+        features = features.float()  # a no-op at float32 precision
 
         if return_tensors == "pt":
             return BatchFeature({"input_features": features})

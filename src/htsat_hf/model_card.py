@@ -261,7 +261,7 @@ def make_model_card(
     model_dir: str | PathLike,
     base_model: str | None = None,
     datasets: str | Sequence[str] | None = None,
-    license: str = "mit",
+    license: str | None = "mit",
     metrics: Mapping[str, float] | None = None,
     dataset_name: str | None = None,
     dataset_type: str | None = None,
@@ -269,6 +269,7 @@ def make_model_card(
     task: str = "audio-classification",
     repo_id: str | None = None,
     model_name: str | None = None,
+    origin: str | None = None,
 ) -> ModelCard:
     """Build the model card of a saved HTS-AT model folder.
 
@@ -276,7 +277,8 @@ def make_model_card(
         model_dir: folder with `config.json` (and usually `preprocessor_config.json` and the weights).
         base_model: Hub id of the model this one was fine-tuned from, if any.
         datasets: Hub dataset id(s) the model was trained on.
-        license: license identifier for the metadata.
+        license: license identifier for the metadata; `None` when it is not known (a converted model whose source
+            declares none): the metadata then has no license and the card says it must be checked.
         metrics: `{metric: value}` from an evaluation (e.g. Trainer's `eval_results.json`; `eval_` prefixes and
             bookkeeping keys are dropped, see [`normalize_metrics`]); they become the card's `model-index`.
         dataset_type, dataset_name, dataset_split: the evaluation dataset for the `model-index` (Hub id, display
@@ -286,6 +288,8 @@ def make_model_card(
             detection task; the tags say it).
         repo_id: the Hub id the snippets load (`user/name`); defaults to the folder's name.
         model_name: the card's title and model-index name; defaults to the last part of `repo_id`.
+        origin: Markdown placed after the introduction saying where the weights come from (for example the source
+            of a conversion, see `convert_clap`); it replaces the "Fine-tuned from" line.
 
     Returns:
         a `huggingface_hub.ModelCard` whose `data` holds the metadata.
@@ -342,7 +346,9 @@ def make_model_card(
             "transformers with the `htsat_hf` package (or its bundled code, `trust_remote_code=True`)."
         ),
     ]
-    if base_model:
+    if origin:
+        intro += ["", origin]
+    elif base_model:
         intro.append(f"Fine-tuned from [{base_model}](https://huggingface.co/{base_model}).")
     if datasets:
         links = ", ".join(f"[{d}](https://huggingface.co/datasets/{d})" for d in datasets)
@@ -394,6 +400,11 @@ def make_model_card(
     if eval_results:
         sections.append("## Evaluation results\n\n" + _results_table(eval_results))
     sections.append(f"## Labels\n\n{_labels_section(labels)}")
+    if license is None:
+        sections.append(
+            "## License\n\nNot known: no license was given for these weights. Check the license of the weights' "
+            "source before using or publishing this model."
+        )
     sections.append(f"## Citation\n\n```bibtex\n{CITATION}\n```")
     content = f"---\n{card_data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n"
     return ModelCard(content)
