@@ -9,6 +9,7 @@ import io
 import shutil
 import subprocess
 import sys
+import tracemalloc
 import wave
 
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 import soundfile
 import torch
 
+from htsat_hf import audio
 from htsat_hf.audio import (
     AUDIO_EXTENSIONS,
     audio_duration,
@@ -24,6 +26,7 @@ from htsat_hf.audio import (
     pcm_to_float,
     read_audio,
     resample,
+    stream_audio,
 )
 from htsat_hf.errors import InputError
 
@@ -328,3 +331,166 @@ def test_wav_bytes_in_memory_written_by_soundfile_round_trip():
     clip = tone()
     soundfile.write(buffer, clip, SR, format="WAV", subtype="FLOAT")
     np.testing.assert_array_equal(load_waveform(buffer.getvalue(), SR), clip)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Audio in blocks: the concatenation of `stream_audio`'s blocks is what `load_waveform` returns
+# --------------------------------------------------------------------------------------------------------------------
+
+needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="the ffmpeg program is not installed")
+
+
+def streamed(source, block_samples, sampling_rate=SR, **kwargs) -> np.ndarray:
+    """The blocks' concatenation, checking that every block but the last holds `block_samples`."""
+    blocks = list(stream_audio(source, sampling_rate, block_samples, **kwargs))
+    assert blocks and all(block.dtype == np.float32 and block.ndim == 1 for block in blocks)
+    assert all(block.size == block_samples for block in blocks[:-1]) and 0 < blocks[-1].size <= block_samples
+    return np.concatenate(blocks)
+
+
+def stereo_file(path, rate, frames, subtype="FLOAT"):
+    """A stereo file of noise and a tone (broadband, so a resampling error anywhere would show)."""
+    rng = np.random.default_rng(rate + frames)
+    t = np.arange(frames) / rate
+    left = 0.3 * rng.standard_normal(frames) + 0.3 * np.sin(2 * np.pi * 440 * t)
+    right = 0.2 * rng.standard_normal(frames)
+    soundfile.write(path, np.stack([left, right], axis=1).astype(np.float32), rate, subtype=subtype)
+    return path
+
+
+@pytest.mark.parametrize("rate", [44100, 48000, 16000, 8000])
+@pytest.mark.parametrize("seconds_extra", [(1, 0), (1, 1)], ids=["whole-periods", "odd-length"])
+def test_a_file_streamed_in_blocks_equals_the_whole_file_resampled(tmp_path, monkeypatch, rate, seconds_extra):
+    seconds, extra = seconds_extra
+    path = stereo_file(tmp_path / f"{rate}.wav", rate, seconds * rate + extra)
+    # Small resampling stretches, so that a 1 s file crosses many stretch boundaries (long files use 64k samples).
+    monkeypatch.setattr(audio, "_MIN_RESAMPLED_CHUNK", 500)
+    whole = load_waveform(str(path), SR)
+    assert whole.size == -(-SR * (seconds * rate + extra) // rate)  # torchaudio's length: ceil(new * n / orig)
+    for block_samples in (4000, 997, 1, 10 * SR):  # dividing the length, not dividing it, one sample, all of it
+        if block_samples == 1 and rate != 8000:
+            continue  # one-sample blocks are slow; one rate suffices
+        np.testing.assert_allclose(streamed(str(path), block_samples), whole, atol=1e-6, rtol=0)
+
+
+def test_a_file_at_the_models_rate_is_streamed_sample_for_sample(tmp_path):
+    path = stereo_file(tmp_path / "32k.flac", SR, 3 * SR + 5, subtype="PCM_16")
+    blocks = list(stream_audio(path, SR, SR))
+    assert [block.size for block in blocks] == [SR, SR, SR, 5]
+    np.testing.assert_array_equal(np.concatenate(blocks), load_waveform(path, SR))
+
+
+def test_streaming_memory_is_bounded_by_the_block_not_the_file(tmp_path):
+    path = tmp_path / "long.wav"
+    with soundfile.SoundFile(path, "w", samplerate=48000, channels=2, subtype="PCM_16") as handle:
+        for _ in range(120):  # two minutes: 46 MB as float32 stereo, 15 MB as mono at 32 kHz
+            handle.write(0.1 * np.random.default_rng(0).standard_normal((48000, 2)))
+    tracemalloc.start()
+    try:
+        samples = sum(block.size for block in stream_audio(path, SR, SR))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert samples == 120 * SR
+    # A few blocks of input and output (1 s at 32 kHz is 128 kB as float32), nowhere near the file's 15 MB.
+    assert peak < 3_000_000, peak
+
+
+def test_in_memory_forms_are_cut_into_blocks():
+    clip = tone(2.5)
+    np.testing.assert_array_equal(streamed(clip, 8000), clip)
+    clip16 = tone(1.0, rate=16000)
+    np.testing.assert_array_equal(streamed({"array": clip16, "sampling_rate": 16000}, 3000),
+                                  load_waveform({"array": clip16, "sampling_rate": 16000}, SR))  # fmt: skip
+    buffer = io.BytesIO()
+    soundfile.write(buffer, clip, SR, format="WAV", subtype="FLOAT")
+    np.testing.assert_array_equal(streamed(buffer.getvalue(), 7000), clip)
+
+
+def test_an_undecoded_datasets_value_with_only_a_path_is_streamed(tmp_path):
+    path = stereo_file(tmp_path / "clip.wav", SR, SR)
+    np.testing.assert_array_equal(streamed({"path": str(path), "bytes": None}, 5000), load_waveform(path, SR))
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("torchcodec", [True, False], ids=["torchcodec", "ffmpeg-program-only"])
+def test_formats_soundfile_cannot_read_are_streamed_through_an_ffmpeg_pipe(tmp_path, monkeypatch, torchcodec):
+    wav = stereo_file(tmp_path / "clip.wav", 44100, 2 * 44100 + 3)
+    m4a = tmp_path / "clip.m4a"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(wav), "-c:a", "aac", str(m4a)], check=True)
+    if not torchcodec:  # both paths then let FFmpeg mix and resample: transformers' ffmpeg_read, and the pipe
+        monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)
+    monkeypatch.setattr(audio, "_MIN_RESAMPLED_CHUNK", 500)
+    whole = load_waveform(str(m4a), SR)
+    # The accepted difference: none beyond float rounding (the same FFmpeg decoder, mixing and resampling).
+    np.testing.assert_allclose(streamed(str(m4a), 3001), whole, atol=1e-6, rtol=0)
+
+
+@needs_ffmpeg
+def test_stopping_early_ends_the_ffmpeg_process(tmp_path, monkeypatch):
+    wav = stereo_file(tmp_path / "clip.wav", SR, 20 * SR)
+    webm = tmp_path / "clip.webm"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(wav), "-c:a", "libopus", str(webm)], check=True)
+    started = []
+    real_popen = subprocess.Popen
+    monkeypatch.setattr(audio.subprocess, "Popen", lambda *a, **k: started.append(real_popen(*a, **k)) or started[-1])
+    blocks = stream_audio(webm, SR, 1000)
+    assert next(blocks).shape == (1000,)
+    blocks.close()
+    assert len(started) == 1 and started[0].returncode is not None
+
+
+def test_stream_errors_name_the_file(tmp_path, files):
+    missing = tmp_path / "missing.wav"
+    with pytest.raises(InputError, match=f"{missing}: no such file"):
+        stream_audio(missing, SR, 1000)  # when called, before any block
+    with pytest.raises(InputError, match="is a folder"):
+        stream_audio(tmp_path, SR, 1000)
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(InputError, match="block_samples must be a positive whole number"):
+            stream_audio(files["32k"], SR, bad)
+    blocks = stream_audio(files["text"], SR, 1000)
+    with pytest.raises(InputError, match=f"{files['text']}: cannot decode audio \\(soundfile: ") as error:
+        next(blocks)
+    assert "\n" not in str(error.value)
+    empty = tmp_path / "empty.wav"
+    soundfile.write(empty, np.zeros(0, np.float32), SR)
+    with pytest.raises(InputError, match=f"{empty}: the audio is empty"):
+        next(stream_audio(empty, SR, 1000))
+    with pytest.raises(InputError, match="recording 4: the audio is empty"):
+        stream_audio(np.zeros(0, np.float32), SR, 1000, name="recording 4")
+
+
+@pytest.mark.parametrize("rate", [SR, 16000])
+def test_non_finite_samples_are_refused_at_their_block_with_their_position_in_the_file(tmp_path, monkeypatch, rate):
+    monkeypatch.setattr(audio, "_MIN_RESAMPLED_CHUNK", 500)  # input read a block's worth at a time
+    clip = tone(3.0, rate)
+    clip[int(2.5 * rate)] = np.nan
+    path = tmp_path / "nan.wav"
+    soundfile.write(path, clip, rate, subtype="FLOAT")
+    blocks = stream_audio(path, SR, SR // 2)
+    assert next(blocks).shape == (SR // 2,)  # the blocks before the bad one come out
+    with pytest.raises(InputError, match=rf"nan.wav: the audio has 1 NaN or infinite samples in samples \d+-\d+ "
+                                         rf"\(first at sample {int(2.5 * rate)}\)"):  # fmt: skip
+        list(blocks)
+
+
+def test_streaming_without_torchaudio_refuses_to_resample_before_the_first_block(files, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchaudio.functional", None)
+    with pytest.raises(InputError, match="stereo16k.flac: audio at 16000 Hz must be resampled .* install torchaudio"):
+        next(stream_audio(files["16k_stereo"], SR, 1000))
+    assert streamed(files["32k"], 5000).size == 2 * SR  # nothing to resample: no torchaudio needed
+
+
+@needs_ffmpeg
+def test_audio_duration_of_other_formats_reads_the_header_or_counts_in_blocks(files, tmp_path, monkeypatch):
+    m4a = tmp_path / "clip.m4a"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(files["32k"]), "-c:a", "aac", str(m4a)], check=True)
+
+    def no_whole_decoding(*args):
+        raise AssertionError("decoded the whole file")
+
+    monkeypatch.setattr(audio, "_decode_with_ffmpeg", no_whole_decoding)
+    assert audio_duration(m4a) == pytest.approx(2.0, abs=0.05)  # ffprobe's reading of the header
+    monkeypatch.setattr(audio, "_probe_duration", lambda path: None)
+    assert audio_duration(m4a) == pytest.approx(2.0, abs=0.05)  # counted, a block at a time

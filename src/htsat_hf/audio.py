@@ -22,6 +22,7 @@ Files are read by soundfile (WAV, FLAC, OGG, MP3 with libsndfile >= 1.1, with se
 without the rest); other formats by FFmpeg, through torchcodec when installed, else through the `ffmpeg` program (as
 transformers' audio pipelines do), so inference needs neither torchcodec nor torchaudio. Resampling uses torchaudio
 (as transformers' pipelines do); without it, audio at another rate is refused with a message saying so.
+[`stream_audio`] gives the same samples a block at a time, so that a file of any duration is read in bounded memory.
 
 Every problem is an [`InputError`] whose message names the file (or `name`).
 """
@@ -29,7 +30,11 @@ Every problem is an [`InputError`] whose message names the file (or `name`).
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+import math
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from os import PathLike
 from pathlib import Path
 
@@ -41,6 +46,10 @@ from .errors import InputError
 AUDIO_EXTENSIONS = (
     ".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif", ".aiff", ".wma", ".webm",
 )
+# The rate at which durations are counted when a file must be decoded to know its length.
+_COUNTING_RATE = 16000
+# Fewest input samples resampled per call when a file is streamed.
+_MIN_RESAMPLED_CHUNK = 1 << 16
 # Full scale of integer PCM: the divisor that maps the format's range to [-1, 1) (libsndfile's convention).
 PCM_FULL_SCALE = {
     np.dtype(np.int8): 128.0,
@@ -98,8 +107,14 @@ def pcm_to_float(samples, name: str = "the audio") -> np.ndarray:
     return samples
 
 
-def check_waveform(waveform: np.ndarray, name: str = "the audio") -> np.ndarray:
+def check_waveform(waveform: np.ndarray, name: str = "the audio", block_start: int | None = None) -> np.ndarray:
     """Refuse empty audio and NaN/Inf samples; returns `waveform` as contiguous float32.
+
+    Args:
+        waveform: `(samples,)` audio.
+        name: how messages name the audio.
+        block_start: when `waveform` is one block of a longer stream, the index of its first sample in the whole
+            audio, so that messages point into the file rather than into the block.
 
     Raises:
         InputError: naming `name`.
@@ -108,9 +123,11 @@ def check_waveform(waveform: np.ndarray, name: str = "the audio") -> np.ndarray:
         raise InputError(f"{name}: the audio is empty (0 samples)")
     finite = np.isfinite(waveform)
     if not finite.all():
+        bad, first = int((~finite).sum()), int(np.argmin(finite))
+        where = "" if block_start is None else f" in samples {block_start}-{block_start + waveform.size - 1}"
         raise InputError(
-            f"{name}: the audio has {int((~finite).sum())} NaN or infinite samples (first at sample "
-            f"{int(np.argmin(finite))}); clean or drop it"
+            f"{name}: the audio has {bad} NaN or infinite samples{where} (first at sample "
+            f"{first + (block_start or 0)}); clean or drop it"
         )
     return np.ascontiguousarray(waveform, dtype=np.float32)
 
@@ -202,8 +219,12 @@ def read_audio(
 
 
 def audio_duration(source: str | PathLike | bytes, name: str | None = None) -> float:
-    """Duration in seconds of an audio file (a path, or its bytes) from its header, decoding it only when soundfile
-    cannot read it.
+    """Duration in seconds of an audio file (a path, or its bytes) from its header, without decoding it.
+
+    Files soundfile reads (WAV, FLAC, OGG, MP3) give it from their header; other paths from the container's header
+    through the `ffprobe` program (FFmpeg's own estimate, so within a frame of the decoded length); only a path
+    without such a header (or without ffprobe) is decoded, in blocks, and bytes soundfile cannot read are decoded
+    whole.
 
     Raises:
         InputError: naming the file (or `name`) when it is missing, undecodable or empty.
@@ -220,12 +241,32 @@ def audio_duration(source: str | PathLike | bytes, name: str | None = None) -> f
         info = soundfile.info(opened)
         duration = info.frames / info.samplerate
     except Exception as error:  # libsndfile's many error types: let FFmpeg try
-        # Any decoding rate gives the duration; a low one keeps the ffmpeg program's output small.
-        wave, native = _decode_with_ffmpeg(source, 16000, error, name)
-        duration = wave.size / (native or 16000)
+        duration = _probe_duration(source) if isinstance(source, Path) else None
+        if duration is None and isinstance(source, Path):
+            # No header to read: count the samples, decoding in blocks so that memory stays flat. Any rate gives
+            # the duration; a low one keeps the decoded samples few.
+            blocks = _stream_with_ffmpeg(source, _COUNTING_RATE, 60 * _COUNTING_RATE, error, name)
+            duration = sum(block.size for block in blocks) / _COUNTING_RATE
+        elif duration is None:
+            wave, native = _decode_with_ffmpeg(source, _COUNTING_RATE, error, name)
+            duration = wave.size / (native or _COUNTING_RATE)
     if duration <= 0:
         raise InputError(f"{name}: the audio is empty (0 samples)")
     return duration
+
+
+def _probe_duration(path: Path) -> float | None:
+    """The duration in seconds that the container's header gives, through the `ffprobe` program; None without the
+    program, or when FFmpeg cannot read the file or finds no duration in it (a raw AAC stream, for one)."""
+    if shutil.which("ffprobe") is None:
+        return None
+    command = ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)]
+    result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    try:
+        duration = float(result.stdout.strip())
+    except ValueError:  # "N/A", or nothing when FFmpeg cannot read the file
+        return None
+    return duration if result.returncode == 0 and math.isfinite(duration) and duration > 0 else None
 
 
 def _existing_file(path: str | PathLike) -> Path:
@@ -274,7 +315,7 @@ def _decode_bytes(data: bytes, sampling_rate: int, name: str) -> np.ndarray:
     return wave if native is None else resample(wave, native, sampling_rate, name)
 
 
-def _one_line(error: Exception) -> str:
+def _one_line(error: BaseException | str) -> str:
     return " ".join(str(error).split())
 
 
@@ -343,6 +384,227 @@ def _waveform_from_dict(audio: dict, sampling_rate: int, name: str | None) -> np
     )
 
 
+# --------------------------------------------------------------------------------------------------- audio in blocks
+
+
+def stream_audio(source, sampling_rate: int, block_samples: int, name: str | None = None) -> Iterator[np.ndarray]:
+    """Mono float32 blocks of any accepted form of audio at `sampling_rate`, reading a file a block at a time, so
+    that memory is bounded by the block size whatever the file's duration.
+
+    The blocks, concatenated, are the audio [`load_waveform`] returns:
+    - Files soundfile reads (WAV, FLAC, OGG, MP3): read in blocks, downmixed (mean of the channels) and resampled
+      block by block, equal to the whole file's [`resample`] within float rounding (about 1e-7). torchaudio's
+      windowed-sinc resampler is local: each period of `orig / gcd` input samples gives `new / gcd` output samples
+      from a kernel that reads a fixed number of input samples either side (its `width`, about 6.1 periods of the
+      lower rate with torchaudio's defaults). So each stretch of output is resampled from its input plus at least
+      `width` context samples either side, starting at a period boundary, which makes the kernel see exactly the
+      samples (and, at the file's ends, the zero padding) it sees in the whole file; the context's output is cut.
+    - Other formats (M4A, AAC, WMA, WebM, ...): decoded by the `ffmpeg` program into a pipe (`-f f32le`), read a
+      block at a time, decoded as `load_waveform` decodes the whole file: with torchcodec installed, at the file's
+      rate with all its channels, averaged and block-resampled as above (FFmpeg's decoder in both, so the samples
+      match within float rounding); without torchcodec, mixed and resampled by FFmpeg (`-ac 1 -ar RATE`, the
+      command transformers' `ffmpeg_read` runs on the whole file, so the samples are the same). Without the
+      `ffmpeg` program the file is decoded whole (through torchcodec) and then cut into blocks.
+    - Bytes and in-memory forms (arrays, tensors, dicts of samples, torchcodec decoders): decoded whole by
+      `load_waveform`, then cut into blocks, which may be views of one array.
+
+    A streamed file holds about two blocks of samples at a time (one being cut, one read), plus, when it is
+    resampled, the resampler's context and at least `_MIN_RESAMPLED_CHUNK` (64k) input samples per call.
+
+    Args:
+        source: any form [`load_waveform`] takes; a path (or a `{"path": ...}` dict without bytes) is streamed.
+        sampling_rate: the model's rate in Hz.
+        block_samples: samples per block (at `sampling_rate`).
+        name: how errors name the audio (default: its path, or "the audio").
+
+    Returns:
+        An iterator of `(block_samples,)` float32 blocks, the last `(1..block_samples,)`; finite, at least one.
+
+    Raises:
+        InputError: one line naming the audio. When this is called: `block_samples` is not a positive whole
+            number, the file is missing or a folder, or an in-memory form is refused as `load_waveform` refuses it.
+            While iterating, before the first block: a file that cannot be decoded or is empty, or resampling
+            needed without torchaudio. At the block where it is met: NaN/Inf samples (with their position in the
+            file) or a decoding failure part-way through.
+    """
+    whole = isinstance(block_samples, (int, np.integer)) and not isinstance(block_samples, (bool, np.bool_))
+    if not whole or block_samples <= 0:
+        raise InputError(f"block_samples must be a positive whole number of samples, got {block_samples!r}")
+    block_samples = int(block_samples)
+    path = _streamable_path(source)
+    if path is None:
+        waveform = load_waveform(source, sampling_rate, name)
+        return (waveform[start : start + block_samples] for start in range(0, waveform.shape[0], block_samples))
+    path = _existing_file(path)
+    return _exact_blocks(_stream_file(path, sampling_rate, block_samples, name or str(path)), block_samples)
+
+
+def _streamable_path(source) -> str | PathLike | None:
+    """The file to stream `source` from: a path, or the path of an undecoded `datasets` value without its bytes."""
+    if isinstance(source, (str, PathLike)):
+        return source
+    if isinstance(source, dict) and all(source.get(key) is None for key in ("raw", "array", "bytes")):
+        return source.get("path")
+    return None
+
+
+def _stream_file(path: Path, sampling_rate: int, block_samples: int, name: str) -> Iterator[np.ndarray]:
+    """Checked mono chunks of the file at `sampling_rate`, of about `block_samples` each."""
+    try:
+        import soundfile
+
+        handle = soundfile.SoundFile(str(path))
+    except Exception as soundfile_error:  # libsndfile's many error types (and no soundfile): let FFmpeg try
+        yield from _stream_with_ffmpeg(path, sampling_rate, block_samples, soundfile_error, name)
+        return
+    with handle:
+        native = handle.samplerate
+        if native == sampling_rate:
+            yield from _read_chunks(handle, block_samples, name)
+            return
+        # Input chunks that give about one output block each, but not tiny ones: each resampling call builds
+        # torchaudio's kernel and re-reads the context, which small blocks would pay for many times over.
+        frames = max(_MIN_RESAMPLED_CHUNK, math.ceil(block_samples * native / sampling_rate))
+        yield from _resample_chunks(_read_chunks(handle, frames, name), native, sampling_rate, name)
+
+
+def _read_chunks(handle, frames: int, name: str) -> Iterator[np.ndarray]:
+    """Checked mono chunks of `frames` samples (the last shorter) at the file's rate, from an open SoundFile."""
+    position = 0
+    while True:
+        try:
+            data = handle.read(frames=frames, dtype="float32", always_2d=True)
+        except Exception as error:  # a file damaged part-way; libsndfile raises several types
+            raise InputError(f"{name}: cannot decode audio at sample {position} ({_one_line(error)})") from None
+        if data.shape[0] == 0:
+            if position == 0:
+                check_waveform(data[:, 0], name)  # raises: the file holds no samples
+            return
+        yield check_waveform(_downmix(data, channel_axis=1), name, block_start=position)
+        position += data.shape[0]
+
+
+def _resample_chunks(chunks: Iterable[np.ndarray], orig_sr: int, target_sr: int, name: str) -> Iterator[np.ndarray]:
+    """Chunks of `chunks`' concatenation resampled from `orig_sr` to `target_sr`, equal to [`resample`] of the
+    whole within float rounding (see [`stream_audio`]).
+
+    Output is made in whole periods: output frame `f` (samples `f * new ... f * new + new - 1`, with `orig`/`new`
+    the rates divided by their gcd) reads input samples `f * orig - width ... f * orig + orig + width - 1`, zero
+    outside the audio. A stretch of frames is resampled from an input slice starting `context` (>= width, a whole
+    number of periods) before its first frame, or at 0, and ending `context` after its last frame, or at the end.
+    """
+    gcd = math.gcd(orig_sr, target_sr)
+    orig, new = orig_sr // gcd, target_sr // gcd
+    # torchaudio's kernel width with its defaults (lowpass_filter_width=6, rolloff=0.99), rounded up to periods.
+    width = math.ceil(6 * orig / (0.99 * min(orig, new)))
+    context = orig * math.ceil(width / orig)
+    held = np.zeros(0, dtype=np.float32)  # input samples from index `held_start` on
+    held_start = done = 0  # `done`: output frames already yielded
+
+    def stretch(end_frame: int | None) -> np.ndarray:
+        """Output frames `done ... end_frame - 1` (to the end of the audio when None), from `held`."""
+        start = max(0, done * orig - context)
+        stop = None if end_frame is None else end_frame * orig + context - held_start
+        resampled = resample(held[start - held_start : stop], orig_sr, target_sr, name)
+        first = (done * orig - start) // orig * new
+        return resampled[first:] if end_frame is None else resampled[first : first + (end_frame - done) * new]
+
+    for chunk in chunks:
+        held = np.concatenate([held, chunk])
+        end_frame = (held_start + held.size - context) // orig  # the last frame whose right context is held, + 1
+        if end_frame > done:
+            yield stretch(end_frame)
+            done = end_frame
+            keep_from = max(0, done * orig - context)
+            held, held_start = held[keep_from - held_start :], keep_from
+    if held.size:
+        tail = stretch(None)
+        if tail.size:
+            yield tail
+
+
+def _stream_with_ffmpeg(
+    path: Path, sampling_rate: int, chunk_samples: int, first_error: Exception, name: str
+) -> Iterator[np.ndarray]:
+    """Checked mono chunks at `sampling_rate` of about `chunk_samples`, decoded by the `ffmpeg` program into a pipe
+    as [`_decode_with_ffmpeg`] would decode the whole file: with torchcodec, at the file's rate with every channel,
+    averaged and resampled here; without it, mixed to mono and resampled by FFmpeg (transformers' `ffmpeg_read`).
+    Without the program the file is decoded whole."""
+    if shutil.which("ffmpeg") is None:
+        wave, native = _decode_with_ffmpeg(path, sampling_rate, first_error, name)
+        wave = check_waveform(wave, name)
+        yield wave if native is None else resample(wave, native, sampling_rate, name)
+        return
+    try:
+        from torchcodec.decoders import AudioDecoder
+    except ImportError:
+        options = ["-ac", "1", "-ar", str(sampling_rate)]
+        yield from _ffmpeg_chunks(path, options, 1, chunk_samples, first_error, name)
+        return
+    try:
+        metadata = AudioDecoder(str(path)).metadata  # the header only
+        native, channels = int(metadata.sample_rate), int(metadata.num_channels)
+    except Exception as error:  # torchcodec raises several types; the user needs the file named
+        raise InputError(
+            f"{name}: cannot decode audio (soundfile: {_one_line(first_error)}; FFmpeg: {_one_line(error)})"
+        ) from None
+    if native == sampling_rate:
+        yield from _ffmpeg_chunks(path, [], channels, chunk_samples, first_error, name)
+        return
+    frames = max(_MIN_RESAMPLED_CHUNK, math.ceil(chunk_samples * native / sampling_rate))
+    chunks = _ffmpeg_chunks(path, [], channels, frames, first_error, name)
+    yield from _resample_chunks(chunks, native, sampling_rate, name)
+
+
+def _ffmpeg_chunks(
+    path: Path, options: list[str], channels: int, frames: int, first_error: Exception, name: str
+) -> Iterator[np.ndarray]:
+    """Checked mono chunks of `frames` samples (the last shorter) that `ffmpeg -i path OPTIONS -f f32le` writes,
+    `channels` interleaved channels averaged."""
+    # `-vn` skips a video stream (WebM, MP4 with a picture).
+    command = [
+        "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(path), "-vn", *options,
+        "-f", "f32le", "pipe:1",
+    ]  # fmt: skip
+    frame_bytes = 4 * channels
+    # FFmpeg's messages go to a file, not a pipe: a pipe nobody reads until the end could fill and stall it.
+    with tempfile.TemporaryFile() as messages:
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=messages, stdin=subprocess.DEVNULL) as process:
+            position = 0
+            try:
+                while data := process.stdout.read(frame_bytes * frames):
+                    samples = np.frombuffer(data[: len(data) - len(data) % frame_bytes], dtype="<f4")
+                    chunk = _downmix(samples.reshape(-1, channels), channel_axis=1)
+                    yield check_waveform(chunk, name, block_start=position)
+                    position += chunk.size
+            finally:  # also when the caller stops early: FFmpeg must not outlive the iterator
+                if process.poll() is None:
+                    process.kill()
+            status = process.wait()
+        if status != 0:
+            messages.seek(0)
+            error = _one_line(messages.read().decode(errors="replace")) or f"exit status {status}"
+            raise InputError(f"{name}: cannot decode audio (soundfile: {_one_line(first_error)}; ffmpeg: {error})")
+    if position == 0:
+        check_waveform(np.zeros(0, np.float32), name)  # raises: FFmpeg decoded no samples
+
+
+def _exact_blocks(chunks: Iterable[np.ndarray], block_samples: int) -> Iterator[np.ndarray]:
+    """`chunks`' concatenation cut into blocks of `block_samples`, the last shorter (not empty)."""
+    pending, held = [], 0
+    for chunk in chunks:
+        pending.append(chunk)
+        held += chunk.size
+        if held >= block_samples:
+            joined = pending[0] if len(pending) == 1 else np.concatenate(pending)
+            whole = held - held % block_samples
+            for start in range(0, whole, block_samples):
+                yield joined[start : start + block_samples]
+            pending, held = ([joined[whole:]] if held > whole else []), held - whole
+    if held:
+        yield pending[0] if len(pending) == 1 else np.concatenate(pending)
+
+
 __all__ = [
     "AUDIO_EXTENSIONS",
     "PCM_FULL_SCALE",
@@ -352,4 +614,5 @@ __all__ = [
     "pcm_to_float",
     "read_audio",
     "resample",
+    "stream_audio",
 ]
