@@ -28,6 +28,7 @@ import transformers
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from htsat_hf import HTSATFeatureExtractor, HTSATForSoundEventDetection
+from htsat_hf.engine import InferenceEngine
 from htsat_hf.errors import InputError, error_line
 from htsat_hf.inputs import collect_inputs, dataset_items
 from htsat_hf.loading import load_feature_extractor
@@ -85,7 +86,8 @@ class ModelArguments:
 class DetectionArguments:
     inputs: list[str] = field(
         default_factory=list,
-        metadata={"help": "Audio files, folders (their audio files, not recursive) or list files (one path per line, "
+        metadata={"help": "Audio files, folders (their audio files, searched recursively; a file in a sub-folder is "
+                          "named by its path inside the folder, e.g. sub/a.wav) or list files (one path per line, "
                           "relative to the list file; '#' starts a comment)."},
     )
     dataset_name: str | None = field(
@@ -116,7 +118,15 @@ class DetectionArguments:
     hop_seconds: float | None = field(
         default=None, metadata={"help": "Distance between windows (default: half a window); overlaps are averaged."}
     )
-    batch_size: int = field(default=8, metadata={"help": "Windows per forward pass."})
+    batch_size: int = field(default=8, metadata={"help": "Windows per forward pass (packed across files)."})
+    num_workers: int = field(
+        default=0, metadata={"help": "Processes decoding audio, block by block, for detection (0: the main process)."}
+    )
+    dtype: str | None = field(
+        default=None,
+        metadata={"help": "Precision to load the detection model in (default: as saved).",
+                  "choices": ["float32", "bfloat16", "float16"]},
+    )
     short_audio: str = field(
         default="stretch",
         metadata={"help": "Audio shorter than a window: 'stretch' it over the model's 32 steps (the pipeline's "
@@ -210,6 +220,7 @@ def check_options(model_args: ModelArguments, args: DetectionArguments, evaluati
     naming the option (values that depend on the model, such as a window longer than its clip or a class map for
     another class count, are checked once it is loaded, still before anything is written)."""
     _number("batch_size", args.batch_size, integer=True)
+    _number("num_workers", args.num_workers, strict=False, integer=True)
     for name in ("window_seconds", "hop_seconds"):
         if getattr(args, name) is not None:
             _number(name, getattr(args, name))
@@ -309,6 +320,8 @@ def detect_and_score(model, extractor, items, args: DetectionArguments, evaluati
         progress=progress,
         check_audio=False,
         skipped=skipped,
+        # Decoding in workers, windows of many files per batch, memory flat in each file's duration.
+        detector=InferenceEngine(model, extractor, settings, top_k=0, num_workers=args.num_workers).detections,
     )
     if result.metrics is not None:
         print(metrics_table(result.metrics))
@@ -456,7 +469,7 @@ def run(
             return summary
     elif model is None:
         model, feature_extractor = load_detection_model(
-            model_args.model_name_or_path, model_args.device
+            model_args.model_name_or_path, model_args.device, detection_args.dtype
         )
 
     if items is not None:

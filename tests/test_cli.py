@@ -605,7 +605,7 @@ def test_ctrl_c_ends_a_command_with_one_line(capsys, tagger, audio, monkeypatch)
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("htsat_hf.predict.predict_waveform", interrupted)
+    monkeypatch.setattr("htsat_hf.engine.InferenceEngine._forward", interrupted)
     code, out, err = run(capsys, "predict", audio["clip"], "--model", tagger)
     assert code == 130 and err == "htsat-hf predict: interrupted\n" and out == ""
 

@@ -1,5 +1,5 @@
-"""Batch inputs (`htsat_hf.inputs`): files, folders and list files, the rows of a `datasets` split, and the errors
-that name the file and line."""
+"""Batch inputs (`htsat_hf.inputs`): files, folders (recursive) and list files, the rows of a `datasets` split (also
+streamed), the Python API's mixed inputs, and the errors that name the file and line."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ import soundfile
 
 from htsat_hf.audio import load_waveform
 from htsat_hf.errors import InputError
-from htsat_hf.inputs import AudioItem, collect_inputs, dataset_items
+from htsat_hf.inputs import AudioItem, StreamingItems, as_items, collect_inputs, dataset_items
 from htsat_hf.synthetic import make_classification_folder
 
 RATE = 32000
@@ -22,13 +22,18 @@ def folder(tmp_path):
     (audio / "notes.txt").write_text("not audio")
     (audio / "sub").mkdir()
     soundfile.write(audio / "sub" / "deep.wav", np.zeros(RATE, np.float32), RATE)
+    (audio / "sub" / "deeper").mkdir()
+    soundfile.write(audio / "sub" / "deeper" / "b.Flac", np.zeros(RATE, np.float32), RATE, format="FLAC")
     return audio
 
 
 def test_folders_files_and_list_files(folder, tmp_path):
     items = collect_inputs([folder])
-    assert [item.name for item in items] == ["a.flac", "b.wav", "c.WAV"]  # sorted, not recursive, audio only
+    # Recursive, audio extensions in any case, sorted by path inside the folder, named by it.
+    assert [item.name for item in items] == ["a.flac", "b.wav", "c.WAV", "sub/deep.wav", "sub/deeper/b.Flac"]
     assert items[0] == AudioItem("a.flac", str(folder / "a.flac"))
+    assert items[-1] == AudioItem("sub/deeper/b.Flac", str(folder / "sub" / "deeper" / "b.Flac"))
+    assert items[-1].audio_id == "sub/deeper/b"
     listing = tmp_path / "files.txt"
     listing.write_text(f"# a comment\n\naudio/b.wav\n  {folder / 'sub' / 'deep.wav'}  \n")
     items = collect_inputs([listing, folder / "a.flac", folder / "b.wav"])  # b.wav twice: kept once
@@ -53,8 +58,16 @@ def test_input_errors(folder, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     soundfile.write(other / "b.wav", np.zeros(RATE, np.float32), RATE)
-    with pytest.raises(InputError, match=r"two inputs have the file name 'b.wav'"):
+    with pytest.raises(InputError, match=r"two inputs have the name 'b.wav' \(.*audio/b.wav and .*other/b.wav\)"):
         collect_inputs([folder, other])
+    # Where outputs name files by path (htsat-hf predict), the same name in two folders is fine.
+    assert [item.path for item in collect_inputs([folder / "b.wav", other], keyed_by_name=False)] == [
+        str(folder / "b.wav"), str(other / "b.wav")]
+    # Recursion makes same-named files normal; where names would collide, it is one line naming both files.
+    (tmp_path / "dup").mkdir()
+    soundfile.write(tmp_path / "dup" / "deep.wav", np.zeros(RATE, np.float32), RATE)
+    with pytest.raises(InputError, match=r"two inputs have the name 'deep.wav' \(.*sub/deep.wav and .*dup/deep.wav\)"):
+        collect_inputs([folder / "sub" / "deep.wav", tmp_path / "dup"])
     (tmp_path / "empty.txt").write_text("# nothing\n")
     with pytest.raises(InputError, match=r"no audio to process"):
         collect_inputs([tmp_path / "empty.txt"])
@@ -124,3 +137,31 @@ def test_every_dataset_audio_form_gives_the_scores_of_the_file(tmp_path):
     with pytest.raises(InputError, match=r"broken.wav \(row 0\): cannot decode"):
         check_audio_items([broken])
     assert check_audio_items([broken], skip_bad_audio=True)[1][0][0] == "broken.wav"
+
+
+def test_streamed_dataset_rows_match_the_loaded_ones(tmp_path):
+    root = make_classification_folder(tmp_path / "clips", classes=("tone", "hum"), clips_per_class=2, seconds=0.5)
+    loaded = dataset_items(str(root), None, "train", "audio")
+    streamed = dataset_items(str(root), None, "train", "audio", streaming=True)
+    assert isinstance(streamed, StreamingItems)
+    rows = list(streamed)
+    assert [item.name for item in rows] == [item.name for item in loaded] == [item.name for item in streamed]
+    for row, item in zip(rows, loaded):
+        assert row.path is None and row.dataset is None
+        np.testing.assert_array_equal(row.load(RATE), item.load(RATE))
+
+
+def test_python_api_inputs(folder, tmp_path):
+    wave = np.zeros(RATE, np.float32)
+    items = as_items([folder / "b.wav", wave, {"array": wave, "sampling_rate": 16000}, str(folder / "sub")])
+    assert [(item.name, item.path) for item in items] == [
+        ("b.wav", str(folder / "b.wav")), ("audio_1", None), ("audio_2", None),
+        ("deep.wav", str(folder / "sub" / "deep.wav")), ("deeper/b.Flac", str(folder / "sub" / "deeper" / "b.Flac")),
+    ]
+    assert items[1].audio is wave and items[2].load(RATE).shape == (2 * RATE,)
+    assert [item.name for item in as_items(wave.tolist())] == ["audio_0"]  # a list of numbers is one clip
+    assert [item.path for item in as_items(folder / "a.flac")] == [str(folder / "a.flac")]
+    with pytest.raises(InputError, match="no audio to process"):
+        as_items([])
+    with pytest.raises(InputError, match="nowhere: no such file or folder"):
+        as_items([wave, tmp_path / "nowhere"])

@@ -543,21 +543,22 @@ def test_reruns_replace_exactly_the_previous_outputs(tiny_dir, short_scenes, tmp
 @pytest.mark.parametrize("failure", [KeyboardInterrupt, RuntimeError])
 def test_failed_or_interrupted_rerun_keeps_the_previous_results(tiny_dir, short_scenes, tmp_path, monkeypatch,
                                                                  failure):
-    detection = importlib.import_module("htsat_hf.sed.detection")
+    engine = importlib.import_module("htsat_hf.engine")
     out = tmp_path / "out"
     common = ["--model_name_or_path", tiny_dir, "--inputs", short_scenes / "audio", "--max_plots", 1]
     assert run_sed(*common, "--ground_truth", short_scenes / "annotations.tsv", *quiet(out)) == 0
     before = _snapshot(out)
-    written = detection.write_score_tsv
+    finish = engine._FileAssembler.finish
     calls = []
 
-    def write_then_fail(*args):
-        written(*args)
-        calls.append(args[0])
+    def finish_then_fail(self, *args):
+        result = finish(self, *args)  # the file's scores are written
+        calls.append(result.name)
         if len(calls) == 2:  # half of the new scores written
             raise failure("interrupted")
+        return result
 
-    monkeypatch.setattr(detection, "write_score_tsv", write_then_fail)
+    monkeypatch.setattr(engine._FileAssembler, "finish", finish_then_fail)
     if failure is KeyboardInterrupt:  # Ctrl-C: one line, status 130
         assert run_sed(*common, "--threshold", 0.2, *quiet(out)) == 130
     else:

@@ -18,6 +18,7 @@ from transformers import (
 from .audio_classification_pipeline import HTSATAudioClassificationPipeline
 from .configuration_htsat import HTSATConfig
 from .cpu_fast_path_htsat import cpu_fast_path, set_cpu_fast_path
+from .engine import InferenceEngine, predict_files
 from .errors import InputError
 from .feature_extraction_htsat import HTSATFeatureExtractor
 from .modeling_htsat import (
@@ -52,8 +53,10 @@ __all__ = [
     "HTSATPreTrainedModel",
     "FrameScores",
     "HTSATAudioClassificationPipeline",
+    "InferenceEngine",
     "InputError",
     "SoundEventDetectionPipeline",
+    "predict_files",
     "sliding_window_scores",
     "cpu_fast_path",
     "set_cpu_fast_path",

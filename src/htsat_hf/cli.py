@@ -11,7 +11,9 @@ cannot be read, naming each, and then exits with status 1. Success is status 0.
 """
 
 import argparse
+import csv
 import math
+import os
 import sys
 
 from .errors import InputError, error_line
@@ -126,38 +128,65 @@ def _error(command: str, error: BaseException) -> None:
 def _predict(args: argparse.Namespace) -> int:
     from transformers.utils import logging as transformers_logging
 
-    from .inputs import collect_inputs
-    from .predict import check_options, format_predictions, load_predictor, predict_file
+    from .engine import InferenceEngine, default_device, in_input_order, output_format, write_predictions
+    from .inputs import collect_inputs, dataset_items
+    from .predict import TSV_COLUMNS, check_options, format_predictions, load_predictor, tsv_rows
+    from .sed.postprocessing import DetectionSettings
 
     # The weight-loading progress bar would interleave with the per-file output.
     transformers_logging.disable_progress_bar()
-    # Paths first: a typo fails at once, before the model loads.
-    items = collect_inputs(args.inputs)
-    model, extractor = load_predictor(args.model, device=args.device)
-    class_map, _ = check_options(
+    # Inputs and options first: a typo fails at once, before the model loads.
+    if bool(args.inputs) == (args.dataset is not None):
+        raise InputError("give audio files, folders or list files, or --dataset, not both" if args.inputs
+                         else "give audio files, folders or list files, or --dataset")
+    if args.output is not None:
+        output_format(args.output)
+    if args.resume and args.output is None:
+        raise InputError("--resume continues a run into --output; give --output")
+    if args.output is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise InputError("under accelerate launch, give --output: the processes share the files and merge one output")
+    if args.inputs:
+        # Outputs name files by their path, so files of one name in different folders are fine.
+        items = collect_inputs(args.inputs, keyed_by_name=False)
+    else:
+        items = dataset_items(args.dataset, args.dataset_config, args.split, args.audio_column, args.streaming)
+    model, extractor = load_predictor(args.model, device=args.device or default_device(), dtype=args.dtype)
+    class_map, thresholds = check_options(
         model, args.top_k, args.threshold, args.class_map, args.median_filter, args.batch_size
     )
+    labels = class_map.labels if class_map is not None else [model.config.id2label[i]
+                                                             for i in range(model.config.num_labels)]
+    settings = DetectionSettings(labels=labels, thresholds=thresholds, class_map=class_map,
+                                 median_filter_seconds=args.median_filter, batch_size=args.batch_size)
+    engine = InferenceEngine(model, extractor, settings, top_k=args.top_k, num_workers=args.num_workers)
+    progress = False if args.no_progress else None
+
+    def report(result) -> None:
+        # Keep going: one bad file in a batch should not discard the others' results.
+        _error("predict", InputError(result.error))
+
+    if args.output is not None:
+        _, failed = write_predictions(engine, items, args.output, resume=args.resume, progress=progress,
+                                      on_error=report)
+        return 1 if failed else 0
     predictions, failed = [], 0
-    for item in items:
-        try:
-            predictions.append(
-                predict_file(
-                    model,
-                    extractor,
-                    item.path,
-                    top_k=args.top_k,
-                    threshold=args.threshold,
-                    class_map=class_map,
-                    median_filter_seconds=args.median_filter,
-                    batch_size=args.batch_size,
-                )
-            )
-        except InputError as error:
-            # Keep going: one bad file in a batch should not discard the others' results.
-            _error("predict", error)
+    tsv = csv.writer(sys.stdout, delimiter="\t", lineterminator="\n")
+    for result in in_input_order(engine.run(items)):
+        if result.error is not None:
+            report(result)
             failed += 1
-    if predictions:
-        print(format_predictions(predictions, args.format))
+            continue
+        # Table and TSV are printed as each file completes (in input order); JSON is one array, printed at the end.
+        if args.format == "table":
+            print(("\n" if predictions else "") + format_predictions([result.prediction], "table"), flush=True)
+        elif args.format == "tsv":
+            if not predictions:
+                tsv.writerow(TSV_COLUMNS)
+            tsv.writerows(tsv_rows(result.prediction))
+            sys.stdout.flush()
+        predictions.append(result.prediction)
+    if args.format == "json" and predictions:
+        print(format_predictions(predictions, "json"))
     return 1 if failed else 0
 
 
@@ -213,10 +242,14 @@ def _add_predict(commands) -> None:
         "predict",
         help="tag audio files of any length and list the sound events in them",
         description=(
-            "Decode each audio file given, found in a folder given, or listed in a list file (one path per line, "
-            "relative to the list; blank lines and # comments skipped) with soundfile, or the ffmpeg program for "
-            "formats soundfile cannot read; downmix to mono, "
-            "resample to the model's rate (torchaudio), and run the model over windows of its clip length (10 s). "
+            "Decode each audio file given, found in a folder given (recursively), or listed in a list file (one path "
+            "per line, relative to the list; blank lines and # comments skipped), or each row of a datasets split "
+            "(--dataset), block by block with soundfile, or the ffmpeg program for formats soundfile cannot read, in "
+            "--num-workers processes; downmix to mono, resample to the model's rate (torchaudio), and run the model "
+            "over windows of its clip length (10 s), packed across files into batches of --batch-size. Memory stays "
+            "flat whatever a file's duration. With --output, results are journalled as each file completes "
+            "(OUTPUT.parts/) and written in input order when all are done; --resume continues an interrupted run. "
+            "Under accelerate launch, files are shared out across the processes and one output is written. "
             "Tags: the top-k classes by clip score; multi-label models score each class with the sigmoid of the "
             "window's clip logits, single-label models with the softmax, both averaged over the windows. Events "
             "(onset, offset, label, score): per-step sigmoid probabilities (about 0.31 s steps for a 10 s model), "
@@ -228,10 +261,16 @@ def _add_predict(commands) -> None:
     )
     predict.add_argument(
         "inputs",
-        nargs="+",
+        nargs="*",
         metavar="INPUT",
-        help="audio files (wav, flac, ogg, mp3, ...), folders of audio files, or list files of audio paths",
+        help="audio files (wav, flac, ogg, mp3, ...), folders of audio files (searched recursively), or list files "
+        "of audio paths",
     )
+    predict.add_argument("--dataset", default=None, help="a datasets dataset (Hub id or folder) instead of files")
+    predict.add_argument("--dataset-config", default=None, help="its configuration name")
+    predict.add_argument("--split", default="test", help="its split")
+    predict.add_argument("--audio-column", default="audio", help="its audio column")
+    predict.add_argument("--streaming", action="store_true", help="stream the dataset instead of downloading it")
     predict.add_argument("--model", required=True, help="saved model folder (or Hub id) of an HTS-AT model")
     predict.add_argument("--top-k", type=_whole_number(0), default=5, help="number of tags to print per file")
     predict.add_argument(
@@ -263,8 +302,31 @@ def _add_predict(commands) -> None:
         "filename, onset, offset, event_label, score, kind (kind 'tag' rows span the whole file, 'event' rows "
         "are the detected events)",
     )
-    predict.add_argument("--device", default="cpu", help="torch device to run the model on (cpu, cuda, cuda:1, ...)")
+    predict.add_argument(
+        "--output",
+        default=None,
+        metavar="FILE",
+        help="write the results to FILE.jsonl (one JSON object per file, the fields of --format json) or FILE.tsv "
+        "(the columns of --format tsv) instead of printing them; refused if FILE exists, unless --resume",
+    )
+    predict.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run into --output, skipping the files it holds"
+    )
+    predict.add_argument(
+        "--device",
+        default=None,
+        help="torch device to run the model on (cpu, cuda, cuda:1, ...) (default: cpu; under accelerate launch, "
+        "each process's own device)",
+    )
+    predict.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+        help="precision to load and run the model in (default: as saved, float32)",
+    )
     predict.add_argument("--batch-size", type=_whole_number(1), default=8, help="windows per forward pass")
+    predict.add_argument(
+        "--num-workers", type=_whole_number(0), default=0, help="processes decoding audio (0: the main process)"
+    )
+    predict.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal)")
     predict.set_defaults(handler=_predict)
 
 

@@ -1,19 +1,24 @@
-"""What a batch run reads: audio files given as files, folders or list files, or the rows of a `datasets` split, each
-as an [`AudioItem`] named by its file name (the key of every output table and of DCASE ground truth).
+"""What a batch run reads: audio files given as files, folders or list files, the rows of a `datasets` split (streamed
+or not), or in-memory audio, each as an [`AudioItem`] with a name (the key of `run_sed.py`'s tables and of DCASE
+ground truth).
 
-- a file with an audio extension (`audio.AUDIO_EXTENSIONS`) is one input;
-- a folder gives its audio files, sorted, not recursive;
+- a file with an audio extension (`audio.AUDIO_EXTENSIONS`, any case) is one input, named by its file name;
+- a folder gives its audio files, searched recursively, sorted by their path inside it, each named by that path
+  (`sub/a.wav`; a file at the top of the folder by its file name, so flat DCASE folders keep their keys);
 - any other file is a list file: one path per line, relative to the list file, blank lines and `#` comments skipped.
 
-Audio is decoded only when an item is loaded, by `audio.load_waveform`, so a run over thousands of files holds one
-waveform at a time. Every problem is an [`InputError`] naming the file (and line, for list files).
+Two different files with one name are refused (`keyed_by_name`, as for `run_sed.py`, whose outputs are keyed by
+name), or allowed where outputs name files by path (`htsat-hf predict`). Audio is decoded only when a run reads it
+(`audio.stream_audio`, block by block), so a run over thousands of files holds little at a time. Every problem is an
+[`InputError`] naming the file (and line, for list files).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from os import PathLike
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +28,7 @@ from .errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AudioItem", "collect_inputs", "dataset_items"]
+__all__ = ["AudioItem", "StreamingItems", "as_items", "collect_inputs", "dataset_items"]
 
 
 @dataclass
@@ -75,25 +80,32 @@ class AudioItem:
         return load_waveform(self.value(), sampling_rate, name=self.source)
 
 
-def collect_inputs(paths: Sequence[str | Path], skip_missing: bool = False) -> list[AudioItem]:
-    """The audio files of files, folders and list files (see the module docstring), in the order given.
+def collect_inputs(
+    paths: Sequence[str | Path], skip_missing: bool = False, keyed_by_name: bool = True
+) -> list[AudioItem]:
+    """The audio files of files, folders and list files (see the module docstring), in the order given; a file given
+    twice is kept once.
 
     Args:
-        paths: files, folders and list files.
+        paths: files, folders (searched recursively) and list files.
         skip_missing: log and leave out listed files that do not exist instead of failing.
+        keyed_by_name: refuse two different files with the same name (outputs keyed by name would mix them).
 
     Raises:
         InputError: a path that does not exist (the list file and line for listed ones, unless `skip_missing`), a
-            folder without audio, two inputs with the same file name, no input at all.
+            folder without audio, two files with the same name (with `keyed_by_name`), no input at all.
     """
     items: list[AudioItem] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+            found = sorted(
+                (p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()),
+                key=lambda p: p.relative_to(path).parts,
+            )
             if not found:
-                raise InputError(f"{path}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder")
-            items += [AudioItem(p.name, str(p)) for p in found]
+                raise InputError(f"{path}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder or below")
+            items += [AudioItem(p.relative_to(path).as_posix(), str(p)) for p in found]
         elif path.is_file() and path.suffix.lower() in AUDIO_EXTENSIONS:
             items.append(AudioItem(path.name, str(path)))
         elif path.is_file():
@@ -102,12 +114,15 @@ def collect_inputs(paths: Sequence[str | Path], skip_missing: bool = False) -> l
             raise InputError(f"{path}: no such file or folder")
     if not items:
         raise InputError(f"no audio to process in {[str(p) for p in paths]}")
+    if not keyed_by_name:
+        return list({item.path: item for item in items}.values())
     seen: dict[str, str] = {}
     for item in items:
         if item.name in seen and seen[item.name] != item.path:
             raise InputError(
-                f"two inputs have the file name {item.name!r} ({seen[item.name]} and {item.path}); output tables are "
-                "keyed by file name"
+                f"two inputs have the name {item.name!r} ({seen[item.name]} and {item.path}); output tables are "
+                "keyed by name (a file's name, or its path inside a folder given): rename one, or give their common "
+                "parent folder"
             )
         seen[item.name] = item.path
     return list({item.name: item for item in items}.values())
@@ -136,14 +151,17 @@ def _listed_items(listing: Path, skip_missing: bool) -> list[AudioItem]:
     return items
 
 
-def dataset_items(name: str, config_name: str | None, split: str, audio_column: str) -> list[AudioItem]:
+def dataset_items(
+    name: str, config_name: str | None, split: str, audio_column: str, streaming: bool = False
+) -> list[AudioItem] | StreamingItems:
     """The rows of a `datasets` split as inputs, named by their audio file name (or `<split>_<row>.wav`; a name
     seen before gets its row number as a prefix). An `Audio` column is read undecoded, so rows decode one at a time;
-    another column (file paths, `{"array", "sampling_rate"}` dicts) is read as it is.
+    another column (file paths, `{"array", "sampling_rate"}` dicts) is read as it is. With `streaming`, the split is
+    read as it is iterated (`load_dataset(..., streaming=True)`), never downloaded whole.
 
     Raises:
         ImportError: `datasets` is not installed.
-        InputError: the split cannot be loaded, has no such column, or is empty.
+        InputError: the split cannot be loaded, has no such column, or is empty (not checked when streaming).
     """
     try:
         import datasets
@@ -152,21 +170,109 @@ def dataset_items(name: str, config_name: str | None, split: str, audio_column: 
             "reading a dataset split needs the datasets library: pip install 'htsat-hf[audio]'"
         ) from error
     try:
-        dataset = datasets.load_dataset(name, config_name, split=split)
+        dataset = datasets.load_dataset(name, config_name, split=split, streaming=streaming)
     except Exception as error:  # datasets raises many types (not found, unknown split, no connection)
         raise InputError(f"cannot load split {split!r} of dataset {name!r}: {error}") from None
-    if audio_column not in dataset.column_names:
-        raise InputError(f"dataset {name!r}, split {split!r} has no column {audio_column!r}: {dataset.column_names}")
-    if isinstance(dataset.features.get(audio_column), datasets.Audio):
+    columns = dataset.column_names
+    if columns is not None and audio_column not in columns:
+        raise InputError(f"dataset {name!r}, split {split!r} has no column {audio_column!r}: {columns}")
+    items = dataset_rows(dataset, audio_column, split)
+    if not streaming and not items:
+        raise InputError(f"dataset {name!r}, split {split!r} is empty")
+    return items
+
+
+def dataset_rows(dataset, audio_column: str = "audio", split: str = "row") -> list[AudioItem] | StreamingItems:
+    """The rows of a loaded `datasets.Dataset` (a list of items) or `IterableDataset` (a [`StreamingItems`]) as
+    inputs, named as [`dataset_items`] names them. An `Audio` column is cast to undecoded values."""
+    import datasets
+
+    features = dataset.features or {}
+    if isinstance(features.get(audio_column), datasets.Audio):
         dataset = dataset.cast_column(audio_column, datasets.Audio(decode=False))
-    items, used = [], set()
-    for index, value in enumerate(dataset.select_columns([audio_column])[audio_column]):
-        path = value.get("path") if isinstance(value, dict) else value if isinstance(value, str) else None
+    if isinstance(dataset, datasets.IterableDataset):
+        return StreamingItems(dataset, audio_column, split)
+    values = dataset.select_columns([audio_column])[audio_column]
+    names = _row_names((_path_of(value) for value in values), split)
+    return [AudioItem(item_name, dataset=dataset, index=index, column=audio_column)
+            for index, item_name in enumerate(names)]
+
+
+class StreamingItems:
+    """The rows of a streaming `datasets.IterableDataset` as [`AudioItem`]s holding each row's audio value, named as
+    [`dataset_items`] names rows. Iterable any number of times (each DataLoader worker reads the stream and takes its
+    share of the rows, so with N workers the stream is read N times; decoding, the costly part, is shared out); it
+    has no length."""
+
+    def __init__(self, dataset, audio_column: str = "audio", split: str = "row"):
+        self.dataset, self.audio_column, self.split = dataset, audio_column, split
+
+    def __iter__(self) -> Iterator[AudioItem]:
+        # `iter(batch_size=...)` reads every row in every DataLoader worker (iterating the dataset itself inside a
+        # worker would give each worker only some of its shards); the engine takes each worker's share by row.
+        batches = self.dataset.select_columns([self.audio_column]).iter(batch_size=64)
+        values = (value for batch in batches for value in batch[self.audio_column])
+        pending = []
+
+        def paths():
+            for value in values:
+                pending.append(value)
+                yield _path_of(value)
+
+        for item_name in _row_names(paths(), self.split):
+            yield AudioItem(item_name, audio=pending.pop(0))
+
+
+def _path_of(value) -> str | None:
+    if isinstance(value, dict):
+        return value.get("path")
+    return value if isinstance(value, str) else None
+
+
+def _row_names(paths, split: str) -> Iterator[str]:
+    used = set()
+    for index, path in enumerate(paths):
         item_name = Path(path).name if path else f"{split}_{index:06d}.wav"
         if item_name in used:
             item_name = f"{index:06d}_{item_name}"
         used.add(item_name)
-        items.append(AudioItem(item_name, dataset=dataset, index=index, column=audio_column))
-    if not items:
-        raise InputError(f"dataset {name!r}, split {split!r} is empty")
-    return items
+        yield item_name
+
+
+def as_items(inputs) -> list[AudioItem] | StreamingItems:
+    """Inputs of the Python API as [`AudioItem`]s: one input or a list of them, each a path (a file, a folder,
+    searched recursively, or a list file: [`collect_inputs`], files named by path), an [`AudioItem`], in-memory audio
+    in any form `audio.load_waveform` takes (named `audio_<position>`), or a `datasets` `Dataset` / `IterableDataset`
+    (its `"audio"` column; an `IterableDataset` must be the only input).
+
+    Raises:
+        InputError: a path that does not exist, or no input.
+    """
+    if _is_dataset(inputs):
+        return dataset_rows(inputs)
+    if isinstance(inputs, StreamingItems):
+        return inputs
+    if not isinstance(inputs, (list, tuple)) or (inputs and all(isinstance(x, (int, float, np.number))
+                                                              for x in inputs[:16])):
+        inputs = [inputs]  # one input (a bare list of numbers is samples)
+    if not inputs:
+        raise InputError("no audio to process: give files, folders, list files, audio or a dataset")
+    items: list[AudioItem] = []
+    for position, value in enumerate(inputs):
+        if isinstance(value, AudioItem):
+            items.append(value)
+        elif isinstance(value, (str, PathLike)):
+            items += collect_inputs([value], keyed_by_name=False)
+        elif _is_dataset(value):
+            rows = dataset_rows(value)
+            if isinstance(rows, StreamingItems):
+                raise InputError("a streaming dataset must be the only input; run the other inputs separately")
+            items += rows
+        else:
+            items.append(AudioItem(f"audio_{position}", audio=value))
+    return list({(item.path or id(item)): item for item in items}.values())
+
+
+def _is_dataset(value) -> bool:
+    """A `datasets.Dataset` or `IterableDataset`, told without importing `datasets` (an optional dependency)."""
+    return type(value).__module__.startswith("datasets.") and hasattr(value, "column_names")

@@ -41,20 +41,29 @@ from .sed.windows import check_detection_duration, sliding_window_scores
 
 FORMATS = ("table", "json", "tsv")
 TSV_COLUMNS = ("filename", "onset", "offset", "event_label", "score", "kind")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 def load_predictor(
-    model_name_or_path: str | PathLike, device: str = "cpu"
+    model_name_or_path: str | PathLike, device: str = "cpu", dtype: str | torch.dtype | None = None
 ) -> tuple[HTSATForSoundEventDetection, HTSATFeatureExtractor]:
-    """The detection model (any saved HTS-AT head loads into it) in eval mode on `device`, and its feature
-    extractor (built from the config when the folder has none), checked against each other.
+    """The detection model (any saved HTS-AT head loads into it) in eval mode on `device`, in `dtype` (`"float32"`,
+    `"bfloat16"`, `"float16"` or a torch dtype; default: as saved), and its feature extractor (built from the config
+    when the folder has none), checked against each other. Features stay float32; the model casts them to its dtype.
 
     Raises:
-        InputError: see [`load_model`] and [`load_feature_extractor`]; or a device torch cannot use.
+        InputError: see [`load_model`] and [`load_feature_extractor`]; a device torch cannot use, an unknown dtype.
     """
     try:
         device = torch.device(device)
     except RuntimeError as error:
         raise InputError(f"device {device!r}: not a torch device ({error_line(error)})") from None
-    model = load_model(HTSATForSoundEventDetection, model_name_or_path)
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        dtype = DTYPES[dtype]
+    options = {} if dtype is None else {"dtype": dtype}
+    model = load_model(HTSATForSoundEventDetection, model_name_or_path, **options)
     try:
         model = model.to(device).eval()
     except (RuntimeError, AssertionError) as error:  # torch reports an absent backend with either
@@ -259,6 +268,17 @@ def predict_file(
     )
 
 
+def tsv_rows(prediction: FilePrediction) -> list[list[str]]:
+    """One file's rows under `TSV_COLUMNS`: a `tag` row per tag (spanning the whole file), then an `event` row per
+    event (the DCASE layout `filename onset offset event_label`, times in seconds to the millisecond)."""
+    p = prediction
+    rows = [[p.path, "0.000", f"{p.duration:.3f}", label, f"{score:.6f}", "tag"] for label, score in p.tags]
+    for e in p.events:
+        score = "" if e.score is None else f"{e.score:.6f}"
+        rows.append([p.path, f"{e.onset:.3f}", f"{e.offset:.3f}", e.label, score, "event"])
+    return rows
+
+
 def format_predictions(predictions: list[FilePrediction], fmt: str = "table") -> str:
     """Render predictions: `"table"` for reading, `"json"` (one array of `FilePrediction.to_dict()`), or `"tsv"`
     (columns `TSV_COLUMNS`; `kind` is `tag` for a clip tag, spanning the whole file, or `event`; the event rows
@@ -274,11 +294,7 @@ def format_predictions(predictions: list[FilePrediction], fmt: str = "table") ->
         writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
         writer.writerow(TSV_COLUMNS)
         for p in predictions:
-            for label, score in p.tags:
-                writer.writerow([p.path, "0.000", f"{p.duration:.3f}", label, f"{score:.6f}", "tag"])
-            for e in p.events:
-                score = "" if e.score is None else f"{e.score:.6f}"
-                writer.writerow([p.path, f"{e.onset:.3f}", f"{e.offset:.3f}", e.label, score, "event"])
+            writer.writerows(tsv_rows(p))
         return buffer.getvalue().rstrip("\n")
     if fmt != "table":
         raise InputError(f"format must be one of {FORMATS}, got {fmt!r}")
@@ -299,6 +315,7 @@ def format_predictions(predictions: list[FilePrediction], fmt: str = "table") ->
 
 
 __all__ = [
+    "DTYPES",
     "FilePrediction",
     "check_options",
     "format_predictions",
@@ -306,4 +323,5 @@ __all__ = [
     "predict_file",
     "predict_waveform",
     "resolve_class_map",
+    "tsv_rows",
 ]

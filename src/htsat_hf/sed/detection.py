@@ -30,9 +30,9 @@ import logging
 import math
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,7 @@ from ..errors import InputError
 from ..inputs import AudioItem
 from ..loading import check_output_dir, load_feature_extractor, load_model
 from ..modeling_htsat import HTSATForSoundEventDetection
+from ..predict import DTYPES
 from .io import (
     audio_id,
     detection_table,
@@ -64,7 +65,9 @@ from .metrics import evaluate_detection, format_metrics_table, operating_points_
 from .plot import plot_detection
 from .postprocessing import (
     DEFAULT_THRESHOLD,
+    SHORT_AUDIO_MODES,
     ClassMap,
+    DetectionSettings,
     Event,
     frame_scores_events,
     load_class_map,
@@ -84,6 +87,8 @@ __all__ = [
     "SHORT_AUDIO_MODES",
     "DetectionResult",
     "DetectionSettings",
+    "Detector",
+    "FileDetection",
     "check_audio_items",
     "check_reference_audio",
     "detect",
@@ -91,6 +96,7 @@ __all__ = [
     "file_scores",
     "load_detection_model",
     "metrics_table",
+    "one_by_one",
     "postprocess",
     "prepare_output_dir",
     "read_reference",
@@ -101,7 +107,6 @@ __all__ = [
     "write_metrics",
 ]
 
-SHORT_AUDIO_MODES = ("stretch", "pad")
 # What a detection run writes into its output directory, and so replaces there.
 DETECTION_OUTPUTS = ("events.tsv", "scores", "durations.tsv", "plots", "metrics.json", "skipped_audio.tsv")
 # What scoring existing predictions replaces: its metrics (and events.tsv only when it writes one: the events file of
@@ -113,16 +118,21 @@ STAGING_PREFIX = ".sed-run-"
 # ------------------------------------------------------------------------------------------------- model and outputs
 
 
-def load_detection_model(model_name_or_path: str | None, device: str | None = None):
+def load_detection_model(model_name_or_path: str | None, device: str | None = None, dtype: str | None = None):
     """`(model, feature_extractor)`: an `HTSATForSoundEventDetection` (any saved HTS-AT head loads into it) in eval
-    mode on `device` (default: cuda when there is one) and its extractor, checked against the model's config.
+    mode on `device` (default: cuda when there is one), in `dtype` (`"float32"`, `"bfloat16"`, `"float16"`; default:
+    as saved), and its extractor, checked against the model's config.
 
     Raises:
-        InputError: no model given, or what `loading.load_model` and `loading.load_feature_extractor` refuse.
+        InputError: no model given, an unknown dtype, or what `loading.load_model` and
+            `loading.load_feature_extractor` refuse.
     """
     if model_name_or_path is None:
         raise InputError("give --model_name_or_path (a converted or trained HTS-AT model)")
-    model = load_model(HTSATForSoundEventDetection, model_name_or_path)
+    if dtype is not None and dtype not in DTYPES:
+        raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    model = load_model(HTSATForSoundEventDetection, model_name_or_path,
+                       **({} if dtype is None else {"dtype": DTYPES[dtype]}))
     extractor = load_feature_extractor(model_name_or_path, model.config)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), extractor
@@ -190,41 +200,6 @@ def _commit(staging: Path, output_dir: Path, replaces: Sequence[str]) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------- settings
-
-
-@dataclass
-class DetectionSettings:
-    """Post-processing and windowing of a detection run, resolved against the model.
-
-    Attributes:
-        labels: the classes of the events (the class map's targets when one is used).
-        thresholds: one threshold, or `(len(labels),)` per-class thresholds.
-        class_map: the map from the model's classes to `labels`, if any.
-        median_filter_seconds, min_duration, min_gap: post-processing in seconds (see `postprocessing`).
-        window_seconds, hop_seconds, batch_size: the sliding window (see `windows.sliding_window_scores`).
-        short_audio: audio shorter than a window is `"stretch"`ed over the model's steps or zero-`"pad"`ded.
-    """
-
-    labels: list[str]
-    thresholds: float | np.ndarray
-    class_map: ClassMap | None = None
-    median_filter_seconds: float | None = None
-    min_duration: float = 0.0
-    min_gap: float = 0.0
-    window_seconds: float | None = None
-    hop_seconds: float | None = None
-    batch_size: int = 8
-    short_audio: str = "stretch"
-
-    def describe(self) -> dict:
-        """The settings as JSON values (`metrics.json`'s `settings`): thresholds by label, the class map's labels."""
-        thresholds = self.thresholds
-        if isinstance(thresholds, np.ndarray):
-            thresholds = dict(zip(self.labels, thresholds.tolist(), strict=True))
-        values = asdict(self)
-        values.update(thresholds=thresholds, class_map=None if self.class_map is None else self.class_map.labels)
-        values.pop("labels")
-        return values
 
 
 def resolve_settings(
@@ -337,9 +312,10 @@ def detect(
     keep_scores: bool = False,
     progress: bool = True,
     skipped: Sequence[tuple[str, str]] = (),
+    detector: Detector | None = None,
 ) -> DetectionResult:
-    """Detect events in every item and write `events.tsv`, `scores/`, `durations.tsv` and up to `max_plots` PNGs
-    (None: all; 0: none) into `output_dir`, replacing the detection outputs of an earlier run there only once all
+    """Detect events in every item and write `events.tsv`, `scores/`, `durations.tsv` and PNGs of the first
+    `max_plots` inputs (None: all; 0: none) into `output_dir`, replacing the detection outputs of an earlier run there only once all
     are written (see `staged_outputs`).
 
     Args:
@@ -347,6 +323,8 @@ def detect(
         keep_scores: keep every file's filtered scores in the result (for evaluation).
         progress: show a progress bar.
         skipped: `(filename, reason)` of files already left out (by `check_audio_items`), listed with the others.
+        detector: what scores the files (default [`one_by_one`]; `htsat_hf.engine.InferenceEngine.detections`
+            batches across files in parallel workers with memory flat in duration).
 
     Raises:
         InputError naming the file for missing, unreadable, empty or too short audio, unless `skip_bad_audio`
@@ -355,7 +333,7 @@ def detect(
     check_settings(settings, feature_extractor)
     with staged_outputs(output_dir) as staging:
         return _detect_into(staging, model, feature_extractor, list(items), settings, skip_bad_audio, max_plots,
-                            plot_top_k, reference, keep_scores, progress, skipped, Path(output_dir))
+                            plot_top_k, reference, keep_scores, progress, skipped, Path(output_dir), detector)
 
 
 def check_settings(settings: DetectionSettings, feature_extractor) -> None:
@@ -370,46 +348,83 @@ def check_settings(settings: DetectionSettings, feature_extractor) -> None:
                          "between windows would not be scored")
 
 
+# One file's detection as a run records it: `(index into the items, duration in seconds, events, filtered scores
+# or None when not kept, error message or None)`; the scores file is already written into the scores folder.
+FileDetection = tuple[int, float, list[Event], FrameScores | None, str | None]
+# What scores a run's files: `(items, scores folder, keep scores) -> FileDetection`s, in any order.
+Detector = Callable[[Sequence[AudioItem], Path, bool], Iterator[FileDetection]]
+
+
+def one_by_one(model, feature_extractor, settings: DetectionSettings) -> Detector:
+    """A [`Detector`] that decodes and scores each file whole, in turn (`file_scores` + `postprocess`). Runs
+    through `htsat_hf.engine.InferenceEngine.detections` instead decode in workers, batch across files and keep memory
+    flat in duration, with the same results."""
+
+    def detect_files(items: Sequence[AudioItem], scores_dir: Path, keep_scores: bool) -> Iterator[FileDetection]:
+        rate = feature_extractor.sampling_rate
+        for index, item in enumerate(items):
+            try:
+                waveform = item.load(rate)
+                check_detection_duration(waveform.shape[0] / rate, item.source)
+            except InputError as error:
+                yield index, 0.0, [], None, str(error)
+                continue
+            filtered, events = postprocess(file_scores(model, feature_extractor, waveform, settings), settings)
+            path = scores_dir / f"{item.audio_id}.tsv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_score_tsv(path, filtered.scores, filtered.boundaries, filtered.labels)
+            yield index, filtered.duration, events, filtered if keep_scores else None, None
+
+    return detect_files
+
+
 def _detect_into(staging: Path, model, feature_extractor, items: list[AudioItem], settings: DetectionSettings,
                  skip_bad_audio: bool, max_plots: int | None, plot_top_k: int, reference, keep_scores: bool,
-                 progress: bool, skipped: Sequence[tuple[str, str]], final_dir: Path) -> DetectionResult:
+                 progress: bool, skipped: Sequence[tuple[str, str]], final_dir: Path,
+                 detector: Detector | None = None) -> DetectionResult:
     scores_dir, plots_dir = staging / "scores", staging / "plots"
     scores_dir.mkdir(parents=True, exist_ok=True)
     rate = feature_extractor.sampling_rate
     reference_events = _reference_events(reference)
     result = DetectionResult(events={}, durations={}, skipped=list(skipped))
-    plotted = 0
-    for item in tqdm(items, desc="detecting events", unit="file", disable=not progress):
-        try:
-            waveform = item.load(rate)
-            check_detection_duration(waveform.shape[0] / rate, item.source)
-        except InputError as error:
+    detector = detector or one_by_one(model, feature_extractor, settings)
+    found: dict[int, tuple] = {}
+    for index, duration, events, filtered, error in tqdm(detector(items, scores_dir, keep_scores),
+                                                         total=len(items), desc="detecting events", unit="file",
+                                                         disable=not progress):
+        item = items[index]
+        if error is not None:
             if not skip_bad_audio:
-                raise
-            result.skipped.append((item.name, str(error)))
+                raise InputError(error)
+            result.skipped.append((item.name, error))
             logger.warning("skipping %s (%d skipped so far): %s", item.name, len(result.skipped), error)
             continue
-        filtered, events = postprocess(file_scores(model, feature_extractor, waveform, settings), settings)
-        result.events[item.name] = events
-        result.durations[item.name] = filtered.duration
-        if keep_scores:
-            result.scores[item.name] = filtered
-        write_score_tsv(scores_dir / f"{item.audio_id}.tsv", filtered.scores, filtered.boundaries, filtered.labels)
-        if max_plots is None or plotted < max_plots:
+        found[index] = (duration, events, filtered)
+        if max_plots is None or index < max_plots:  # the first inputs, whatever order they finish in
+            # The waveform is decoded again for its plot, and the scores read back from their file: a run holds
+            # neither for all of its files.
             plots_dir.mkdir(exist_ok=True)
+            shown = filtered if filtered is not None else _read_scores(scores_dir / f"{item.audio_id}.tsv",
+                                                                        settings.labels, duration)
             plot_detection(
                 plots_dir / f"{item.audio_id}.png",
-                waveform,
+                item.load(rate),
                 rate,
-                filtered,
+                shown,
                 events,
                 reference=reference_events.get(item.name, ()),
                 thresholds=settings.thresholds,
                 top_k=plot_top_k,
                 title=item.name,
             )
-            plotted += 1
-        del waveform
+    # Tables in input order, whatever order the detector finished the files in.
+    for index in sorted(found):
+        duration, events, filtered = found[index]
+        name = items[index].name
+        result.events[name] = events
+        result.durations[name] = duration
+        if keep_scores:
+            result.scores[name] = filtered
     write_events_tsv(result.events, staging / "events.tsv")
     write_durations_tsv(result.durations, staging / "durations.tsv")
     if result.skipped:
@@ -419,6 +434,14 @@ def _detect_into(staging: Path, model, feature_extractor, items: list[AudioItem]
     num_events = sum(len(events) for events in result.events.values())
     logger.info("%d events in %d files written to %s", num_events, len(result.events), final_dir / "events.tsv")
     return result
+
+
+def _read_scores(path: Path, labels: Sequence[str], duration: float) -> FrameScores:
+    """A file's filtered scores read back from its score TSV (for its plot)."""
+    table = pd.read_csv(path, sep="\t")
+    onsets = table["onset"].to_numpy(np.float64)
+    step = float(onsets[1] - onsets[0]) if len(onsets) > 1 else float(table["offset"].iloc[0])
+    return FrameScores(table[list(labels)].to_numpy(np.float32), step, duration, list(labels))
 
 
 def check_audio_items(items: Sequence[AudioItem], skip_bad_audio: bool = False
@@ -488,6 +511,7 @@ def run_detection(
     progress: bool = True,
     check_audio: bool = True,
     skipped: Sequence[tuple[str, str]] = (),
+    detector: Detector | None = None,
 ) -> DetectionResult:
     """Detect (see `detect`) and, with `ground_truth`, score: the ground truth is checked against the settings'
     classes and the inputs, and the audio's headers (`check_audio_items`, unless `check_audio` is False because the
@@ -501,6 +525,7 @@ def run_detection(
         threshold_sweep: also compute PSDS from this many operating points (see `evaluate_result`); 0: off.
         skipped: `(filename, reason)` of inputs the caller's `check_audio_items` left out (listed in
             `skipped_audio.tsv`).
+        detector: what scores the files (see `detect`).
 
     Raises:
         InputError: as `read_reference`, `check_reference_audio`, `detect` and `evaluate_result`.
@@ -518,7 +543,8 @@ def run_detection(
         skipped += more
     with staged_outputs(output_dir) as staging:
         result = _detect_into(staging, model, feature_extractor, list(items), settings, skip_bad_audio, max_plots,
-                              plot_top_k, reference, reference is not None, progress, skipped, Path(output_dir))
+                              plot_top_k, reference, reference is not None, progress, skipped, Path(output_dir),
+                              detector)
         if reference is not None:
             result.metrics = evaluate_result(result, reference, lengths, settings, threshold_sweep)
             result.metrics["skipped_files"] = [name for name, _ in result.skipped]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
@@ -33,7 +33,9 @@ from .windows import FrameScores
 
 __all__ = [
     "DEFAULT_THRESHOLD",
+    "SHORT_AUDIO_MODES",
     "ClassMap",
+    "DetectionSettings",
     "Event",
     "activity_to_events",
     "binarize",
@@ -52,6 +54,8 @@ __all__ = [
 ]
 
 DEFAULT_THRESHOLD = 0.5
+# How audio shorter than a window is scored: stretched over the model's steps, or zero padded to a full window.
+SHORT_AUDIO_MODES = ("stretch", "pad")
 
 # Class maps shipped with the package, by the name `load_class_map` accepts.
 _PACKAGED_CLASS_MAPS = {"desed": "desed_class_map.json"}
@@ -550,3 +554,38 @@ def _probability_thresholds(thresholds, labels: Sequence[str], source: str):
         where = f" of {label!r}" if label is not None else ""
         raise InputError(f"{source}: the threshold{where} must be a probability between 0 and 1, got {value:g}")
     return thresholds
+
+
+@dataclass
+class DetectionSettings:
+    """Post-processing and windowing of a detection run, resolved against the model.
+
+    Attributes:
+        labels: the classes of the events (the class map's targets when one is used).
+        thresholds: one threshold, or `(len(labels),)` per-class thresholds.
+        class_map: the map from the model's classes to `labels`, if any.
+        median_filter_seconds, min_duration, min_gap: post-processing in seconds (see `postprocessing`).
+        window_seconds, hop_seconds, batch_size: the sliding window (see `windows.sliding_window_scores`).
+        short_audio: audio shorter than a window is `"stretch"`ed over the model's steps or zero-`"pad"`ded.
+    """
+
+    labels: list[str]
+    thresholds: float | np.ndarray
+    class_map: ClassMap | None = None
+    median_filter_seconds: float | None = None
+    min_duration: float = 0.0
+    min_gap: float = 0.0
+    window_seconds: float | None = None
+    hop_seconds: float | None = None
+    batch_size: int = 8
+    short_audio: str = "stretch"
+
+    def describe(self) -> dict:
+        """The settings as JSON values (`metrics.json`'s `settings`): thresholds by label, the class map's labels."""
+        thresholds = self.thresholds
+        if isinstance(thresholds, np.ndarray):
+            thresholds = dict(zip(self.labels, thresholds.tolist(), strict=True))
+        values = asdict(self)
+        values.update(thresholds=thresholds, class_map=None if self.class_map is None else self.class_map.labels)
+        values.pop("labels")
+        return values

@@ -1,0 +1,355 @@
+"""The inference engine (`htsat_hf.engine`): results equal to the one-file code paths (`predict_file`, run_sed's
+`file_scores` + `postprocess`), the streamed median filter and event joining equal to the whole-file functions,
+flat memory in duration, batches packed across files, worker and process sharding with deterministic output, and
+the journalled, resumable outputs (a run killed with SIGKILL, then resumed)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from scipy import ndimage
+from test_cli import save_model, tone
+from test_sed_windows import RATE, loudness_model, scene
+
+from htsat_hf import HTSATFeatureExtractor, HTSATForSoundEventDetection, predict_files
+from htsat_hf.engine import (
+    InferenceEngine,
+    WindowPlan,
+    _EventStream,
+    _FileAssembler,
+    _MedianStream,
+    in_input_order,
+    write_predictions,
+)
+from htsat_hf.cli import main
+from htsat_hf.errors import InputError
+from htsat_hf.inputs import AudioItem, collect_inputs
+from htsat_hf.predict import load_predictor, predict_file
+from htsat_hf.sed.detection import file_scores, postprocess, resolve_settings
+from htsat_hf.sed.io import write_score_tsv
+from htsat_hf.sed.postprocessing import ClassMap, activity_to_events, binarize
+
+from conftest import REPO_ROOT, tiny_config
+
+
+def assert_same_events(got, expected, atol=1e-5):
+    assert [e.label for e in got] == [e.label for e in expected]
+    np.testing.assert_allclose(np.reshape([(e.onset, e.offset, e.score) for e in got], (-1, 3)),
+                               np.reshape([(e.onset, e.offset, e.score) for e in expected], (-1, 3)), atol=atol)
+
+
+def assert_same_prediction(got, expected, atol=1e-5):
+    assert got.path == expected.path and got.duration == pytest.approx(expected.duration, abs=1e-9)
+    assert [label for label, _ in got.tags] == [label for label, _ in expected.tags]
+    np.testing.assert_allclose([s for _, s in got.tags], [s for _, s in expected.tags], atol=atol)
+    assert_same_events(got.events, expected.events, atol)
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    """A folder of scenes with known events: long (stitched windows, events across window edges and at the end),
+    exactly one clip, shorter than a clip, stereo at 16 kHz in a sub-folder."""
+    folder = tmp_path_factory.mktemp("scenes")
+    (folder / "sub").mkdir()
+    soundfile.write(folder / "long.wav", scene(47.3, [(1, 3), (9.5, 10.7), (12.2, 20.5), (30, 30.4), (40, 47.3)]),
+                    RATE)
+    soundfile.write(folder / "ten.wav", scene(10.0, [(2, 5)]), RATE)
+    soundfile.write(folder / "short.WAV", scene(4.0, [(1, 2)]), RATE)
+    wave = scene(6.0, [(0.5, 1.5), (3, 5)])[::2]
+    soundfile.write(folder / "sub" / "stereo16k.flac", np.stack([wave, wave], axis=1), 16000)
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------- equal results
+
+
+@pytest.mark.parametrize("median_filter, num_workers", [(None, 0), (0.95, 2), (2.2, 1)])
+def test_events_equal_predict_file(scenes, median_filter, num_workers):
+    model, extractor = loudness_model(("low", "high"))
+    results = predict_files([scenes], model, extractor, median_filter_seconds=median_filter, batch_size=3,
+                            num_workers=num_workers)
+    assert [r.path for r in results] == [str(p) for p in (scenes / "long.wav", scenes / "short.WAV",
+                                                          scenes / "sub/stereo16k.flac", scenes / "ten.wav")]
+    assert sum(len(r.events) for r in results) >= 5  # real events, found
+    for result in results:
+        assert_same_prediction(result, predict_file(model, extractor, result.path,
+                                                    median_filter_seconds=median_filter))
+
+
+@pytest.mark.parametrize("problem_type", ["multi_label_classification", "single_label_classification"])
+def test_tags_equal_predict_file(tmp_path, scenes, problem_type):
+    model_dir = save_model(tmp_path / "model", problem_type=problem_type)
+    model, extractor = load_predictor(model_dir)
+    # Long (windows averaged), exactly one clip (its window is the tagging pass), shorter (padded tagging pass).
+    files = [scenes / "long.wav", scenes / "ten.wav", scenes / "short.WAV"]
+    class_map = ClassMap({"pets": [0, 1], "alarm": [2]}, 3) if problem_type.startswith("multi") else None
+    results = predict_files(files, model, extractor, top_k=3, threshold=0.6, batch_size=5, class_map=class_map)
+    for result in results:
+        assert len(result.tags) == (2 if class_map else 3)
+        assert_same_prediction(result, predict_file(model, extractor, result.path, top_k=3, threshold=0.6,
+                                                    class_map=class_map))
+
+
+def test_detection_scores_and_score_files_equal_run_sed(scenes, tmp_path):
+    """run_sed's options (window, hop, padded short audio, min duration and gap): the streamed, filtered scores
+    equal `file_scores` + `postprocess` on the whole waveform, and the score files equal `write_score_tsv`'s bytes."""
+    model, extractor = loudness_model(("low", "high"))
+    items = collect_inputs([scenes])
+    for options in (dict(median_filter_seconds=1.6, min_duration=0.5, min_gap=1.0),
+                    dict(window_seconds=4.0, hop_seconds=1.0, short_audio="pad", median_filter_seconds=0.7)):
+        settings = resolve_settings(model, batch_size=4, **options)
+        engine = InferenceEngine(model, extractor, settings, top_k=0)
+        results = list(engine.run(items, scores_dir=tmp_path / "scores", keep_scores=True))
+        assert [r.index for r in results] == list(range(len(items)))
+        for item, result in zip(items, results):
+            expected_scores, expected_events = postprocess(
+                file_scores(model, extractor, item.load(RATE), settings), settings)
+            np.testing.assert_allclose(result.scores.scores, expected_scores.scores, atol=1e-6)
+            np.testing.assert_allclose(result.scores.boundaries, expected_scores.boundaries, atol=1e-12)
+            assert_same_events(result.prediction.events, expected_events, atol=1e-6)
+            write_score_tsv(tmp_path / "expected.tsv", result.scores.scores, result.scores.boundaries,
+                            settings.labels)
+            written = tmp_path / "scores" / f"{item.audio_id}.tsv"
+            assert written.read_bytes() == (tmp_path / "expected.tsv").read_bytes()
+
+
+# ------------------------------------------------------------------------------------------------ streaming parts
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 21])
+@pytest.mark.parametrize("length", [1, 4, 11, 60])
+def test_median_stream_equals_the_whole_file_filter(size, length):
+    rng = np.random.default_rng(size * 100 + length)
+    rows = rng.random((length, 3)).astype(np.float32)
+    stream, out, position = _MedianStream(size), [], 0
+    while position < length:
+        chunk = int(rng.integers(0, 6))
+        out.append(stream.push(rows[position : position + chunk]))
+        position += chunk
+    out.append(stream.finish())
+    np.testing.assert_array_equal(np.concatenate([o.reshape(-1, 3) for o in out]),
+                                  ndimage.median_filter(rows, size=(size, 1)))
+
+
+@pytest.mark.parametrize("min_duration, min_gap", [(0.0, 0.0), (0.7, 0.0), (0.0, 1.1), (0.9, 0.8)])
+def test_event_stream_equals_activity_to_events(min_duration, min_gap):
+    rng = np.random.default_rng(7)
+    for length in (1, 5, 40, 97):
+        rows = rng.random((length, 4)).astype(np.float32)
+        rows[:, 3] = 0.9  # a class active from start to end
+        thresholds = np.array([0.5, 0.3, 0.8, 0.5])
+        step, duration = 0.3125, (length - 0.4) * 0.3125
+        stream, position = _EventStream(list("abcd"), thresholds, step, min_duration, min_gap), 0
+        while position < length:
+            chunk = int(rng.integers(0, 7))
+            stream.push(rows[position : position + chunk])
+            position += chunk
+        boundaries = np.append(np.arange(length) * step, duration)
+        expected = activity_to_events(binarize(rows, thresholds), boundaries, list("abcd"), scores=rows,
+                                      min_duration=min_duration, min_gap=min_gap)
+        assert stream.finish(duration) == expected
+
+
+def test_memory_is_flat_in_duration(monkeypatch):
+    """A 10-minute file: never more than one window of audio per block read, and at most a window and a hop of
+    steps held by the assembler, whatever the duration."""
+    model, extractor = loudness_model()
+    wave = scene(600.0, [(100, 130), (500, 590)])
+    held = []
+    original = _FileAssembler.add_window
+
+    def add_window(self, *args):
+        original(self, *args)
+        held.append(self.totals.shape[0])
+
+    monkeypatch.setattr(_FileAssembler, "add_window", add_window)
+    (result,) = predict_files([wave], model, extractor, batch_size=16)
+    plan = WindowPlan.for_model(model.config, extractor)
+    assert len(held) == 119 and max(held) <= plan.steps_per_window + plan.hop_steps
+    assert [(round(e.onset), round(e.offset)) for e in result.events] == [(100, 130), (500, 590)]
+
+
+def test_batches_are_packed_across_files(tmp_path):
+    model, extractor = loudness_model()
+    sizes = []
+    forward = InferenceEngine._forward
+
+    def recording(self, features):
+        sizes.append(features.shape[0])
+        return forward(self, features)
+
+    InferenceEngine._forward = recording
+    try:
+        clips = [scene(10.0, [(1, 2)], seed=seed) for seed in range(10)]
+        predict_files(clips, model, extractor, batch_size=4)
+    finally:
+        InferenceEngine._forward = forward
+    assert sizes == [4, 4, 2]  # ten 10 s clips, one window each, in full batches
+
+
+# ---------------------------------------------------------------------------------------------- inputs and errors
+
+
+def test_every_input_form_and_datasets(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    model, extractor = loudness_model()
+    wave = scene(12.0, [(2, 4)])
+    path = tmp_path / "x.wav"
+    soundfile.write(path, wave, RATE)
+    expected = predict_file(model, extractor, path)
+    forms = [wave, torch.from_numpy(wave), {"array": wave, "sampling_rate": RATE}, path.read_bytes(),
+             {"path": None, "bytes": path.read_bytes()}, AudioItem("named.wav", audio=wave)]
+    results = predict_files(forms, model, extractor)
+    assert len(results) == len(forms) and [r.path for r in results][-1] == "named.wav"
+    for result in results:
+        assert_same_events(result.events, expected.events)
+    table = datasets.Dataset.from_dict({"audio": [str(path), str(path)]}).cast_column("audio", datasets.Audio())
+    for source in (table, table.to_iterable_dataset()):
+        results = predict_files(source, model, extractor, num_workers=2)
+        assert [r.path for r in results] == ["x.wav", "000001_x.wav"]
+        for result in results:
+            assert_same_events(result.events, expected.events)
+
+
+def test_unreadable_files_are_reported_and_skipped(tmp_path, scenes):
+    model, extractor = loudness_model()
+    (tmp_path / "bad.wav").write_bytes(b"not audio" * 50)
+    soundfile.write(tmp_path / "tiny.wav", np.zeros(800, np.float32), RATE)
+    with pytest.raises(InputError, match=r"bad.wav: cannot decode"):
+        predict_files([tmp_path / "bad.wav", scenes / "ten.wav"], model, extractor)
+    results = list(in_input_order(InferenceEngine(model, extractor, resolve_settings(model)).run(
+        collect_inputs([tmp_path / "bad.wav", scenes / "ten.wav", tmp_path / "tiny.wav", scenes / "short.WAV"]))))
+    assert [(r.name, r.error is None) for r in results] == [
+        ("bad.wav", False), ("ten.wav", True), ("tiny.wav", False), ("short.WAV", True)]
+    assert "tiny.wav: 25.0 ms of audio, too short" in results[2].error
+
+
+# ------------------------------------------------------------------------------------------------------- outputs
+
+
+def test_outputs_in_input_order_whatever_the_workers(tmp_path, scenes):
+    model, extractor = loudness_model(("low", "high"))
+    settings = resolve_settings(model, batch_size=2)
+    items = collect_inputs([scenes], keyed_by_name=False)
+    written = {}
+    for workers in (0, 1, 3):
+        for suffix in ("jsonl", "tsv"):
+            output = tmp_path / f"w{workers}.{suffix}"
+            done, failed = write_predictions(InferenceEngine(model, extractor, settings, num_workers=workers),
+                                             items, output, progress=False)
+            assert (done, failed) == (len(items), 0) and not output.with_name(output.name + ".parts").exists()
+            written.setdefault(suffix, set()).add(output.read_bytes())
+    assert len(written["jsonl"]) == len(written["tsv"]) == 1
+    lines = (tmp_path / "w0.jsonl").read_text().splitlines()
+    expected = [predict_file(model, extractor, item.path).to_dict() for item in items]
+    assert [json.loads(line)["file"] for line in lines] == [e["file"] for e in expected]
+    for line, reference in zip(lines, expected):
+        got = json.loads(line)
+        assert set(got) == {"file", "duration", "sampling_rate", "tags", "events"}
+        assert [e["label"] for e in got["events"]] == [e["label"] for e in reference["events"]]
+    header, *rows = (tmp_path / "w0.tsv").read_text().splitlines()
+    assert header.split("\t") == ["filename", "onset", "offset", "event_label", "score", "kind"]
+    assert len(rows) == sum(len(e["tags"]) + len(e["events"]) for e in expected)
+    with pytest.raises(InputError, match=r"w0.jsonl exists: pass --resume"):
+        write_predictions(InferenceEngine(model, extractor, settings), items, tmp_path / "w0.jsonl")
+
+
+def test_resume_after_a_kill(tmp_path, capsys, monkeypatch):
+    """SIGKILL mid-run, a torn last line, then --resume: the output equals an uninterrupted run's, byte for byte,
+    each file once; without --resume the used output is refused in one line."""
+    model_dir = save_model(tmp_path / "model")
+    folder = tmp_path / "clips"
+    for k in range(12):
+        # Sub-folders, each with a file of the same name: outputs name files by path, so nothing collides.
+        name = "same_name.wav" if k < 3 else f"clip{k:02d}.wav"
+        (folder / f"g{k % 3}").mkdir(parents=True, exist_ok=True)
+        soundfile.write(folder / f"g{k % 3}" / name, tone(2.0 + k / 2, RATE, 200.0 + 40 * k), RATE)
+    # One thread here and in the killed process: the same float rounding, so the same bytes.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    options = [str(folder), "--model", str(model_dir), "--batch-size", "1", "--no-progress"]
+    complete = tmp_path / "complete.jsonl"
+    try:
+        assert main(["predict", *options, "--output", str(complete)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+    output = tmp_path / "out.jsonl"
+    journal = tmp_path / "out.jsonl.parts" / "shard-00000.jsonl"
+    process = subprocess.Popen([sys.executable, "-m", "htsat_hf.cli", "predict", *options, "--output", str(output)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (journal.exists() and journal.read_text().count("\n") >= 2):
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not output.exists()
+    assert 2 <= journal.read_text().count("\n") < 12
+    with open(journal, "a") as handle:
+        handle.write('{"index": 11, "file": "torn')  # a line cut by the kill
+
+    capsys.readouterr()
+    assert main(["predict", *options, "--output", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "out.jsonl.parts exists: pass --resume" in err
+
+    torch.set_num_threads(1)
+    try:
+        assert main(["predict", *options, "--output", str(output), "--resume"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert output.read_bytes() == complete.read_bytes()
+    files = [json.loads(line)["file"] for line in output.read_text().splitlines()]
+    assert len(files) == len(set(files)) == 12
+    assert not (tmp_path / "out.jsonl.parts").exists()
+    # Resuming a finished JSONL run leaves it as it is.
+    assert main(["predict", *options, "--output", str(output), "--resume"]) == 0
+    assert output.read_bytes() == complete.read_bytes()
+
+
+def test_two_processes_write_the_output_of_one(tmp_path):
+    """`torchrun --standalone --nproc_per_node 2` (what `accelerate launch --num_processes 2 --cpu` starts): files
+    shared out, one merged output, byte-identical to a one-process run with the same threads per process (torchrun
+    runs each process on one thread; another thread count can round the last digit of a score differently)."""
+    pytest.importorskip("accelerate")
+    model_dir = save_model(tmp_path / "model")
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for k in range(7):
+        soundfile.write(folder / f"c{k}.wav", tone(2.0 + 3 * k, RATE, 300.0 + 50 * k), RATE)
+    soundfile.write(folder / "tiny.wav", tone(0.05, RATE), RATE)
+    command = ["-m", "htsat_hf.cli", "predict", str(folder), "--model", str(model_dir), "--batch-size", "3",
+               "--no-progress", "--threshold", "0.55", "--output"]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, *command, str(tmp_path / "one.jsonl")], capture_output=True,
+                            text=True, env=environment, timeout=600)
+    assert single.returncode == 1 and "tiny.wav" in single.stderr  # the unreadable file: named, exit 1
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *command,
+         str(tmp_path / "two.jsonl")], capture_output=True, text=True, env=environment, timeout=600)
+    assert launched.returncode != 0 and "tiny.wav" in launched.stderr  # the process that met it exits 1
+    one = (tmp_path / "one.jsonl").read_bytes()
+    assert one.count(b"\n") == 7 and (tmp_path / "two.jsonl").read_bytes() == one
+
+
+def test_dtype_and_options(tmp_path, scenes):
+    model_dir = save_model(tmp_path / "model")
+    model, extractor = load_predictor(model_dir, dtype="bfloat16")
+    assert model.dtype == torch.bfloat16
+    full = predict_files([scenes / "long.wav"], model_dir, top_k=3)[0]
+    half = predict_files([scenes / "long.wav"], model, extractor, top_k=3)[0]
+    np.testing.assert_allclose([s for _, s in half.tags], [s for _, s in full.tags], atol=0.05)
+    with pytest.raises(InputError, match="dtype must be one of"):
+        load_predictor(model_dir, dtype="int8")
+    with pytest.raises(InputError, match="num_workers must be a whole number"):
+        InferenceEngine(model, extractor, resolve_settings(model), num_workers=-1)
+    with pytest.raises(InputError, match="must be a .jsonl or .tsv file"):
+        predict_files([scenes / "ten.wav"], model, extractor, output=tmp_path / "out.csv")
