@@ -9,11 +9,13 @@ waveforms, for 10 s, shorter and longer clips and each padding mode.
 
 import importlib.util
 import json
+import shutil
 import time
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import (
     ClapAudioConfig,
     ClapAudioModel,
@@ -30,6 +32,7 @@ from htsat_hf import (
     HTSATModel,
     InputError,
 )
+import htsat_hf.convert_clap as convert_clap_module
 from htsat_hf.cli import main as cli_main
 from htsat_hf.convert_clap import (
     backbone_differences,
@@ -40,6 +43,7 @@ from htsat_hf.convert_clap import (
 )
 from htsat_hf.feature_extraction_htsat import pad_waveform
 from htsat_hf.synthetic import make_classification_folder, make_detection_folder
+from htsat_hf.training.data import read_label_names
 
 from conftest import REPO_ROOT, tiny_config
 
@@ -326,9 +330,12 @@ def test_sources_that_are_not_convertible_clap_models(tmp_path, small_clap):
         (dict(source=tmp_path / "absent"), f"{tmp_path / 'absent'}: no such model folder"),
         (dict(source=htsat), f"{htsat}: is a 'htsat' model, not a transformers CLAP model"),
         (dict(source=no_front_end), f"{no_front_end}: has no preprocessor_config.json"),
-        (dict(source=source, feature_extractor=clipped), f"{clipped}: top_db=80 clips the dB range"),
-        (dict(source=source, head="conv"), f"{source}: head must be one of"),
-        (dict(source=source, labels=["dog", "dog"]), f"{source}: labels must be a non-empty list of distinct"),
+        (dict(source=source, feature_extractor=clipped),
+         f"{clipped / 'preprocessor_config.json'}: top_db=80 clips the dB range"),
+        # Options are the caller's, not the source's: named alone, and checked before the model loads.
+        (dict(source=source, head="conv"), "head must be one of"),
+        (dict(source=source, labels=["dog", "dog"]), "labels must be a non-empty list of distinct"),
+        (dict(source=source, labels=["dog", "cat", "owl"], num_labels=5), "num_labels 5 differs from the 3 labels"),
         (dict(source=source, output_dir=blocker), f"{blocker}: is a file, not a folder to write to"),
     ]
     for kwargs, expected in cases:
@@ -374,6 +381,275 @@ def test_command_line_error_is_one_line(tmp_path, capsys):
     assert cli_main(["convert-clap", str(source), str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith(f"htsat-hf convert-clap: error: {source}: is a fused CLAP model") and "\n" not in error
+
+
+# ------------------------------------------------------------------------------------- output folders and staging
+
+
+def _snapshot(folder) -> dict:
+    """`{relative path: bytes}` of every file under `folder`, to show that a refused run touched nothing."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_output_folder_overlapping_an_input_is_refused_before_writing(small_clap, tmp_path):
+    source, _ = small_clap
+    before = _snapshot(source)
+    front_end = tmp_path / "front-end"
+    ClapFeatureExtractor(**LAION_FRONT_END).save_pretrained(front_end)
+    cases = [
+        (dict(output_dir=source), f"{source}: is the input {source} itself"),
+        (dict(output_dir=source, overwrite=True), f"{source}: is the input {source} itself"),
+        (dict(output_dir=source / "htsat"), f"{source / 'htsat'}: lies inside the input {source}"),
+        (dict(output_dir=source.parent, overwrite=True), f"{source.parent}: contains the input {source}"),
+        (dict(output_dir=front_end, feature_extractor=front_end, overwrite=True),
+         f"{front_end}: is the input {front_end} itself"),
+    ]
+    for kwargs, expected in cases:
+        with pytest.raises(InputError) as caught:
+            convert_clap(source, **kwargs)
+        assert str(caught.value).startswith(expected), (kwargs, str(caught.value))
+    assert _snapshot(source) == before and not (source / "htsat").exists()
+
+
+def test_non_empty_output_folder_needs_overwrite_and_is_then_replaced_whole(small_clap, tmp_path, capsys):
+    source, _ = small_clap
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "notes.txt").write_text("mine")
+    with pytest.raises(InputError) as caught:
+        convert_clap(source, output)
+    assert str(caught.value).startswith(f"{output}: the folder is not empty") and "--overwrite" in str(caught.value)
+    assert _snapshot(output) == {"notes.txt": b"mine"}
+    # The command says the same, exit 2, and replaces the folder as a whole with --overwrite: no stale file stays.
+    assert cli_main(["convert-clap", str(source), str(output)]) == 2
+    assert capsys.readouterr().err.startswith(f"htsat-hf convert-clap: error: {output}: the folder is not empty")
+    assert cli_main(["convert-clap", str(source), str(output), "--overwrite"]) == 0
+    assert not (output / "notes.txt").exists() and (output / "model.safetensors").is_file()
+    assert (output / "README.md").is_file() and [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging left
+    # An existing empty folder is used as it is.
+    (tmp_path / "empty").mkdir()
+    convert_clap(source, tmp_path / "empty", head="linear", num_labels=3)
+    assert (tmp_path / "empty" / "config.json").is_file()
+
+
+def test_labels_file_inside_the_output_folder_is_not_deleted_by_overwrite(small_clap, tmp_path, capsys):
+    source, _ = small_clap
+    (tmp_path / "out").mkdir()
+    labels = tmp_path / "out" / "labels.txt"
+    labels.write_text("dog\ncat\n")
+    assert cli_main(["convert-clap", str(source), str(tmp_path / "out"), "--labels", str(labels), "--overwrite"]) == 2
+    assert f"{tmp_path / 'out'}: contains the input {labels}" in capsys.readouterr().err
+    assert labels.read_text() == "dog\ncat\n"
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt(), InputError("the reload check failed")])
+def test_a_failure_while_writing_leaves_no_partial_folder(small_clap, tmp_path, monkeypatch, interrupt):
+    """Ctrl-C or a failed check after the first files are written: the output folder does not appear (nor the
+    parents made for it), and an existing one (--overwrite) is left as it was."""
+    source, _ = small_clap
+    def fail(*args, **kwargs):
+        raise interrupt
+
+    # The card is the last file: the weights and the extractor are written by then.
+    monkeypatch.setattr(convert_clap_module, "save_model_card", fail)
+    with pytest.raises(type(interrupt)):
+        convert_clap(source, tmp_path / "new" / "deeper" / "out")
+    assert list(tmp_path.iterdir()) == []
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "model.safetensors").write_bytes(b"an older model")
+    with pytest.raises(type(interrupt)):
+        convert_clap(source, kept, overwrite=True)
+    assert _snapshot(kept) == {"model.safetensors": b"an older model"} and [p.name for p in tmp_path.iterdir()] == [
+        "kept"
+    ]
+
+
+# ------------------------------------------------------------------------------------------ damaged checkpoints
+
+
+def _edited_copy(source, destination, edit):
+    """A copy of the saved CLAP folder `source` whose `model.safetensors` tensors went through `edit(dict)`."""
+    shutil.copytree(source, destination)
+    tensors = load_file(destination / "model.safetensors")
+    edit(tensors)
+    save_file(tensors, destination / "model.safetensors", metadata={"format": "pt"})
+    return destination
+
+
+def test_missing_extra_or_misshapen_tensors_are_refused_naming_the_file(small_clap, tmp_path, capfd):
+    source, _ = small_clap
+    norm = "audio_encoder.layers.1.blocks.0.layernorm_before.weight"
+    running_mean = "audio_encoder.batch_norm.running_mean"
+    bias_table = "audio_encoder.layers.0.blocks.0.attention.self.relative_position_bias_table"
+    cases = {
+        "no-norm": (lambda t: t.pop(norm), f"1 tensors missing: {norm}"),
+        "no-running-mean": (lambda t: t.pop(running_mean), f"1 tensors missing: {running_mean}"),
+        "extra": (lambda t: t.update({"audio_encoder.fusion_model.weight": torch.ones(3)}),
+                  "1 tensors the config does not have: audio_encoder.fusion_model.weight"),
+        "misshapen": (lambda t: t.update({bias_table: torch.zeros(224, 1)}),
+                      f"1 tensors of the wrong shape: {bias_table} (224, 1) (the config needs (225, 1))"),
+    }
+    capfd.readouterr()
+    for name, (edit, expected) in cases.items():
+        damaged = _edited_copy(source, tmp_path / name, edit)
+        with pytest.raises(InputError) as caught:
+            convert_clap(damaged, tmp_path / "out")
+        message = str(caught.value)
+        assert message == f"{damaged / 'model.safetensors'}: does not match the model's config.json: {expected}", name
+    assert not (tmp_path / "out").exists()
+    # transformers' LOAD REPORT table and warnings stay silent: the one line above says it all.
+    captured = capfd.readouterr()
+    assert "LOAD REPORT" not in captured.err + captured.out and "Warning" not in captured.err
+
+
+def test_recomputed_buffers_may_be_absent_from_the_checkpoint(small_clap, tmp_path):
+    """transformers recomputes `relative_position_index` exactly: a checkpoint without it loads as before."""
+    source, _ = small_clap
+    damaged = _edited_copy(
+        source, tmp_path / "no-index",
+        lambda t: [t.pop(k) for k in list(t) if k.endswith("relative_position_index")],
+    )
+    report = convert_clap(damaged, tmp_path / "out", head="linear", num_labels=3)
+    assert report.checks["backbone pooled output vs CLAP"] <= 1e-5
+
+
+def test_spec_size_whose_last_stage_is_smaller_than_the_window_is_refused_naming_spec_size(tmp_path):
+    source = tmp_path / "spec-128"
+    ClapAudioModel(ClapAudioConfig(**SMALL_AUDIO, spec_size=128)).save_pretrained(source)
+    with pytest.raises(InputError) as caught:
+        convert_clap(source, tmp_path / "out")
+    assert str(caught.value) == (
+        f"{source}: this CLAP audio tower cannot be converted exactly: spec_size 128 (with patch_size 4 and 4 stages "
+        "the last stage's token grid is 4x4, smaller than window_size 8)"
+    )
+
+
+# ------------------------------------------------------------------------------------------------ bad front ends
+
+
+def _front_end(folder, **changes):
+    """A preprocessor_config.json of LAION's front end with `changes` written into the JSON (values that
+    ClapFeatureExtractor itself would refuse included)."""
+    ClapFeatureExtractor(**LAION_FRONT_END).save_pretrained(folder)
+    path = folder / "preprocessor_config.json"
+    settings = json.loads(path.read_text())
+    settings.update(changes)
+    path.write_text(json.dumps(settings))
+    return folder
+
+
+def test_front_ends_that_are_refused_name_the_file_and_values(small_clap, tmp_path, capfd):
+    source, _ = small_clap
+    htsat = tmp_path / "an-htsat-model"
+    HTSATForAudioClassification(tiny_config()).save_pretrained(htsat)
+    HTSATFeatureExtractor().save_pretrained(htsat)
+    a_file = tmp_path / "afile.txt"
+    a_file.write_text("x")
+    no_config = tmp_path / "bert"
+    no_config.mkdir()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "preprocessor_config.json").write_text("{not json")
+    reversed_range = _front_end(tmp_path / "reversed", frequency_min=15000, frequency_max=14000)
+    above_nyquist = _front_end(tmp_path / "16k", sampling_rate=16000)
+    empty_filters = _front_end(tmp_path / "coarse", fft_window_size=128)
+    long_hop = _front_end(tmp_path / "hop-320", hop_length=320)
+
+    def file(folder):
+        return folder / "preprocessor_config.json"
+
+    cases = [
+        (htsat, f"{file(htsat)}: is a 'HTSATFeatureExtractor', not a ClapFeatureExtractor's"),
+        (a_file, f"{a_file}: is a file, not a folder holding a preprocessor_config.json"),
+        (no_config, f"{no_config}: has no preprocessor_config.json, so the CLAP front end is unknown; name the folder "
+                    "or Hub id of the source CLAP model's own preprocessor_config.json"),
+        (broken, f"{file(broken)}: cannot read the CLAP feature extractor"),
+        (tmp_path / "absent", f"{tmp_path / 'absent'}: no such model folder"),
+        (reversed_range, f"{file(reversed_range)}: needs 0 <= frequency_min < frequency_max <= sampling_rate / 2 "
+                         "(Nyquist), got frequency_min 15000, frequency_max 14000, sampling_rate 48000"),
+        (above_nyquist, f"{file(above_nyquist)}: needs 0 <= frequency_min < frequency_max <= sampling_rate / 2 "
+                        "(Nyquist), got frequency_min 50, frequency_max 14000, sampling_rate 16000"),
+        (empty_filters, f"{file(empty_filters)}: "),
+        (long_hop, f"{file(long_hop)}: a 10 s clip at 48000 Hz with hop_length 320 gives 1501 frames, more than the "
+                   "1024 the audio tower reads (spec_size 256 x freq_ratio 4)"),
+    ]
+    capfd.readouterr()
+    for folder, expected in cases:
+        with pytest.raises(InputError) as caught:
+            convert_clap(source, tmp_path / "out", feature_extractor=folder)
+        assert str(caught.value).startswith(expected), (folder, str(caught.value))
+        assert "\n" not in str(caught.value)
+    assert "mel filters are all zero (first: bin 0)" in str(
+        pytest.raises(InputError, convert_clap, source, tmp_path / "out", feature_extractor=empty_filters).value
+    )
+    assert not (tmp_path / "out").exists()
+    assert capfd.readouterr().err == ""  # no multi-line library warnings (e.g. transformers' zero-filter warning)
+
+
+def test_missing_front_end_advice_names_the_source_models_own_config(tmp_path):
+    no_front_end = tmp_path / "no-front-end"
+    ClapAudioModel(ClapAudioConfig(**SMALL_AUDIO)).save_pretrained(no_front_end)
+    with pytest.raises(InputError) as caught:
+        convert_clap(no_front_end, tmp_path / "out")
+    message = str(caught.value)
+    assert "the source CLAP model's own preprocessor_config.json" in message and "--feature-extractor" in message
+    assert "save the model's ClapFeatureExtractor" not in message  # its defaults (f_min 0 Hz) are not LAION's
+
+
+def test_front_end_that_converts_with_a_warning(small_clap, tmp_path, capsys):
+    """32 kHz (f_max 14 kHz below its Nyquist) and f_min 0 Hz convert exactly, with one warning line each."""
+    source, _ = small_clap
+    front_end = _front_end(tmp_path / "32k-fmin0", sampling_rate=32000, frequency_min=0)
+    assert cli_main(["convert-clap", str(source), str(tmp_path / "out"), "--feature-extractor", str(front_end),
+                     "--head", "linear", "--num-labels", "3"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    where = front_end / "preprocessor_config.json"
+    assert err == [
+        f"htsat-hf convert-clap: warning: {where}: sampling_rate 32000 differs from the 48000 Hz LAION's CLAP models "
+        "were trained at; converted as given",
+        f"htsat-hf convert-clap: warning: {where}: frequency_min is 0 Hz, ClapFeatureExtractor's default; LAION's "
+        "CLAP models were trained with 50 Hz: check that this is the source model's own preprocessor_config.json",
+    ]
+    saved = HTSATFeatureExtractor.from_pretrained(tmp_path / "out")
+    assert (saved.sampling_rate, saved.f_min, saved.f_max) == (32000, 0.0, 14000.0)
+
+
+# -------------------------------------------------------------------------------------------- options and card
+
+
+def test_conflicting_label_options_are_named_before_the_model_loads(small_clap, tmp_path, capsys, monkeypatch):
+    source, _ = small_clap
+    monkeypatch.setattr(convert_clap_module, "load_clap_audio_tower", lambda *a: pytest.fail("loaded the model first"))
+    labels = tmp_path / "lab3.txt"
+    labels.write_text("dog\ncat\nowl\n")
+    assert cli_main(["convert-clap", str(source), str(tmp_path / "out"), "--labels", str(labels),
+                     "--num-labels", "5"]) == 2
+    assert capsys.readouterr().err == (
+        f"htsat-hf convert-clap: error: --num-labels 5 differs from the 3 labels in --labels {labels}\n"
+    )
+
+
+def test_labels_file_may_end_with_a_blank_line(small_clap, tmp_path):
+    source, _ = small_clap
+    labels = tmp_path / "labels.txt"
+    labels.write_text("dog\ncat\n\n")  # what some editors save
+    assert cli_main(["convert-clap", str(source), str(tmp_path / "out"), "--labels", str(labels), "--head",
+                     "linear"]) == 0
+    assert HTSATForAudioClassification.from_pretrained(tmp_path / "out").config.id2label == {0: "dog", 1: "cat"}
+    labels.write_text("dog\n\ncat\n")  # a blank line between names is still refused
+    with pytest.raises(InputError, match=f"{labels}, line 2: blank line"):
+        read_label_names(str(labels))
+
+
+def test_card_text_names_the_base_model_given_for_a_local_copy(small_clap, tmp_path):
+    source, _ = small_clap
+    convert_clap(source, tmp_path / "out", head="linear", num_labels=3, base_model="laion/clap-htsat-unfused")
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "base_model: laion/clap-htsat-unfused" in card
+    assert "the CLAP model [laion/clap-htsat-unfused](https://huggingface.co/laion/clap-htsat-unfused)" in card
+    assert str(source) not in card and ".partial-" not in card and "# out" in card
+
 
 
 # ------------------------------------------------------------------------------------------------------ recipes

@@ -41,19 +41,39 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _convert_clap(args: argparse.Namespace) -> int:
+    import logging
+
     from .convert_clap import convert_clap
+    from .loading import check_new_output_dir
     from .training.data import read_label_names
 
-    report = convert_clap(
-        args.clap_model,
-        args.output_dir,
-        head=args.head,
-        labels=read_label_names(args.labels) if args.labels else None,
-        num_labels=args.num_labels,
-        problem_type=args.problem_type,
-        feature_extractor=args.feature_extractor,
-        base_model=args.base_model,
-    )
+    # Checked before the model loads, naming the options (the library names its arguments).
+    labels = read_label_names(args.labels) if args.labels else None
+    if labels is not None and args.num_labels is not None and args.num_labels != len(labels):
+        raise InputError(
+            f"--num-labels {args.num_labels} differs from the {len(labels)} labels in --labels {args.labels}"
+        )
+    # The labels file too: --overwrite would delete it with the folder it lies in.
+    check_new_output_dir(args.output_dir, (args.clap_model, args.feature_extractor, args.labels), args.overwrite)
+    # The converter's warnings as this command's one-line form, on stderr.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("htsat-hf convert-clap: warning: %(message)s"))
+    converter_logger = logging.getLogger("htsat_hf.convert_clap")
+    converter_logger.addHandler(handler)
+    try:
+        report = convert_clap(
+            args.clap_model,
+            args.output_dir,
+            head=args.head,
+            labels=labels,
+            num_labels=args.num_labels,
+            problem_type=args.problem_type,
+            feature_extractor=args.feature_extractor,
+            base_model=args.base_model,
+            overwrite=args.overwrite,
+        )
+    finally:
+        converter_logger.removeHandler(handler)
     print(report.summary())
     return 0
 
@@ -426,10 +446,11 @@ def _add_convert_clap(commands) -> None:
             "Convert the audio tower of an unfused transformers ClapModel or ClapAudioModel (a saved folder or Hub "
             "id, e.g. laion/clap-htsat-unfused) into an HTS-AT model folder: the "
             "backbone weights with a new, untrained head (token-semantic or linear) to fine-tune, a feature "
-            "extractor reproducing the source's unfused ClapFeatureExtractor features (48 kHz, hop 480, its mel "
-            "range and padding), and a model card naming the source and the license its card declares. Before "
-            "writing, the converted backbone and front end are run against the source's and refused if they differ. "
-            "Fused models (enable_fusion) are refused. See docs/clap.md."
+            "extractor reproducing the source's unfused ClapFeatureExtractor features (its rate, 48 kHz for LAION's "
+            "models, hop, mel range and padding), and a model card naming the source and the license its card "
+            "declares. Before writing, the converted backbone and front end are run against the source's and "
+            "refused if they differ; the folder appears only when complete. Fused models (enable_fusion) are "
+            "refused. Hub ids need network access (or a cached copy). See docs/clap.md."
         ),
         formatter_class=_HelpFormatter,
     )
@@ -459,10 +480,18 @@ def _add_convert_clap(commands) -> None:
     convert_clap.add_argument(
         "--feature-extractor",
         default=None,
-        help="folder or Hub id with the source's preprocessor_config.json, when CLAP_MODEL has none",
+        help="folder or Hub id with the source CLAP model's own preprocessor_config.json: required when CLAP_MODEL "
+        "has none, and used instead of CLAP_MODEL's when given",
     )
     convert_clap.add_argument(
-        "--base-model", default=None, help="Hub id of the source for the card (default: CLAP_MODEL when a Hub id)"
+        "--base-model",
+        default=None,
+        help="Hub id of the source, named by the card's metadata and text (default: CLAP_MODEL when a Hub id)",
+    )
+    convert_clap.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUTPUT_DIR as a whole when it exists and is not empty (default: refuse)",
     )
     convert_clap.set_defaults(handler=_convert_clap)
 

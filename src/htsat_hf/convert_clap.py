@@ -27,8 +27,11 @@ fusion of three local crops of long clips has no counterpart in HTS-AT (refused 
 head and text tower (the contrastive embedding space), which a classifier does not use.
 """
 
+import logging
 import re
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -37,15 +40,24 @@ import numpy as np
 import torch
 from huggingface_hub import ModelCard
 from transformers import ClapAudioConfig, ClapAudioModel, ClapConfig, ClapFeatureExtractor, ClapModel, PretrainedConfig
+from transformers.utils import logging as transformers_logging
 
 from .configuration_htsat import HTSATConfig
 from .errors import InputError, error_line
 from .feature_extraction_htsat import HTSATFeatureExtractor
-from .loading import check_model_source, check_output_dir
+from .loading import WEIGHT_FILES, check_model_source, check_new_output_dir, staged_output_dir
 from .model_card import save_model_card
 from .modeling_htsat import HTSATForAudioClassification, HTSATModel, relative_position_index, tokens_to_time_grid
 
+logger = logging.getLogger(__name__)
+
 HEADS = ("token-semantic", "linear")
+PROBLEM_TYPES = ("multi_label_classification", "single_label_classification")
+# The rate LAION's CLAP models were trained at (their preprocessor_config.json); another one converts with a warning.
+LAION_SAMPLING_RATE = 48000
+# Buffers a checkpoint may lack because transformers recomputes them exactly when loading (the position index of a
+# window, the text tower's position and token-type ids): anything else missing would be filled with fresh values.
+_RECOMPUTED_BUFFERS = re.compile(r"(relative_position_index|position_ids|token_type_ids)$")
 # ClapFeatureExtractor's padding of short clips -> HTSATFeatureExtractor's pad_mode (the same operation).
 CLAP_PADDING_TO_PAD_MODE = {"repeatpad": "repeatpad", "repeat": "repeat", "pad": "zeros"}
 # The parity the converter demands before it writes anything (the tests demand 1e-5 on the same features).
@@ -90,6 +102,7 @@ class ClapConversionReport:
         license: the license the source's card declares, or `None` when it declares none that could be read.
         checks: `{check: largest absolute difference}` between the source and the converted model (see
             [`backbone_differences`], [`front_end_difference`]) and between the saved and the converted model.
+        warnings: one-line warnings about the source's front end (see [`front_end_warnings`]), also logged.
     """
 
     output_dir: Path
@@ -97,6 +110,7 @@ class ClapConversionReport:
     config: HTSATConfig
     license: str | None
     checks: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         head = "token-semantic" if self.config.use_token_semantic_head else "linear"
@@ -170,6 +184,16 @@ def check_convertible(audio_config: ClapAudioConfig, source: str) -> None:
         problems.append("enable_patch_layer_norm / flatten_patch_embeds off (HTS-AT always has both)")
     if audio_config.layer_norm_eps != 1e-5:
         problems.append(f"layer_norm_eps {audio_config.layer_norm_eps} (CLAP's other norms use 1e-5)")
+    if isinstance(audio_config.spec_size, int) and not problems:
+        # HTS-AT shrinks the attention window of a stage smaller than the window (as Swin does) and sizes its bias
+        # table to match; CLAP keeps the configured table, so the two cannot hold the same tensors.
+        last_grid = audio_config.spec_size // patch_size[0] // 2 ** (len(audio_config.depths) - 1)
+        if last_grid < audio_config.window_size:
+            problems.append(
+                f"spec_size {audio_config.spec_size} (with patch_size {patch_size[0]} and {len(audio_config.depths)} "
+                f"stages the last stage's token grid is {last_grid}x{last_grid}, smaller than window_size "
+                f"{audio_config.window_size})"
+            )
     if problems:
         raise InputError(f"{source}: this CLAP audio tower cannot be converted exactly: {'; '.join(problems)}")
 
@@ -192,33 +216,141 @@ def load_clap_audio_tower(source: str | PathLike) -> tuple[ClapAudioModel, ClapM
     audio_config = config.audio_config if isinstance(config, ClapConfig) else config
     check_convertible(audio_config, str(source))
     model_class = ClapModel if isinstance(config, ClapConfig) else ClapAudioModel
+    weights = _weights_name(source)
     try:
-        model = model_class.from_pretrained(str(source), use_safetensors=True, dtype=torch.float32).eval()
-    except (OSError, ValueError) as error:  # unreadable or missing files, tensors that do not fit the config
-        raise InputError(f"{source}: cannot load the CLAP model's weights ({error_line(error)})") from None
+        # Mismatched shapes come back in the loading info (refused below) instead of as a multi-line RuntimeError.
+        with _quiet_transformers():
+            model, info = model_class.from_pretrained(
+                str(source), use_safetensors=True, dtype=torch.float32, output_loading_info=True,
+                ignore_mismatched_sizes=True,
+            )
+    except (OSError, ValueError, RuntimeError) as error:  # unreadable or missing files, state-dict load errors
+        raise InputError(f"{weights}: cannot load the CLAP model's weights ({error_line(error)})") from None
+    check_loading_info(info, weights)
+    model.eval()
     if isinstance(model, ClapModel):
         return model.audio_model, model
     return model, None
 
 
-def load_clap_feature_extractor(source: str | PathLike) -> ClapFeatureExtractor:
-    """The `ClapFeatureExtractor` saved with a CLAP model (its `preprocessor_config.json`).
+def _weights_name(source: str | PathLike) -> str:
+    """What an error about the weights names: the local weights file, or the Hub id."""
+    local = Path(source)
+    if local.is_dir():
+        return str(next((local / name for name in WEIGHT_FILES if (local / name).is_file()), local))
+    return str(source)
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' logging (the multi-line LOAD REPORT table, progress bars) and Python warnings while
+    loading: what they report is refused as one line of our own (see [`check_loading_info`],
+    [`load_clap_feature_extractor`])."""
+    verbosity = transformers_logging.get_verbosity()
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if bars:
+            transformers_logging.enable_progress_bar()
+
+
+def check_loading_info(info: dict, weights: str) -> None:
+    """Refuse a load that filled or dropped tensors: `from_pretrained` gives tensors missing from the checkpoint fresh
+    values and ignores extra ones, and a parity check against such a model would pass.
+
+    Args:
+        info: `from_pretrained(..., output_loading_info=True)`'s loading info.
+        weights: the weights file (or Hub id) the error names.
 
     Raises:
-        InputError: naming `source`, when there is none: the front end (mel range, padding) cannot be guessed, as
-            `ClapFeatureExtractor`'s own defaults (f_min 0 Hz) differ from what LAION's models were trained with.
+        InputError: naming `weights` and the first keys: tensors missing (other than buffers transformers recomputes
+            exactly, `_RECOMPUTED_BUFFERS`), unexpected, or of another shape than the config's.
+    """
+    mismatched = sorted(info.get("mismatched_keys") or ())
+    missing = sorted(key for key in info.get("missing_keys") or () if not _RECOMPUTED_BUFFERS.search(key))
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    problems = []
+    if mismatched:
+        shapes = [f"{key} {tuple(saved)} (the config needs {tuple(needed)})" for key, saved, needed in mismatched]
+        problems.append(f"{len(mismatched)} tensors of the wrong shape: {'; '.join(shapes[:3])}")
+    if missing:
+        problems.append(f"{len(missing)} tensors missing: {', '.join(missing[:5])}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} tensors the config does not have: {', '.join(unexpected[:5])}")
+    if problems:
+        raise InputError(f"{weights}: does not match the model's config.json: {'; '.join(problems)}")
+
+
+def load_clap_feature_extractor(
+    source: str | PathLike, named_by_option: bool = False
+) -> ClapFeatureExtractor:
+    """The `ClapFeatureExtractor` saved with a CLAP model (its `preprocessor_config.json`).
+
+    Args:
+        source: folder or Hub id holding it.
+        named_by_option: `source` was named by `feature_extractor` (`--feature-extractor`), not the model's own
+            folder: the error for a missing file then does not suggest that option.
+
+    Raises:
+        InputError: naming the folder or file: none saved (the front end cannot be guessed, as `ClapFeatureExtractor`'s
+            own defaults, f_min 0 Hz, differ from what LAION's models were trained with), a file instead of a folder,
+            a config that is not a `ClapFeatureExtractor`'s (for example an HTS-AT model's), or invalid values.
     """
     local = Path(source)
-    if local.is_dir() and not (local / "preprocessor_config.json").is_file():
+    saved = local / "preprocessor_config.json"
+    if local.exists() and not local.is_dir():
+        raise InputError(f"{source}: is a file, not a folder holding a preprocessor_config.json")
+    if not local.exists() and named_by_option:
+        check_model_source(source)  # not a folder: then it must be a Hub id ("no such model folder" otherwise)
+    if local.is_dir() and not saved.is_file():
+        advice = (
+            "name the folder or Hub id of the source CLAP model's own preprocessor_config.json"
+            if named_by_option else
+            "copy the source CLAP model's own preprocessor_config.json there, or name the folder or Hub id that "
+            "has it (feature_extractor=..., --feature-extractor)"
+        )
+        raise InputError(f"{source}: has no preprocessor_config.json, so the CLAP front end is unknown; {advice}")
+    where = saved if local.is_dir() else f"{source} (preprocessor_config.json)"
+    try:
+        with _quiet_transformers():
+            settings, _ = ClapFeatureExtractor.get_feature_extractor_dict(str(source))
+    except (OSError, ValueError) as error:  # unreadable or invalid JSON, nothing of that name on the Hub
+        raise InputError(f"{where}: cannot read the CLAP feature extractor ({error_line(error)})") from None
+    kind = settings.get("feature_extractor_type")
+    if kind != ClapFeatureExtractor.__name__:
         raise InputError(
-            f"{source}: has no preprocessor_config.json, so the CLAP front end it was trained with is unknown; save "
-            "the model's ClapFeatureExtractor there, or name the folder or Hub id that has it (feature_extractor=..., "
-            "--feature-extractor)"
+            f"{where}: is {'a ' + repr(kind) if kind else 'a config without feature_extractor_type'}, not a "
+            "ClapFeatureExtractor's; name the source CLAP model's own preprocessor_config.json"
+        )
+    f_min, f_max = settings.get("frequency_min", 0), settings.get("frequency_max", 14000)
+    sampling_rate = settings.get("sampling_rate", LAION_SAMPLING_RATE)
+    if not all(isinstance(value, int | float) for value in (f_min, f_max, sampling_rate)):
+        raise InputError(f"{where}: frequency_min, frequency_max and sampling_rate must be numbers, got {f_min!r}, "
+                         f"{f_max!r}, {sampling_rate!r}")
+    if not 0 <= f_min < f_max <= sampling_rate / 2:
+        raise InputError(
+            f"{where}: needs 0 <= frequency_min < frequency_max <= sampling_rate / 2 (Nyquist), got frequency_min "
+            f"{f_min:g}, frequency_max {f_max:g}, sampling_rate {sampling_rate:g}"
         )
     try:
-        return ClapFeatureExtractor.from_pretrained(str(source))
-    except OSError as error:
-        raise InputError(f"{source}: cannot read the CLAP feature extractor ({error_line(error)})") from None
+        with _quiet_transformers():  # transformers warns, in several lines, about mel filters checked below
+            extractor = ClapFeatureExtractor.from_dict(settings)
+    except (TypeError, ValueError, ZeroDivisionError) as error:  # values ClapFeatureExtractor's __init__ refuses
+        raise InputError(f"{where}: invalid ClapFeatureExtractor settings ({error_line(error)})") from None
+    empty = np.flatnonzero(~np.asarray(extractor.mel_filters_slaney).any(axis=0))
+    if empty.size:
+        raise InputError(
+            f"{where}: {empty.size} of the {extractor.feature_size} mel filters are all zero (first: bin {empty[0]}): "
+            f"fft_window_size {extractor.fft_window_size} at {extractor.sampling_rate} Hz is too coarse for "
+            f"{extractor.feature_size} bins between {extractor.frequency_min:g} and {extractor.frequency_max:g} Hz"
+        )
+    return extractor
 
 
 def read_source_license(source: str | PathLike) -> str | None:
@@ -286,6 +418,67 @@ def feature_extractor_settings(
     )
 
 
+def front_end_warnings(front_end: dict, source: str = "the CLAP feature extractor") -> list[str]:
+    """One-line warnings about a front end that converts exactly but is probably not the one the weights were trained
+    with: a rate other than LAION's 48 kHz, or f_min 0 Hz (`ClapFeatureExtractor()`'s default; LAION's models use
+    50 Hz)."""
+    found = []
+    if front_end["sampling_rate"] != LAION_SAMPLING_RATE:
+        found.append(f"{source}: sampling_rate {front_end['sampling_rate']} differs from the {LAION_SAMPLING_RATE} Hz "
+                     "LAION's CLAP models were trained at; converted as given")
+    if front_end["f_min"] == 0:
+        found.append(f"{source}: frequency_min is 0 Hz, ClapFeatureExtractor's default; LAION's CLAP models were "
+                     "trained with 50 Hz: check that this is the source model's own preprocessor_config.json")
+    return found
+
+
+def check_frames_fit(
+    audio_config: ClapAudioConfig, front_end: dict, source: str = "the CLAP feature extractor"
+) -> None:
+    """Refuse a clip length and hop that give more frames than the tower reads (CLAP's `reshape_mel2img` would raise;
+    both models stretch shorter spectrograms up to `spec_size * freq_ratio` frames, none shrinks a longer one).
+
+    Raises:
+        InputError: naming `source` and the values.
+    """
+    freq_ratio = audio_config.spec_size // audio_config.num_mel_bins
+    limit = audio_config.spec_size * freq_ratio
+    samples = round(front_end["max_length_seconds"] * front_end["sampling_rate"])
+    frames = 1 + samples // front_end["hop_length"]
+    if frames > limit:
+        raise InputError(
+            f"{source}: a {front_end['max_length_seconds']:g} s clip at {front_end['sampling_rate']} Hz with "
+            f"hop_length {front_end['hop_length']} gives {frames} frames, more than the {limit} the audio tower reads "
+            f"(spec_size {audio_config.spec_size} x freq_ratio {freq_ratio})"
+        )
+
+
+def check_options(
+    head: str = "token-semantic",
+    labels: Sequence[str] | None = None,
+    num_labels: int | None = None,
+    problem_type: str = "multi_label_classification",
+) -> None:
+    """Check [`convert_clap`]'s options on their own, before anything is loaded.
+
+    Raises:
+        InputError: naming the option: an unknown head or problem type, labels that are empty or repeated, labels
+            and a different `num_labels`, `num_labels` below 1.
+    """
+    if head not in HEADS:
+        raise InputError(f"head must be one of {HEADS}, got {head!r}")
+    if problem_type not in PROBLEM_TYPES:
+        raise InputError(f"problem_type must be one of {PROBLEM_TYPES}, got {problem_type!r}")
+    if labels is not None:
+        labels = list(labels)
+        if not labels or len(set(labels)) != len(labels):
+            raise InputError("labels must be a non-empty list of distinct names")
+        if num_labels is not None and num_labels != len(labels):
+            raise InputError(f"num_labels {num_labels} differs from the {len(labels)} labels given")
+    elif num_labels is not None and num_labels < 1:
+        raise InputError(f"num_labels must be at least 1, got {num_labels}")
+
+
 def htsat_config_from_clap(
     audio_config: ClapAudioConfig,
     front_end: dict,
@@ -311,22 +504,15 @@ def htsat_config_from_clap(
         InputError: an unknown head, labels and a different `num_labels`, a feature extractor whose mel bins differ
             from the tower's, or values HTS-AT refuses.
     """
-    if head not in HEADS:
-        raise InputError(f"head must be one of {HEADS}, got {head!r}")
+    check_options(head, labels, num_labels, problem_type)
     if front_end["feature_size"] != audio_config.num_mel_bins:
         raise InputError(f"the CLAP feature extractor gives {front_end['feature_size']} mel bins but the audio tower "
                          f"reads {audio_config.num_mel_bins}")
     if labels is not None:
         labels = list(labels)
-        if num_labels is not None and num_labels != len(labels):
-            raise InputError(f"num_labels {num_labels} differs from the {len(labels)} labels given")
-        if not labels or len(set(labels)) != len(labels):
-            raise InputError("labels must be a non-empty list of distinct names")
         label_kwargs = {"id2label": dict(enumerate(labels)), "label2id": {name: i for i, name in enumerate(labels)}}
     else:
         count = audio_config.num_classes if num_labels is None else num_labels
-        if count < 1:
-            raise InputError(f"num_labels must be at least 1, got {count}")
         label_kwargs = {"num_labels": int(count)}
     return HTSATConfig(
         sampling_rate=front_end["sampling_rate"],
@@ -486,39 +672,56 @@ def convert_clap(
     problem_type: str = "multi_label_classification",
     feature_extractor: str | PathLike | None = None,
     base_model: str | None = None,
+    overwrite: bool = False,
 ) -> ClapConversionReport:
     """Convert the audio tower of a transformers CLAP model into an HTS-AT model folder.
 
     Writes `config.json`, `model.safetensors` (an [`HTSATForAudioClassification`]: the CLAP backbone and a new,
     untrained head; it loads as [`HTSATForSoundEventDetection`] too), `preprocessor_config.json` (an
-    [`HTSATFeatureExtractor`] with CLAP's front end), the model's code files and a `README.md` model card.
+    [`HTSATFeatureExtractor`] with CLAP's front end), the model's code files and a `README.md` model card. They are
+    written into a staging folder next to `output_dir`, which takes its place only once everything is written and
+    the saved model reloaded and checked: an error or Ctrl-C leaves no partial folder.
 
     Args:
         source: folder or Hub id of an unfused `ClapModel` or `ClapAudioModel` (safetensors weights), e.g.
             `laion/clap-htsat-unfused`.
-        output_dir: the folder to write (created; files of the same names are replaced).
+        output_dir: the folder to write: new or empty, or replaced as a whole with `overwrite`. It may not be,
+            contain or lie inside `source` or `feature_extractor`.
         head: `"token-semantic"` (HTS-AT's head, freshly initialised) or `"linear"`.
         labels: class names of the head; else `num_labels` classes `LABEL_i` (default: the tower's `num_classes`).
             Fine-tuning scripts replace the head when the data's labels differ.
         problem_type: `"multi_label_classification"` or `"single_label_classification"`.
-        feature_extractor: folder or Hub id holding the source's `preprocessor_config.json` when `source` has none.
-        base_model: Hub id of the source for the card's metadata (default: `source` when it is not a local path).
+        feature_extractor: folder or Hub id holding the source's `preprocessor_config.json`; used instead of the
+            source's own when given (required when the source has none).
+        base_model: Hub id of the source, for the card's metadata and text (default: `source` when it is not a local
+            path).
+        overwrite: replace an existing non-empty `output_dir` (it is deleted once the new folder is complete).
 
     Returns:
-        a [`ClapConversionReport`] with the parity measured.
+        a [`ClapConversionReport`] with the parity measured and the warnings (also logged): a sampling rate other
+        than 48 kHz, f_min 0 Hz.
 
     Raises:
-        InputError: before anything is written, one line naming the source, option or folder: an output folder that
-            cannot be written, a source that is not a convertible CLAP model (fused, another model type, no
-            safetensors), no or an unsupported feature extractor, bad labels, or a converted model that does not
-            reproduce the source (tolerances `BACKBONE_TOLERANCE`, `FRONT_END_TOLERANCE_DB`).
+        InputError: before anything is written, one line naming the source, option, file or folder: an output folder
+            that cannot be written, is not empty, or overlaps an input; a source that is not a convertible CLAP model
+            (fused, another model type, no safetensors, tensors missing, extra or of the wrong shape); no or an
+            unsupported feature extractor (another type, frequencies out of order or above Nyquist, empty mel
+            filters, more frames than the tower reads); bad labels; or a converted model that does not reproduce the
+            source (tolerances `BACKBONE_TOLERANCE`, `FRONT_END_TOLERANCE_DB`).
     """
-    output_dir = check_output_dir(output_dir)
+    # Options and the output folder first: a typo or a clash fails at once, before the model loads.
+    check_options(head, labels, num_labels, problem_type)
+    output_dir = check_new_output_dir(output_dir, inputs=(source, feature_extractor), overwrite=overwrite)
     source = str(source)
     clap_tower, _ = load_clap_audio_tower(source)
     extractor_source = source if feature_extractor is None else str(feature_extractor)
-    clap_extractor = load_clap_feature_extractor(extractor_source)
-    front_end = feature_extractor_settings(clap_extractor, extractor_source)
+    clap_extractor = load_clap_feature_extractor(extractor_source, named_by_option=feature_extractor is not None)
+    where = _extractor_file(extractor_source)
+    front_end = feature_extractor_settings(clap_extractor, where)
+    check_frames_fit(clap_tower.config, front_end, where)
+    warned = front_end_warnings(front_end, where)
+    for warning in warned:
+        logger.warning("%s", warning)
     try:
         config = htsat_config_from_clap(clap_tower.config, front_end, head, labels, num_labels, problem_type)
         extractor = HTSATFeatureExtractor.from_config(
@@ -527,7 +730,7 @@ def convert_clap(
             pad_mode=front_end["pad_mode"],
             precision=front_end["precision"],
         )
-    except InputError as error:
+    except InputError as error:  # the options are checked above: what is left comes from the source's settings
         raise InputError(f"{source}: {error}") from None
 
     model = HTSATForAudioClassification(config)
@@ -564,31 +767,48 @@ def convert_clap(
             raise InputError(f"{source}: the converted model does not reproduce CLAP: {name} differs by {value:.3g} "
                              f"(tolerance {tolerance:g})")
 
-    output_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(output_dir)
-    extractor.save_pretrained(output_dir)
-    reloaded = HTSATForAudioClassification.from_pretrained(output_dir).eval()
-    HTSATFeatureExtractor.from_pretrained(output_dir).check_matches_config(reloaded.config)
-    with torch.no_grad():
-        difference = float((reloaded(probe).logits - model(probe).logits).abs().max())
-    if difference > 1e-5:
-        raise InputError(f"{output_dir}: the saved model's logits differ from the converted one's by {difference:.3g}")
-    checks["saved vs converted logits"] = difference
-
     license = read_source_license(source)
     if base_model is None and not Path(source).exists():
         base_model = source
-    save_model_card(
-        output_dir,
-        base_model=base_model,
-        license=license,
-        origin=_card_origin(source, license, config, extractor),
+    with staged_output_dir(output_dir) as staging:
+        with _quiet_transformers():  # progress bars of saving and loading
+            model.save_pretrained(staging)
+            extractor.save_pretrained(staging)
+            try:
+                reloaded = HTSATForAudioClassification.from_pretrained(staging).eval()
+            except (OSError, ValueError, RuntimeError) as error:  # a saved config that does not rebuild the model
+                raise InputError(f"{output_dir}: the saved model does not reload ({error_line(error)}); nothing was "
+                                 "written") from None
+        HTSATFeatureExtractor.from_pretrained(staging).check_matches_config(reloaded.config)
+        with torch.no_grad():
+            difference = float((reloaded(probe).logits - model(probe).logits).abs().max())
+        if difference > 1e-5:
+            raise InputError(f"{output_dir}: the saved model's logits differ from the converted one's by "
+                             f"{difference:.3g}; nothing was written")
+        checks["saved vs converted logits"] = difference
+        save_model_card(
+            staging,
+            base_model=base_model,
+            license=license,
+            origin=_card_origin(source, license, config, extractor, base_model),
+            repo_id=output_dir.resolve().name,  # the snippets and title name the folder, not the staging folder
+        )
+    return ClapConversionReport(
+        output_dir=output_dir, source=source, config=config, license=license, checks=checks, warnings=warned
     )
-    return ClapConversionReport(output_dir=output_dir, source=source, config=config, license=license, checks=checks)
 
 
-def _card_origin(source: str, license: str | None, config: HTSATConfig, extractor: HTSATFeatureExtractor) -> str:
-    name = source if Path(source).exists() else f"[{source}](https://huggingface.co/{source})"
+def _extractor_file(source: str) -> str:
+    """What an error or warning about the front end names: the local `preprocessor_config.json`, or the Hub id."""
+    local = Path(source)
+    return str(local / "preprocessor_config.json") if local.is_dir() else f"{source} (preprocessor_config.json)"
+
+
+def _card_origin(
+    source: str, license: str | None, config: HTSATConfig, extractor: HTSATFeatureExtractor, base_model: str | None
+) -> str:
+    # The card is published: name the Hub model (as the metadata does) rather than a local copy's path.
+    name = f"[{base_model}](https://huggingface.co/{base_model})" if base_model else source
     head = "token-semantic" if config.use_token_semantic_head else "linear"
     lines = [
         f"The backbone is the audio tower of the CLAP model {name} (LAION-CLAP, Wu et al., ICASSP 2023), converted "
@@ -612,11 +832,15 @@ __all__ = [
     "ClapConversionReport",
     "backbone_differences",
     "check_convertible",
+    "check_frames_fit",
+    "check_loading_info",
+    "check_options",
     "clap_zero_shot_logits",
     "convert_clap",
     "convert_clap_state_dict",
     "feature_extractor_settings",
     "front_end_difference",
+    "front_end_warnings",
     "htsat_config_from_clap",
     "load_clap_audio_tower",
     "load_clap_feature_extractor",

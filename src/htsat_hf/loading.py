@@ -6,6 +6,10 @@ pickled weights or a front end that disagrees with the model gives the same one 
 """
 
 import os
+import secrets
+import shutil
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from os import PathLike
 from pathlib import Path
 
@@ -134,11 +138,90 @@ def check_output_dir(path: str | PathLike) -> Path:
     return path
 
 
+def check_new_output_dir(
+    path: str | PathLike, inputs: Iterable[str | PathLike | None] = (), overwrite: bool = False
+) -> Path:
+    """[`check_output_dir`], and refuse an output folder whose writing would destroy something: one that is, lies
+    inside or contains one of `inputs` (the local files and folders the command reads; Hub ids and `None` are
+    skipped), or an existing folder that is not empty unless `overwrite` (it is then replaced as a whole, see
+    [`staged_output_dir`]).
+
+    Raises:
+        InputError: naming the folder and, for an overlap, the input.
+    """
+    path = check_output_dir(path)
+    target = path.resolve()
+    for item in inputs:
+        if item is None or not Path(item).exists():
+            continue
+        source = Path(item).resolve()  # resolved both sides: `out/../src` and symlinks name the same folder
+        if target == source:
+            raise InputError(f"{path}: is the input {item} itself; write the output to a new folder")
+        if source in target.parents:
+            raise InputError(f"{path}: lies inside the input {item}; write the output to a folder outside it")
+        if target in source.parents:
+            raise InputError(f"{path}: contains the input {item}, which writing the output would replace; write it to "
+                             "another folder")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise InputError(
+            f"{path}: the folder is not empty; write to a new or empty folder, or replace it as a whole with "
+            "overwrite=True (--overwrite)"
+        )
+    return path
+
+
+@contextmanager
+def staged_output_dir(path: str | PathLike) -> Iterator[Path]:
+    """A new folder next to `path` to write a command's whole output into. When the block ends without an exception,
+    it takes `path`'s place (an existing `path` is moved aside first and deleted only once the new folder is in
+    place); when the block raises (an error, a failed check, Ctrl-C), it is deleted, with the parent folders made for
+    it, and `path` is left as it was. So `path` is never a partial output.
+
+    `sed.detection.staged_outputs` swaps single files inside a results folder that keeps the user's other files;
+    a model folder is replaced as a whole instead, so that no file of another model stays beside the new one.
+    """
+    path = Path(path)
+    made = []  # the parents created here, deepest first, removed again if the block fails
+    parent = path.parent
+    while not parent.exists():
+        made.append(parent)
+        parent = parent.parent
+    tag = f"{os.getpid()}-{secrets.token_hex(4)}"
+    staging = path.parent / f".{path.name}.partial-{tag}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()  # not mkdtemp: the folder moved into place gets the usual permissions, not 0700
+        yield staging
+        previous = path.parent / f".{path.name}.previous-{tag}" if path.exists() or path.is_symlink() else None
+        if previous is not None:
+            path.rename(previous)
+        try:
+            staging.rename(path)
+        except BaseException:
+            if previous is not None:
+                previous.rename(path)
+            raise
+        if previous is not None and previous.is_dir() and not previous.is_symlink():
+            shutil.rmtree(previous, ignore_errors=True)
+        elif previous is not None:
+            previous.unlink()
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: something else was written there meanwhile
+                break
+        raise
+
+
 __all__ = [
     "PICKLED_WEIGHT_FILES",
     "WEIGHT_FILES",
     "check_model_source",
+    "check_new_output_dir",
     "check_output_dir",
     "load_feature_extractor",
     "load_model",
+    "staged_output_dir",
 ]

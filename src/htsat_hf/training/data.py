@@ -290,7 +290,8 @@ def label_column_is_list(split, label_column: str) -> bool | None:
 
 def read_label_names(path: str) -> list[str]:
     """Class names in index order from a label file: AudioSet's `class_labels_indices.csv` (a header with `index`
-    and `display_name`), or a plain list with one label per line (`.txt`; the final newline is optional).
+    and `display_name`), or a plain list with one label per line (`.txt`; the final newline is optional, and blank
+    lines at the end of the file, which editors add, are ignored).
 
     Raises:
         InputError: an unreadable or empty file, a blank line, a repeated label, or (AudioSet format) indices that
@@ -301,6 +302,8 @@ def read_label_names(path: str) -> list[str]:
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(f"{path}: cannot read the label names file ({error_line(error)})") from None
     lines = text.splitlines()
+    while lines and not lines[-1].strip():  # trailing blank lines are no labels; a blank line between names is refused
+        lines.pop()
     if not lines:
         raise InputError(f"{path}: the label names file is empty")
     header = [part.strip() for part in next(csv.reader([lines[0]]))]
