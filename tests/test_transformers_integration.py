@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from transformers import AutoModel, AutoModelForAudioClassification, AutoModelForAudioFrameClassification
 
 import htsat_hf  # noqa: F401  (registers the Auto classes)
-from htsat_hf import HTSATForAudioClassification, HTSATForSoundEventDetection, HTSATModel
+from htsat_hf import HTSATConfig, HTSATForAudioClassification, HTSATForSoundEventDetection, HTSATModel
 from htsat_hf.modeling_htsat import (
     HTSATSwinBlock,
     HTSATWindowAttention,
@@ -91,6 +91,17 @@ def test_save_and_load_keeps_outputs(model_class, token_semantic, tmp_path):
             assert torch.equal(module.shift_mask, expected)
     assert indices == sum(config.depths)
     assert masks == 3  # the odd block of each stage except the last (8x8 tokens, one window, no shift)
+
+
+@pytest.mark.parametrize("id2label", [None, {0: "dog", 1: "cat"}])
+def test_two_class_config_reloads_with_two_classes(id2label, tmp_path):
+    # transformers omits an id2label equal to its own two-class default; HTS-AT's default is 527 classes.
+    config = HTSATConfig(num_labels=2) if id2label is None else HTSATConfig(id2label=id2label)
+    config.save_pretrained(tmp_path)
+    reloaded = HTSATConfig.from_pretrained(tmp_path)
+    assert reloaded.num_labels == 2
+    assert reloaded.id2label == config.id2label
+    assert reloaded.label2id == {label: index for index, label in config.id2label.items()}
 
 
 def test_auto_classes_resolve_each_head(tmp_path):

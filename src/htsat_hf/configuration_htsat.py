@@ -146,6 +146,15 @@ class HTSATConfig(PretrainedConfig):
         if not 0 <= self.f_min < self.f_max:
             raise InputError(f"need 0 <= f_min < f_max, got f_min={self.f_min}, f_max={self.f_max}")
 
+    def to_diff_dict(self) -> dict:
+        """The saved `config.json`'s content; the class list is always part of it. transformers leaves `id2label`
+        out when it equals its own two-class default, and an HTS-AT config without one means 527 classes, so a
+        two-class model would otherwise reload with 527; `label2id` is written as `id2label`'s inverse."""
+        diff = super().to_diff_dict()
+        diff["id2label"] = {str(index): label for index, label in self.id2label.items()}
+        diff["label2id"] = {label: int(index) for index, label in self.id2label.items()}
+        return diff
+
     @property
     def freq_ratio(self) -> int:
         """How many consecutive time chunks are stacked along the frequency axis of the image (4 by default)."""
