@@ -7,7 +7,9 @@ Variants (timed in interleaved rounds, medians; the same features for all):
   reference        the fast path off: every module runs its reference forward
 Also the patch embedding alone: the matmul over patches against the convolution.
 
-    python benchmarks/ablation.py --batch-size 8 --precisions fp32 bf16
+Precisions: fp32, bf16 (autocast), bf16-model (the weights held in bfloat16, no autocast).
+
+    python benchmarks/ablation.py --batch-size 8 --precisions fp32 bf16 bf16-model
 """
 
 import argparse
@@ -19,8 +21,9 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
+from benchmark import to_dtype_as_loaded
 from htsat_hf import HTSATConfig, HTSATFeatureExtractor, HTSATForAudioClassification, cpu_fast_path
-from htsat_hf.cpu_fast_path_htsat import ONEDNN_LINEAR_AVAILABLE
+from htsat_hf.cpu_fast_path_htsat import ONEDNN_LINEAR_AVAILABLE, window_attention_kernel
 
 VARIANTS = {
     "fast": {},
@@ -29,6 +32,7 @@ VARIANTS = {
     "no window gather": dict(window_gather=False),
     "no patch matmul": dict(patch_matmul=False),
     "no bias cache": dict(bias_cache=False),
+    "no fused attention": dict(fused_attention=False),
     "reference": dict(enabled=False),
 }
 
@@ -56,7 +60,8 @@ def interleaved_medians(calls: dict, rounds: int) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16", "bf16-model"],
+                        choices=["fp32", "bf16", "bf16-model"])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--tiny", action="store_true", help="a tiny configuration (a smoke test, not a measurement)")
     args = parser.parse_args(argv)
@@ -70,18 +75,22 @@ def main(argv=None):
     waves = (np.random.default_rng(0).standard_normal((args.batch_size, extractor.max_length_samples)) * 0.1)
     features = extractor(waves.astype(np.float32), sampling_rate=config.sampling_rate, return_tensors="pt")
     features = features["input_features"]
+    kernels = {str(dtype).removeprefix("torch."): window_attention_kernel(dtype)
+               for dtype in (torch.float32, torch.bfloat16)}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
-          f"{args.rounds} interleaved rounds")
+          f"{args.rounds} interleaved rounds; attention kernel chosen here: {kernels}")
 
     lines = ["| part | precision | variant | ms per batch | vs fast |", "| --- | --- | --- | --- | --- |"]
+    bf16_model = to_dtype_as_loaded(model, torch.bfloat16) if "bf16-model" in args.precisions else None
     with torch.inference_mode():
         reference = model(features).logits
         for precision in args.precisions:
             context = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
+            target = bf16_model if precision == "bf16-model" else model
 
-            def forward():
+            def forward(target=target, context=context):
                 with context():
-                    return model(features).logits
+                    return target(features).logits
 
             for name, settings in VARIANTS.items():
                 with cpu_fast_path(**settings):

@@ -23,9 +23,16 @@ The parts (keywords of [`set_cpu_fast_path`]):
   over the non-overlapping patches (about 8x faster than the one-input-channel convolution).
 - `bias_cache`: `HTSATWindowAttention`'s relative position bias plus shift mask is computed once per weights and
   kept ([`cached_attention_mask`]).
+- `fused_attention`: `HTSATWindowAttention` runs PyTorch's fused attention kernel (`scaled_dot_product_attention`
+  with the bias and shift mask as `attn_mask`) or two batched matmuls around an in-place mask add and a softmax,
+  whichever [`window_attention_kernel`] finds faster on this CPU in this dtype; off, always the batched matmuls.
 
-With the fast path on, `HTSATWindowAttention` also computes reduced-precision attention as two batched matmuls
-rather than through SDPA ([`window_attention_forward`]).
+Choices that depend on the CPU are made from what it supports ([`cpu_capabilities`]: AMX tiles, oneDNN's bfloat16 and
+float16 matmuls) and, where that does not settle them, by a one-time measurement per process
+([`window_attention_kernel`]), never from one machine's tuning alone. Models held in bfloat16 or float16
+(`from_pretrained(..., torch_dtype=torch.bfloat16)`, `model.to(torch.bfloat16)`) run the same fast forwards with their
+weights read as they are stored (no cast per call), the matmuls in the model's dtype and the encoder's residual
+stream and LayerNorms in float32 ([`float32_residual_stream`]), as autocast would compute them.
 
 Modules called inside a fast implementation are called as modules (their hooks run), except linear layers, the MLP's
 activation and the patch embedding's convolution, which a fast implementation computes itself only when
@@ -39,6 +46,7 @@ beside it, whose switch is that copy's own.
 import functools
 import platform
 import sys
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -74,7 +82,7 @@ class CPUFastPathSettings:
 
     Args:
         enabled: the fast path as a whole; `False` runs every module's reference forward.
-        chunks, onednn_linear, window_gather, patch_matmul, bias_cache: the parts, each on its own.
+        chunks, onednn_linear, window_gather, patch_matmul, bias_cache, fused_attention: the parts, each on its own.
         chunk_bytes: the budget of `chunks` in bytes (default `CPU_CHUNK_BYTES`, tuned on a 2-core AMD EPYC with
             1 MiB of L2 per core and 32 MiB of L3; other caches may want another value).
 
@@ -88,6 +96,7 @@ class CPUFastPathSettings:
     window_gather: bool = True
     patch_matmul: bool = True
     bias_cache: bool = True
+    fused_attention: bool = True
     chunk_bytes: int = CPU_CHUNK_BYTES
 
     def __post_init__(self):
@@ -106,16 +115,16 @@ def set_cpu_fast_path(enabled: bool = True, **parts) -> None:
     """Switch HTS-AT's CPU inference fast path on or off, as a whole or by part, for the whole process.
 
     Each call sets the whole configuration: the parts it does not name are on and `chunk_bytes` is
-    `CPU_CHUNK_BYTES`. The results are the reference model's either way (within float32 rounding, or bfloat16's under
-    autocast); only the speed changes.
+    `CPU_CHUNK_BYTES`. The results are the reference model's either way (within float32 rounding, or bfloat16's in
+    bfloat16); only the speed changes.
 
         htsat_hf.set_cpu_fast_path(False)  # every module runs its reference forward
         htsat_hf.set_cpu_fast_path(True, chunks=False)  # all parts but the cache-sized chunks
 
     Args:
         enabled: `False` switches the whole fast path off.
-        **parts: `chunks`, `onednn_linear`, `window_gather`, `patch_matmul`, `bias_cache` (bools) and `chunk_bytes`
-            (int), see [`CPUFastPathSettings`].
+        **parts: `chunks`, `onednn_linear`, `window_gather`, `patch_matmul`, `bias_cache`, `fused_attention` (bools)
+            and `chunk_bytes` (int), see [`CPUFastPathSettings`].
 
     Raises:
         TypeError: an unknown part.
@@ -228,18 +237,56 @@ def is_plain_module(module: nn.Module) -> bool:
     result without calling it."""
     global_hooks = (nn.modules.module._global_forward_hooks, nn.modules.module._global_forward_pre_hooks)
     return (
-        type(module) in (nn.Linear, nn.Conv2d, GELUActivation)
+        type(module) in (nn.Linear, nn.Conv2d, nn.LayerNorm, GELUActivation)
         and not (module._forward_hooks or module._forward_pre_hooks or any(global_hooks))
         and "forward" not in module.__dict__
         and all(type(p) is nn.Parameter and p.layout == torch.strided for p in module.parameters(recurse=False))
     )
 
 
+@functools.cache
+def cpu_capabilities() -> dict:
+    """What this CPU supports, as PyTorch's CPU backend detects it (`torch.cpu.get_capabilities()`: `cpu_name`,
+    `avx2`, `avx512_f`, `avx512_bf16`, `amx_bf16`, `amx_fp16`, `amx_int8`, `l2_cache_size`, ...); `{}` on builds
+    without it. Read once per process."""
+    get = getattr(torch.cpu, "get_capabilities", None)
+    try:
+        return dict(get()) if get else {}
+    except RuntimeError:  # cpuinfo could not read this CPU
+        return {}
+
+
+def fast_matmul_dtypes() -> frozenset[torch.dtype]:
+    """The dtypes in which oneDNN runs matmuls natively on this CPU: float32 always, bfloat16 with AVX512-BF16 or AMX,
+    float16 with AVX512-FP16 or AMX-FP16 (oneDNN's own checks). Elsewhere oneDNN would emulate them, slower than
+    PyTorch's plain layers."""
+    mkldnn = torch.ops.mkldnn
+    return frozenset(
+        dtype
+        for dtype, supported in (
+            (torch.float32, True),
+            (torch.bfloat16, mkldnn._is_mkldnn_bf16_supported()),
+            (torch.float16, mkldnn._is_mkldnn_fp16_supported()),
+        )
+        if supported
+    )
+
+
+def has_amx_tiles(dtype: torch.dtype) -> bool:
+    """Whether this CPU has AMX tile instructions for `dtype` (bfloat16: AMX-BF16, float16: AMX-FP16). With them
+    PyTorch's fused attention kernel runs its reduced-precision block matmuls on the tiles; without them it upcasts,
+    and two batched matmuls are the faster choice (about 2x on a 2-core AMD EPYC with AVX512-BF16)."""
+    capabilities = cpu_capabilities()
+    flag = {torch.bfloat16: "amx_bf16", torch.float16: "amx_fp16"}.get(dtype)
+    return bool(flag and capabilities.get(flag) and capabilities.get("amx_tile"))
+
+
 def onednn_linear_dtype(layer: nn.Module, inputs: torch.Tensor) -> torch.dtype | None:
     """The dtype in which `layer(inputs)` may run as oneDNN's fused linear op, or `None` where it must run as the
-    layer itself: only with the `onednn_linear` part on, a plain float32 `nn.Linear` in eval mode, for inference (no
-    autograd) on an x86 CPU in eager mode, with float32 inputs or under bfloat16 autocast on a CPU with bfloat16
-    support."""
+    layer itself: only with the `onednn_linear` part on, a plain `nn.Linear` in eval mode, for inference (no autograd)
+    on an x86 CPU in eager mode, in a dtype of [`fast_matmul_dtypes`]: the layer's own (float32, or bfloat16 /
+    float16 weights with inputs of that dtype or float32 ones, cast: the float32 residual stream of
+    [`chunked_stage_forward`]), or bfloat16 under bfloat16 autocast (float32 or bfloat16 weights)."""
     if not (
         _ONEDNN_LINEAR is not None
         and _settings.allows("onednn_linear")
@@ -248,15 +295,18 @@ def onednn_linear_dtype(layer: nn.Module, inputs: torch.Tensor) -> torch.dtype |
         and type(layer) is nn.Linear
         and not layer.training
         and inputs.device.type == layer.weight.device.type == "cpu"
-        and layer.weight.dtype == torch.float32
         and not torch.is_grad_enabled()
         and not _is_tracing()
     ):
         return None
+    weight_dtype = layer.weight.dtype
     if torch.is_autocast_enabled("cpu"):
-        bf16 = torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        return torch.bfloat16 if bf16 else None
-    return torch.float32 if inputs.dtype == torch.float32 else None
+        dtype = torch.get_autocast_dtype("cpu")
+        usable = dtype == torch.bfloat16 and weight_dtype in (torch.float32, dtype)
+    else:
+        dtype = weight_dtype
+        usable = inputs.dtype in (dtype, torch.float32)
+    return dtype if usable and dtype in fast_matmul_dtypes() else None
 
 
 def cpu_linear(layer: nn.Linear, inputs: torch.Tensor, activation: nn.Module | None = None) -> torch.Tensor:
@@ -266,11 +316,14 @@ def cpu_linear(layer: nn.Linear, inputs: torch.Tensor, activation: nn.Module | N
     transformers' exact (erf) GELU module unaltered, fused into it (the kernel torch.compile's CPU backend emits for
     such layers): in float32 up to 13% faster than PyTorch's default MKL GEMM on the model's shapes on AMD EPYC, and
     in both precisions no separate passes for the bias and the activation (a bfloat16 GELU pass costs more than its
-    matmul's bias). Under autocast the operands are cast to bfloat16 on each call, as autocast casts them once per
-    autocast region. Anywhere else it is the plain layer, then the activation module.
+    matmul's bias). Weights held in bfloat16 or float16 are read as they are; under autocast float32 weights are cast
+    on each call, as autocast itself does. Anywhere else it is the plain layer, then the activation module.
     """
     dtype = onednn_linear_dtype(layer, inputs)
     if dtype is None:
+        weight = getattr(layer, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.is_floating_point() and not torch.is_autocast_enabled("cpu"):
+            inputs = inputs.to(weight.dtype)  # float32 activations of a reduced-precision model's residual stream
         outputs = layer(inputs)
         return outputs if activation is None else activation(outputs)
     fuses_gelu = (
@@ -283,6 +336,108 @@ def cpu_linear(layer: nn.Linear, inputs: torch.Tensor, activation: nn.Module | N
     post_op, algorithm = ("gelu", "none") if fuses_gelu else ("none", "")
     outputs = _ONEDNN_LINEAR(inputs.to(dtype), weight, bias, post_op, [], algorithm)
     return outputs if activation is None or fuses_gelu else activation(outputs)
+
+
+def cpu_layer_norm(norm: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """`norm(inputs)` in the inputs' dtype. A reduced-precision model's LayerNorm on its float32 residual stream
+    ([`chunked_stage_forward`]) normalises in float32 with its few weights upcast, where the module itself would
+    refuse the mixed dtypes; a module with hooks is called on inputs in its own dtype."""
+    weight = norm.weight
+    if weight is None or inputs.dtype == weight.dtype:
+        return norm(inputs)
+    if not is_plain_module(norm):
+        return norm(inputs.to(weight.dtype)).to(inputs.dtype)
+    bias = None if norm.bias is None else norm.bias.to(inputs.dtype)
+    return F.layer_norm(inputs, norm.normalized_shape, weight.to(inputs.dtype), bias, norm.eps)
+
+
+def float32_residual_stream(stage: nn.Module, hidden_states: torch.Tensor) -> bool:
+    """Whether a stage of a model held in bfloat16 or float16 runs its residual stream (the block inputs and
+    outputs, the LayerNorms) in float32, its matmuls in the model's dtype: as autocast computes, within 5e-3 of
+    float32 probabilities where all-bfloat16 blocks were not (6.5-8e-3 on the reference vectors). Only without
+    autocast, and where the parts that take float32 inputs are on (`window_gather`, `onednn_linear` on a CPU with
+    native matmuls in that dtype); elsewhere the stage runs in the model's dtype as the reference does."""
+    weight = stage.blocks[0].mlp.fc1.weight  # a method of quantized linear layers
+    dtype = weight.dtype if isinstance(weight, torch.Tensor) else None
+    return (
+        dtype in (torch.bfloat16, torch.float16)
+        and hidden_states.dtype == dtype
+        and not torch.is_autocast_enabled("cpu")
+        and _settings.allows("window_gather")
+        and _settings.allows("onednn_linear")
+        and _ONEDNN_LINEAR is not None
+        and dtype in fast_matmul_dtypes()
+    )
+
+
+def matmul_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention as two batched matmuls: `softmax(query * scale @ key^T + mask) @ value`, the mask added in place
+    into the fresh scores (no second scores-sized buffer).
+
+    Args:
+        query, key, value: `(batch, groups, N, head_dim)`.
+        mask: additive, broadcastable to `(batch, groups, N, N)`.
+
+    Returns:
+        The context `(batch, groups, N, head_dim)` and the attention probabilities `(batch, groups, N, N)`.
+    """
+    scores = torch.matmul(query * scale, key.transpose(-2, -1))
+    weights = scores.add_(mask).softmax(dim=-1)
+    return torch.matmul(weights, value), weights
+
+
+def _fused_attention(query, key, value, mask, scale):
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
+
+
+def _best_of(calls: dict[str, Callable], rounds: int) -> str:
+    """The name of the fastest call: best time of `rounds` interleaved rounds after one warm-up call each (the best,
+    not the median, since the kernels' own time is fixed and a busy machine only adds to it)."""
+    best = dict.fromkeys(calls, float("inf"))
+    for call in calls.values():
+        call()
+    for _ in range(rounds):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return min(best, key=best.get)
+
+
+@functools.cache
+def _measured_attention_kernel(dtype: torch.dtype, threads: int) -> str:
+    """`"fused"` or `"matmul"`, whichever is faster here on a model-shaped problem: the windows of one clip in
+    HTS-AT's second stage (16 shifted windows of 64 tokens, 8 heads of 24 channels, the mask per window and head).
+    About 2-5 ms once per dtype and thread count (the caller's `threads`: the answer can change with them)."""
+    generator = torch.Generator().manual_seed(0)
+    query, key, value = torch.randn(3, 1, 16 * 8, 64, 24, generator=generator).to(dtype).unbind(0)
+    mask = torch.randn(1, 16 * 8, 64, 64, generator=generator).to(dtype)
+    with torch.inference_mode():
+        return _best_of(
+            {
+                "fused": lambda: _fused_attention(query, key, value, mask, 0.2),
+                "matmul": lambda: matmul_attention(query, key, value, mask, 0.2),
+            },
+            rounds=5,
+        )
+
+
+def window_attention_kernel(dtype: torch.dtype) -> str:
+    """How the fast path computes window attention in `dtype`: `"fused"` (`scaled_dot_product_attention`) or
+    `"matmul"` ([`matmul_attention`]).
+
+    With `fused_attention` off: `"matmul"`. In bfloat16 or float16 on a CPU without AMX tiles for that dtype
+    ([`has_amx_tiles`]): `"matmul"` (PyTorch's fused CPU kernel upcasts there; 2x slower on AMD EPYC). Otherwise a
+    one-time measurement decides ([`_measured_attention_kernel`]): on a 2-core Xeon with AMX the fused kernel was
+    15-25 % faster in bfloat16 and 30-45 % faster in float32.
+    """
+    if not _settings.allows("fused_attention"):
+        return "matmul"
+    if dtype != torch.float32 and not has_amx_tiles(dtype):
+        return "matmul"
+    return _measured_attention_kernel(dtype, torch.get_num_threads())
 
 
 # Per attention module: (validity key, copy of the bias table it was computed from, mask). Weak keys: the cache goes
@@ -315,15 +470,21 @@ def cached_attention_mask(attention: nn.Module, shift_mask: torch.Tensor | None,
 
 def patch_embedding_forward(reference: Callable, embeddings: nn.Module, image: torch.Tensor) -> torch.Tensor:
     """`HTSATPatchEmbeddings`: `(batch, 1, H, W)` image to `(batch, H * W / patch_size**2, embed_dim)` tokens, the
-    convolution as a matmul over the non-overlapping patches (the same sums, in the token layout the encoder reads)."""
+    convolution as a matmul over the non-overlapping patches (the same sums, in the token layout the encoder reads).
+    A float32 image (a reduced-precision model's float32 feature normalisation) is embedded in float32, its few
+    weights upcast, and the tokens returned in the model's dtype."""
     projection = embeddings.projection
-    if not is_plain_module(projection):  # an adapter, a hook or a quantized convolution: call it
+    if not (is_plain_module(projection) and is_plain_module(embeddings.norm)):  # an adapter, a hook: call them
         return reference(embeddings, image)
+    dtype = projection.weight.dtype
+    compute = image.dtype if image.dtype == torch.float32 else dtype
     batch, _, height, width = image.shape
     rows, cols = projection.kernel_size
-    patches = image.reshape(batch, height // rows, rows, width // cols, cols).transpose(2, 3)
+    patches = image.to(compute).reshape(batch, height // rows, rows, width // cols, cols).transpose(2, 3)
     patches = patches.reshape(batch, (height // rows) * (width // cols), rows * cols)
-    return embeddings.norm(F.linear(patches, projection.weight.flatten(1), projection.bias))
+    bias = None if projection.bias is None else projection.bias.to(compute)
+    tokens = F.linear(patches, projection.weight.flatten(1).to(compute), bias)
+    return cpu_layer_norm(embeddings.norm, tokens).to(dtype)
 
 
 def window_attention_forward(
@@ -334,7 +495,8 @@ def window_attention_forward(
     output_attentions: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`HTSATWindowAttention` in eval mode: linear layers through [`cpu_linear`], the mask from
-    [`cached_attention_mask`], SDPA for float32 only. Shapes as the reference forward."""
+    [`cached_attention_mask`], the attention by the kernel [`window_attention_kernel`] picks (batched matmuls where
+    the probabilities are asked for, or the model uses eager attention). Shapes as the reference forward."""
     batch_windows, tokens, dim = windows.shape
     heads, head_dim = attention.num_heads, attention.head_dim
     qkv = cpu_linear(attention.qkv, windows).view(batch_windows, tokens, 3, heads, head_dim)
@@ -342,18 +504,20 @@ def window_attention_forward(
     mask = cached_attention_mask(attention, shift_mask, query.dtype)
     groups = mask.shape[1]  # heads, or windows of an image times heads (see `attention_mask`)
     query, key, value = (x.reshape(-1, groups, tokens, head_dim) for x in (query, key, value))
-    weights = None
-    # PyTorch's CPU SDPA kernel is about twice slower than two batched matmuls on these 64-token windows in reduced
-    # precision.
-    if attention.config._attn_implementation == "sdpa" and query.dtype == torch.float32 and not output_attentions:
-        context = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=attention.scale)
+    fused = (
+        attention.config._attn_implementation == "sdpa"
+        and not output_attentions
+        and window_attention_kernel(query.dtype) == "fused"
+    )
+    if fused:
+        context, weights = _fused_attention(query, key, value, mask, attention.scale), None
     else:
-        weights = (torch.matmul(query * attention.scale, key.transpose(-2, -1)) + mask).softmax(dim=-1)
-        context = torch.matmul(weights, value)
-        weights = weights.reshape(batch_windows, heads, tokens, tokens)
+        context, weights = matmul_attention(query, key, value, mask, attention.scale)
     context = context.reshape(batch_windows, heads, tokens, head_dim).transpose(1, 2)
     output = attention.proj_dropout(cpu_linear(attention.proj, context.reshape(batch_windows, tokens, dim)))
-    return output, (weights if output_attentions else None)
+    if not output_attentions:
+        return output, None
+    return output, weights.reshape(batch_windows, heads, tokens, tokens)
 
 
 def mlp_forward(reference: Callable, mlp: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -368,7 +532,7 @@ def swin_block_forward(
     """`HTSATSwinBlock` with the shift and window partition as one gather by `block.token_order`, and their inverse
     as one by `block.token_order_inverse` (both `None` for a single unshifted window: no reordering)."""
     batch, num_tokens, dim = hidden_states.shape
-    tokens = block.layernorm_before(hidden_states)
+    tokens = cpu_layer_norm(block.layernorm_before, hidden_states)
     if block.token_order is not None:
         tokens = torch.index_select(tokens, 1, block.token_order)
     windows = tokens.view(-1, block.window_size**2, dim)
@@ -377,36 +541,42 @@ def swin_block_forward(
     if block.token_order is not None:
         tokens = torch.index_select(tokens, 1, block.token_order_inverse)
     hidden_states = hidden_states + block.drop_path(tokens)
-    hidden_states = hidden_states + block.drop_path(block.mlp(block.layernorm_after(hidden_states)))
+    hidden_states = hidden_states + block.drop_path(block.mlp(cpu_layer_norm(block.layernorm_after, hidden_states)))
     return hidden_states, attentions
 
 
 def patch_merging_forward(reference: Callable, merging: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
     """`HTSATPatchMerging` with its projection through [`cpu_linear`]."""
-    return cpu_linear(merging.reduction, merging.norm(merging.merge_neighbours(hidden_states)))
+    return cpu_linear(merging.reduction, cpu_layer_norm(merging.norm, merging.merge_neighbours(hidden_states)))
 
 
 def chunked_stage_forward(
     reference: Callable, stage: nn.Module, hidden_states: torch.Tensor, output_attentions: bool = False
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """`HTSATStage` on chunks of [`clips_per_cpu_chunk`] clips, sized by the MLP's hidden activation (in autocast's
-    dtype under autocast), each through the reference forward; outputs and attentions concatenated."""
+    """`HTSATStage` on chunks of [`clips_per_cpu_chunk`] clips (with `chunks` on), sized by the MLP's hidden
+    activation (in autocast's dtype under autocast, the model's otherwise), each through the reference forward;
+    outputs and attentions concatenated. The residual stream of a reduced-precision model in float32 where
+    [`float32_residual_stream`] says so, the stage's output in the model's dtype again."""
     batch, tokens, _ = hidden_states.shape
-    element_size = (
-        torch.get_autocast_dtype("cpu").itemsize if torch.is_autocast_enabled("cpu") else hidden_states.element_size()
-    )
+    dtype = hidden_states.dtype
+    element_size = torch.get_autocast_dtype("cpu").itemsize if torch.is_autocast_enabled("cpu") else dtype.itemsize
     clips = clips_per_cpu_chunk(tokens * stage.blocks[0].mlp.fc1.out_features * element_size)
+    if float32_residual_stream(stage, hidden_states):
+        hidden_states = hidden_states.float()
     if clips >= batch:
-        return reference(stage, hidden_states, output_attentions)
-    outputs = [reference(stage, chunk, output_attentions) for chunk in hidden_states.split(clips)]
-    attentions = tuple(torch.cat(per_block) for per_block in zip(*(chunk for _, chunk in outputs)))
-    return torch.cat([chunk for chunk, _ in outputs]), attentions
+        outputs, attentions = reference(stage, hidden_states, output_attentions)
+    else:
+        chunks = [reference(stage, chunk, output_attentions) for chunk in hidden_states.split(clips)]
+        attentions = tuple(torch.cat(per_block) for per_block in zip(*(chunk for _, chunk in chunks)))
+        outputs = torch.cat([chunk for chunk, _ in chunks])
+    return outputs.to(dtype), attentions
 
 
 __all__ = [
     "CPU_CHUNK_BYTES",
     "CPUFastPathSettings",
     "ONEDNN_LINEAR_AVAILABLE",
+    "cpu_capabilities",
     "cpu_fast_path",
     "get_cpu_fast_path",
     "set_cpu_fast_path",

@@ -15,7 +15,8 @@ The data path, in call order (each stage is a function or module of this file):
 The forwards in this file are the reference. For CPU inference (eval mode, no autograd, not compiled or exported)
 the forwards marked `@fast_forward` run faster implementations from `cpu_fast_path_htsat.py` with the same results:
 cache-sized chunks of clips, oneDNN fused linear layers, one token gather for shift and windows, the patch embedding
-as a matmul, a cached attention mask. `htsat_hf.set_cpu_fast_path` switches them.
+as a matmul, a cached attention mask, the attention kernel this CPU runs fastest, and for models held in bfloat16 or
+float16 a float32 residual stream. `htsat_hf.set_cpu_fast_path` switches them.
 """
 
 import math
@@ -229,7 +230,7 @@ class HTSATPatchEmbeddings(nn.Module):
 
     @fast_forward(patch_embedding_forward, part="patch_matmul")
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.projection(image).flatten(2).transpose(1, 2))
+        return self.norm(self.projection(image.to(self.projection.weight.dtype)).flatten(2).transpose(1, 2))
 
 
 class HTSATWindowAttention(nn.Module):
@@ -420,7 +421,7 @@ class HTSATStage(nn.Module):
         last = stage == len(config.depths) - 1
         self.downsample = None if last else HTSATPatchMerging(config, (side, side), dim)
 
-    @fast_forward(chunked_stage_forward, part="chunks")
+    @fast_forward(chunked_stage_forward)
     def forward(
         self, hidden_states: torch.Tensor, output_attentions: bool = False
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
@@ -467,11 +468,21 @@ class HTSATPreTrainedModel(PreTrainedModel):
     input_modalities = ("audio",)
     supports_gradient_checkpointing = True
     _no_split_modules = ["HTSATSwinBlock"]
+    # Loaded in bfloat16 or float16 (`torch_dtype`), the 64-bin feature normalisation stays in float32: rounding the
+    # log-mels and their statistics cost 3e-3 of clip probability on the reference vectors.
+    _keep_in_fp32_modules_strict = ["feature_norm"]
     _supports_sdpa = True
     _supports_flash_attn = False
     _supports_flex_attn = False
     # Trainer passes `num_items_in_batch` only to models that take loss kwargs; ours average their own losses.
     accepts_loss_kwargs = False
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the model computes in: its weights' but the feature normalisation's, which loading keeps in
+        float32 (`_keep_in_fp32_modules_strict`); transformers' own would read that first parameter."""
+        weights = (p for name, p in self.named_parameters() if p.is_floating_point() and "feature_norm" not in name)
+        return next(weights).dtype
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         if self._auto_class is not None:
