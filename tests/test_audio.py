@@ -494,3 +494,42 @@ def test_audio_duration_of_other_formats_reads_the_header_or_counts_in_blocks(fi
     assert audio_duration(m4a) == pytest.approx(2.0, abs=0.05)  # ffprobe's reading of the header
     monkeypatch.setattr(audio, "_probe_duration", lambda path: None)
     assert audio_duration(m4a) == pytest.approx(2.0, abs=0.05)  # counted, a block at a time
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_a_truncated_wav_is_refused_by_reading_and_streaming(tmp_path, channels):
+    """A WAV whose header says 2 s but holds 1 s: libsndfile reports the 1 s it can read as the file's frames, and
+    says the cut only in its log; both readers refuse it in one line with both lengths."""
+    full, cut = tmp_path / "full.wav", tmp_path / "cut.wav"
+    soundfile.write(full, np.full((2 * SR, channels), 0.1, np.float32), SR, subtype="PCM_16")
+    data = full.read_bytes()
+    cut.write_bytes(data[: 44 + SR * 2 * channels])
+    assert soundfile.info(str(cut)).frames == SR  # what libsndfile reports: the data present
+    message = f"{cut}: truncated: header says 2.000 s, data holds 1.000 s$"
+    with pytest.raises(InputError, match=message):
+        audio.read_audio(cut, SR)
+    with pytest.raises(InputError, match=message):
+        next(stream_audio(cut, SR, 1000))
+    # The whole file reads as before.
+    assert audio.read_audio(full, SR)[0].shape == (2 * SR,)
+    assert sum(block.size for block in stream_audio(full, SR, 1000)) == 2 * SR
+
+
+def test_a_zero_byte_file_and_decoder_internals(tmp_path):
+    """A 0-byte file says so; torchcodec's source locations and bug-report boilerplate are cut from messages."""
+    empty = tmp_path / "zero.wav"
+    empty.write_bytes(b"")
+    for read in (lambda: audio.read_audio(empty, SR), lambda: next(stream_audio(empty, SR, 1000)),
+                 lambda: audio.audio_duration(empty)):
+        with pytest.raises(InputError, match=f"^{empty}: the file is empty \\(0 bytes\\)$"):
+            read()
+    raw = ("SingleStreamDecoder, /__w/torchcodec/torchcodec/src/torchcodec/_core/SingleStreamDecoder.cpp:51, Could "
+           "not open input file: a.wav Invalid data found. This should never happen. Please report an issue "
+           "following the steps in <https://github.com/pytorch/torchcodec/issues>.")
+    assert audio._one_line(raw) == "Could not open input file: a.wav Invalid data found."
+    garbage = tmp_path / "garbage.wav"
+    garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    with pytest.raises(InputError) as error:
+        audio.read_audio(garbage, SR)
+    assert ".cpp:" not in str(error.value) and "report an issue" not in str(error.value)
+    assert str(error.value).startswith(f"{garbage}: cannot decode audio")

@@ -5,6 +5,7 @@ the journalled, resumable outputs (a run killed with SIGKILL, then resumed)."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -353,3 +354,146 @@ def test_dtype_and_options(tmp_path, scenes):
         InferenceEngine(model, extractor, resolve_settings(model), num_workers=-1)
     with pytest.raises(InputError, match="must be a .jsonl or .tsv file"):
         predict_files([scenes / "ten.wav"], model, extractor, output=tmp_path / "out.csv")
+
+
+class _Killed(Exception):
+    """Stands for a kill after the journal got its first lines."""
+
+
+def test_resume_refuses_another_model_options_or_inputs(tmp_path, capsys, monkeypatch):
+    """A resume continues only the run it was started as: another model (same architecture, other weights), other
+    options (top-k, threshold, class map, median filter, batch size, dtype) or other inputs are refused in one line
+    naming what differs, and the journal is left as it was; the same run resumes, and a finished output resumed with
+    the same inputs and options is left as it is (with other inputs or options: refused)."""
+    model_a, model_b = save_model(tmp_path / "a", seed=0), save_model(tmp_path / "b", seed=1)
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for k in range(5):
+        soundfile.write(folder / f"c{k}.wav", tone(2.0 + k, RATE, 300.0 + 50 * k), RATE)
+    common = ["--batch-size", "2", "--no-progress"]
+    output, parts = tmp_path / "out.jsonl", tmp_path / "out.jsonl.parts"
+    run = InferenceEngine.run
+
+    def killed_after_two(self, *args, **kwargs):
+        for number, result in enumerate(run(self, *args, **kwargs)):
+            if number == 2:
+                raise _Killed
+            yield result
+
+    monkeypatch.setattr(InferenceEngine, "run", killed_after_two)
+    with pytest.raises(_Killed):
+        main(["predict", str(folder), "--model", str(model_a), *common, "--output", str(output)])
+    monkeypatch.setattr(InferenceEngine, "run", run)
+    journal = parts / "shard-00000.jsonl"
+    before = journal.read_bytes()
+    assert before.count(b"\n") == 2
+    class_map = tmp_path / "map.json"
+    class_map.write_text(json.dumps({"num_source_classes": 3, "classes": [{"label": "any", "indices": [0, 1]}]}))
+    changes = [
+        (["--model", str(model_b)], "model weights"),
+        (["--model", str(model_a), "--top-k", "2"], "top-k"),
+        (["--model", str(model_a), "--threshold", "0.7"], r"options \(thresholds\)"),
+        (["--model", str(model_a), "--median-filter", "0.5"], r"options \(median_filter_seconds\)"),
+        (["--model", str(model_a), "--class-map", str(class_map)], r"options \(class_map"),
+        (["--model", str(model_a), "--dtype", "bfloat16"], "dtype"),
+        (["--model", str(model_a), "--batch-size", "3"], r"options \(batch_size\)"),
+    ]
+    for change, named in changes:
+        capsys.readouterr()
+        code = main(["predict", str(folder), *common, *change, "--output", str(output), "--resume"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1, (change, err)
+        assert re.search(rf"out.jsonl.parts: --resume with a different {named}", err), (change, err)
+        assert journal.read_bytes() == before and not output.exists()
+    # Other inputs: a sub-set of the same folder.
+    code = main(["predict", *map(str, sorted(folder.glob("c[0-3].wav"))), "--model", str(model_a), *common,
+                 "--output", str(output), "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "a different inputs" in err
+    # The same run resumes into the output of an uninterrupted run.
+    assert main(["predict", str(folder), "--model", str(model_a), *common, "--output", str(output), "--resume"]) == 0
+    complete = tmp_path / "complete.jsonl"
+    assert main(["predict", str(folder), "--model", str(model_a), *common, "--output", str(complete)]) == 0
+    lines = output.read_text().splitlines()
+    assert [json.loads(line)["file"] for line in lines] == [str(folder / f"c{k}.wav") for k in range(5)]
+    finished = output.read_bytes()
+    # A finished output: other inputs (the files in another order, a file more) or another model are refused ...
+    soundfile.write(tmp_path / "extra.wav", tone(3.0, RATE), RATE)
+    for inputs, model, named in (([*sorted(folder.glob("*.wav"))][::-1], model_a, "inputs"),
+                                 ([folder, tmp_path / "extra.wav"], model_a, "inputs"),
+                                 ([folder], model_b, "model weights")):
+        code = main(["predict", *map(str, inputs), "--model", str(model), *common, "--output", str(output),
+                     "--resume"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and f"a different {named}" in err, err
+        assert output.read_bytes() == finished and not parts.exists()
+    # ... the same inputs and options leave it as it is.
+    assert main(["predict", str(folder), "--model", str(model_a), *common, "--output", str(output), "--resume"]) == 0
+    assert output.read_bytes() == finished and not parts.exists()
+    # predict_files refuses the same way.
+    with pytest.raises(InputError, match="a different top-k"):
+        predict_files([folder], model_a, top_k=1, batch_size=2, output=output, resume=True)
+
+
+def test_results_do_not_depend_on_batch_neighbours_workers_or_resume(tmp_path, monkeypatch):
+    """Every forward runs on a full batch (a short one is padded with zero windows), so a window's scores are the
+    same bytes whichever windows share its batch and wherever it sits: the output of a fixed --batch-size and thread
+    count is byte-identical with 0 or 2 workers, and after an interruption and --resume."""
+    torch.manual_seed(0)
+    model = HTSATForSoundEventDetection(tiny_config(num_labels=3)).eval()
+    extractor = HTSATFeatureExtractor.from_config(model.config)
+    rng = np.random.default_rng(0)
+    windows = [torch.from_numpy(extractor(rng.standard_normal(extractor.max_length_samples).astype(np.float32) * 0.1,
+                                          sampling_rate=RATE, return_tensors="np")["input_features"][0])
+               for _ in range(6)]
+    settings = resolve_settings(model, batch_size=4)
+    engine = InferenceEngine(model, extractor, settings)
+    alone = engine._forward(windows[0][None])
+    for position in range(4):
+        rows = [windows[1 + (position + k) % 5] for k in range(4)]
+        rows[position] = windows[0]
+        frames, clip = engine._forward(torch.stack(rows))
+        assert frames[position].tobytes() == alone[0][0].tobytes() and clip[position].tobytes() == alone[1][0].tobytes()
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for k, seconds in enumerate((13.0, 3.0, 21.5, 0.8, 7.0, 10.0, 2.0)):
+        soundfile.write(folder / f"c{k}.wav", tone(seconds, RATE, 250.0 + 60 * k) + 0.01 * rng.standard_normal(
+            int(seconds * RATE)).astype(np.float32), RATE)
+    items = collect_inputs([folder], keyed_by_name=False)
+    outputs = []
+    for workers in (0, 2):
+        output = tmp_path / f"w{workers}.jsonl"
+        write_predictions(InferenceEngine(model, extractor, settings, num_workers=workers), items, output,
+                          progress=False)
+        outputs.append(output.read_bytes())
+    run = InferenceEngine.run
+
+    def killed_after_three(self, *args, **kwargs):
+        for number, result in enumerate(run(self, *args, **kwargs)):
+            if number == 3:
+                raise _Killed
+            yield result
+
+    resumed = tmp_path / "resumed.jsonl"
+    monkeypatch.setattr(InferenceEngine, "run", killed_after_three)
+    with pytest.raises(_Killed):
+        write_predictions(InferenceEngine(model, extractor, settings), items, resumed, progress=False)
+    monkeypatch.setattr(InferenceEngine, "run", run)
+    write_predictions(InferenceEngine(model, extractor, settings), items, resumed, resume=True, progress=False)
+    outputs.append(resumed.read_bytes())
+    assert outputs[0].count(b"\n") == len(items) and outputs[1] == outputs[0] and outputs[2] == outputs[0]
+
+
+def test_a_broken_link_in_a_folder_is_reported_not_dropped(tmp_path, capsys):
+    model_dir = save_model(tmp_path / "model")
+    folder = tmp_path / "sp"
+    folder.mkdir()
+    soundfile.write(folder / "good.wav", tone(2.0, RATE), RATE)
+    (folder / "broken.wav").symlink_to(folder / "gone.wav")
+    (folder / "._good.wav").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS metadata: skipped, not an error
+    output = tmp_path / "out.jsonl"
+    capsys.readouterr()
+    code = main(["predict", str(folder), "--model", str(model_dir), "--no-progress", "--output", str(output)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and f"{folder / 'broken.wav'}: no such file" in err
+    assert [json.loads(line)["file"] for line in output.read_text().splitlines()] == [str(folder / "good.wav")]

@@ -165,3 +165,30 @@ def test_python_api_inputs(folder, tmp_path):
         as_items([])
     with pytest.raises(InputError, match="nowhere: no such file or folder"):
         as_items([wave, tmp_path / "nowhere"])
+
+
+def test_hidden_files_broken_links_and_list_lines(folder, tmp_path):
+    """Folders skip dot-files, AppleDouble `._*` files and dot-folders (a dot-file given by itself is read); a broken
+    link is kept so the run reports it; a listed folder, a list listing itself or another list is one clear line."""
+    (folder / "._b.wav").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    soundfile.write(folder / ".hidden.wav", np.zeros(RATE, np.float32), RATE)
+    (folder / ".cache").mkdir()
+    soundfile.write(folder / ".cache" / "x.wav", np.zeros(RATE, np.float32), RATE)
+    (folder / "broken.wav").symlink_to(folder / "gone.wav")
+    items = collect_inputs([folder])
+    assert [item.name for item in items] == ["a.flac", "b.wav", "broken.wav", "c.WAV", "sub/deep.wav",
+                                            "sub/deeper/b.Flac"]
+    with pytest.raises(InputError, match=r"broken.wav: no such file$"):
+        items[2].load(RATE)
+    assert [item.name for item in collect_inputs([folder / ".hidden.wav"])] == [".hidden.wav"]
+    listing = tmp_path / "files.txt"
+    listing.write_text("audio/b.wav\naudio\n")
+    with pytest.raises(InputError, match=r"files.txt, line 2: .*audio is a folder; list files name audio files$"):
+        collect_inputs([listing])
+    listing.write_text("audio/b.wav\n\nfiles.txt\n")
+    with pytest.raises(InputError, match=r"files.txt, line 3: a list file cannot list itself$"):
+        collect_inputs([listing])
+    (tmp_path / "other.txt").write_text("audio/c.WAV\n")
+    listing.write_text("other.txt\n")
+    with pytest.raises(InputError, match=r"files.txt, line 1: .*other.txt is not an audio file .*not other lists$"):
+        collect_inputs([listing])

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import shutil
 import subprocess
 import tempfile
@@ -201,6 +202,7 @@ def read_audio(
         import soundfile
 
         with soundfile.SoundFile(str(path)) as handle:
+            truncated = _truncation(handle)
             native = handle.samplerate
             if start > 0:
                 handle.seek(min(int(round(start * native)), handle.frames))
@@ -208,10 +210,13 @@ def read_audio(
             data = handle.read(frames=frames, dtype="float32", always_2d=True)
         wave = _downmix(data, channel_axis=1)
     except Exception as soundfile_error:  # libsndfile's many error types (and no soundfile): let FFmpeg try
+        truncated = None
         wave, native = _decode_with_ffmpeg(path, sampling_rate, soundfile_error, str(path))
         rate = native or sampling_rate
         first = int(round(start * rate))
         wave = wave[first:] if seconds is None else wave[first : first + int(round(seconds * rate))]
+    if truncated is not None:  # raised here, not in the try: FFmpeg must not read the cut file instead
+        raise InputError(f"{path}: {truncated}")
     wave = check_waveform(wave, str(path))
     if native is not None:
         wave = resample(wave, native, sampling_rate, str(path))
@@ -275,6 +280,9 @@ def _existing_file(path: str | PathLike) -> Path:
         raise InputError(f"{path}: is a folder, not an audio file")
     if not path.is_file():
         raise InputError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        # Said here: the decoders would only report a format they do not recognise.
+        raise InputError(f"{path}: the file is empty (0 bytes)")
     return path
 
 
@@ -315,8 +323,47 @@ def _decode_bytes(data: bytes, sampling_rate: int, name: str) -> np.ndarray:
     return wave if native is None else resample(wave, native, sampling_rate, name)
 
 
+# libsndfile's log of a WAV (or AIFF) whose data chunk is shorter than its header says: it reads what is there and
+# reports that length as the file's frames, so the cut shows only in this line of the log.
+_SHORT_DATA = re.compile(r"^\s*(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+_BLOCK_ALIGN = re.compile(r"^\s*Block Align\s*:\s*(\d+)", re.MULTILINE)
+# Sizes that recorders write while the length is unknown (a stream), not a claim about the length.
+_UNKNOWN_SIZES = (0, 0xFFFFFFFF, 0x7FFFFFFF)
+
+
+def _truncation(handle) -> str | None:
+    """`"truncated: header says ... s, data holds ... s"` when an open soundfile's header promises more audio than
+    the file holds (a copy cut short), else None."""
+    try:
+        log = handle.extra_info
+    except Exception:  # an old soundfile without the log: the check is skipped
+        return None
+    short = _SHORT_DATA.search(log)
+    if short is None or int(short.group(1)) in _UNKNOWN_SIZES:
+        return None
+    declared, present = int(short.group(1)), int(short.group(2))
+    if declared <= present:
+        return None
+    align = _BLOCK_ALIGN.search(log)
+    frame_bytes = int(align.group(1)) if align else max(1, round(present / max(handle.frames, 1)))
+    rate = handle.samplerate
+    return (f"truncated: header says {declared // frame_bytes / rate:.3f} s, data holds "
+            f"{handle.frames / rate:.3f} s")
+
+
+# Decoder internals in library messages that tell the user nothing: torchcodec's "SingleStreamDecoder,
+# /__w/torchcodec/.../SingleStreamDecoder.cpp:51," source locations, and its "This should never happen. Please report
+# an issue ..." boilerplate (a file it cannot read is not a torchcodec bug).
+_SOURCE_LOCATION = re.compile(r"(?:\b\w+,\s*)?\S*/\S+\.(?:cpp|cc|cxx|c|h|hpp):\d+,?\s*")
+_BOILERPLATE = re.compile(r"This should never happen\.?\s*|Please report (?:an issue|a bug|this)\b"
+                         r"(?:<[^>]*>|https?://[^\s>]*[^\s>.]|[^<.])*\.?\s*",
+                          re.IGNORECASE)
+
+
 def _one_line(error: BaseException | str) -> str:
-    return " ".join(str(error).split())
+    """A library's error as one line, without its source locations and bug-report boilerplate."""
+    text = _BOILERPLATE.sub("", _SOURCE_LOCATION.sub("", str(error)))
+    return " ".join(text.split()).rstrip(" ,;") or type(error).__name__
 
 
 # ------------------------------------------------------------------------------------------------ any form of audio
@@ -458,6 +505,9 @@ def _stream_file(path: Path, sampling_rate: int, block_samples: int, name: str) 
         yield from _stream_with_ffmpeg(path, sampling_rate, block_samples, soundfile_error, name)
         return
     with handle:
+        truncated = _truncation(handle)
+        if truncated is not None:
+            raise InputError(f"{name}: {truncated}")
         native = handle.samplerate
         if native == sampling_rate:
             yield from _read_chunks(handle, block_samples, name)

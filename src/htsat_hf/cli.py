@@ -330,7 +330,9 @@ def _add_predict(commands) -> None:
         "(the columns of --format tsv) instead of printing them; refused if FILE exists, unless --resume",
     )
     predict.add_argument(
-        "--resume", action="store_true", help="continue an interrupted run into --output, skipping the files it holds"
+        "--resume", action="store_true",
+        help="continue an interrupted run into --output, skipping the files it holds; refused if the model, options "
+        "or inputs differ from that run's",
     )
     predict.add_argument(
         "--device",

@@ -9,7 +9,10 @@ How a run flows:
   `sed.windows.sliding_window_scores` would run (same length, hop and zero-padded last window), computes their
   log-mel features, and packs windows of consecutive files into batches of `batch_size`. Only a window of audio and
   one block are held per worker, whatever the file's length.
-- **The model** runs in the main process on each batch (`device`, in the model's dtype).
+- **The model** runs in the main process on each batch (`device`, in the model's dtype), always on a full batch (a
+  short one padded with zero windows, their outputs dropped): the float rounding depends on the batch's shape, so
+  this makes a window's scores the same bytes whichever windows share its batch, with any number of workers or
+  processes and after a resume (for one batch size and thread count).
 - **Assembly** ([`_FileAssembler`], one per file in flight) stitches the windows' step probabilities onto one time
   axis as `sliding_window_scores` does (overlaps averaged in float64), but incrementally: a step leaves as soon as no
   later window covers it. Finalised steps are class-mapped, median filtered as a stream (`_MedianStream`, exactly
@@ -25,14 +28,18 @@ Outputs ([`write_predictions`]): each finished file is appended as one JSON line
 cut off when the journal is read again). When every file is done, the journal is rendered in input order into the
 output (JSONL: one `FilePrediction.to_dict()` per line; TSV: `predict.TSV_COLUMNS`), written to a temporary file
 and renamed into place, and the journal removed. `resume=True` continues from the journal, skipping the files it
-holds; without it, an existing output or journal is refused. Under `accelerate launch` each process takes the
-inputs `i % num_processes == rank`, journals into its own shard, and the main process merges the shards: the output
-is the same bytes as a one-process run's.
+holds; without it, an existing output or journal is refused. The journal's `fingerprint.json` records what decides
+the results (`InferenceEngine.fingerprint`: model config and weights digest, dtype, options, top-k, and the inputs in
+order); a resume where it differs is refused in one line. A finished JSONL output keeps it beside it
+(`.<output>.run.json`) so that resuming a finished run can be checked the same way. Under `accelerate launch` each
+process takes the inputs `i % num_processes == rank`, journals into its own shard, and the main process merges the
+shards: the output is the same bytes as a one-process run's.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -590,6 +597,29 @@ class InferenceEngine:
         self.plan = WindowPlan.for_model(model.config, feature_extractor, settings.window_seconds,
                                          settings.hop_seconds, settings.short_audio, tag_clips=top_k > 0)
 
+    def fingerprint(self) -> dict:
+        """What decides this engine's results, as JSON values: the model (its config and a digest of its weights,
+        so two checkpoints of one architecture differ), its dtype, the post-processing and windowing settings (the
+        batch size too: it changes the float rounding of scores) and `top_k`. A resumed run must match it, or its
+        output would mix the results of two set-ups."""
+        config = {key: value for key, value in self.model.config.to_dict().items()
+                  # Not where it was loaded from nor by which version; the dtype is its own entry.
+                  if not key.startswith("_") and key not in ("transformers_version", "torch_dtype", "dtype")}
+        weights = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            weights.update(name.encode())
+            weights.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        settings = self.settings.describe()
+        class_map = self.settings.class_map
+        settings["class_map"] = None if class_map is None else class_map.classes
+        return {
+            "model": hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest(),
+            "weights": weights.hexdigest(),
+            "dtype": str(self.model.dtype).removeprefix("torch."),
+            "settings": json.loads(json.dumps(settings, sort_keys=True, default=str)),
+            "top_k": self.top_k,
+        }
+
     def run(self, items: Iterable[AudioItem], shard: int = 0, num_shards: int = 1,
             skip: Iterable[str] = (), scores_dir: str | Path | None = None,
             keep_scores: bool = False) -> Iterator[FileResult]:
@@ -654,9 +684,17 @@ class InferenceEngine:
         """`((batch, steps, classes) frame probabilities, (batch, classes) clip scores)` as float64: sigmoid of the
         clip logits, or softmax for a single-label model (`predict.predict_waveform`'s tag scores)."""
         model = self.model
+        rows = features.shape[0]
+        if rows < self.settings.batch_size:
+            # Every forward runs on a full batch (zero windows appended, their outputs dropped): the kernels'
+            # blocking, and so the float rounding, depends on the batch's shape, and a short batch (the end of a
+            # worker's share, a resume's first files, a change of window length) would round its windows'
+            # scores differently from the same windows in a full batch.
+            padding = features.new_zeros((self.settings.batch_size - rows, *features.shape[1:]))
+            features = torch.cat([features, padding])
         output = model(features.to(model.device, model.dtype))
-        frames = output.logits.float().sigmoid().cpu().numpy()
-        logits = output.clip_logits.float()
+        frames = output.logits[:rows].float().sigmoid().cpu().numpy()
+        logits = output.clip_logits[:rows].float()
         clip = logits.softmax(dim=-1) if self.single_label else logits.sigmoid()
         return frames.astype(np.float64), clip.cpu().numpy().astype(np.float64)
 
@@ -770,8 +808,14 @@ def write_predictions(
     state = _distributed_state()
     rank, processes = (state.process_index, state.num_processes) if state is not None else (0, 1)
     journal = _Journal(output, rank)
+    fingerprint = engine.fingerprint()
+    names = None
+    if isinstance(items, Sequence):
+        # The inputs in order: a resume with other inputs would merge two sets under clashing indices.
+        names = [_file_name(item) for item in items]
+        fingerprint["inputs"] = hashlib.sha256("\n".join(names).encode()).hexdigest()
     if rank == 0:
-        _prepare_output(output, journal.directory, resume)
+        _prepare_output(output, journal.directory, resume, fingerprint, names)
     if state is not None:
         state.wait_for_everyone()
     skip = frozenset(key for key, entry in _Journal.read(journal.directory).items() if "error" not in entry)
@@ -801,7 +845,7 @@ def write_predictions(
     if state is not None:
         state.wait_for_everyone()
     if rank == 0:
-        _finish(output, journal.directory, fmt)
+        _finish(output, journal.directory, fmt, fingerprint)
     return completed, failed
 
 
@@ -809,7 +853,35 @@ def _log_error(result: FileResult) -> None:
     logger.warning("skipped %s: %s", result.name, result.error)
 
 
-def _prepare_output(output: Path, parts: Path, resume: bool) -> None:
+FINGERPRINT = "fingerprint.json"
+FINGERPRINT_FIELDS = {"model": "model config", "weights": "model weights", "dtype": "dtype",
+                      "settings": "options", "top_k": "top-k", "inputs": "inputs"}
+
+
+def _record_path(output: Path) -> Path:
+    """Where a finished JSONL output keeps its run's fingerprint (hidden, next to it), so that `--resume` on it can
+    tell whether it is the same run."""
+    return output.with_name(f".{output.name}.run.json")
+
+
+def _check_fingerprint(recorded: dict, fingerprint: dict, where: Path) -> None:
+    """Refuse a resume whose model, options or inputs differ from those of the run it continues."""
+    differ = [label for key, label in FINGERPRINT_FIELDS.items() if recorded.get(key) != fingerprint.get(key)]
+    if "dtype" in differ and "model weights" in differ:
+        differ.remove("model weights")  # weights cast to another dtype have other bytes: the dtype says it
+    if "options" in differ:
+        old, new = recorded.get("settings") or {}, fingerprint.get("settings") or {}
+        changed = ", ".join(sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)))
+        differ[differ.index("options")] = f"options ({changed})"
+    if differ:
+        raise InputError(
+            f"{where}: --resume with a different {', '.join(differ)} than the run it continues (results of two "
+            "runs are never mixed); use the same ones, or remove it to start again"
+        )
+
+
+def _prepare_output(output: Path, parts: Path, resume: bool, fingerprint: dict | None = None,
+                    names: list[str] | None = None) -> None:
     if not resume and (output.exists() or parts.exists()):
         existing = parts if parts.exists() else output
         raise InputError(
@@ -822,21 +894,43 @@ def _prepare_output(output: Path, parts: Path, resume: bool) -> None:
         # A finished run: its output holds every result; continue from it (as a journal) if it is JSONL.
         if output_format(output) != "jsonl":
             raise InputError(f"{output} is a finished run's output; remove it to run again")
-        parts.mkdir(parents=True)
+        record = _record_path(output)
+        if fingerprint is not None:
+            if not record.exists():
+                raise InputError(f"{output}: no record of the model and options of the run that wrote it, so it "
+                                 "cannot be resumed; remove it to run again")
+            _check_fingerprint(json.loads(record.read_text(encoding="utf-8")), fingerprint, output)
         lines = output.read_text(encoding="utf-8").splitlines()
+        # Journal lines keep their input's index (the inputs are the same, checked above), so files that failed
+        # before and are read now fall into their place.
+        position = {name: index for index, name in enumerate(names)} if names is not None else {}
+        parts.mkdir(parents=True)
+        if fingerprint is not None:
+            (parts / FINGERPRINT).write_text(json.dumps(fingerprint), encoding="utf-8")
         with open(parts / "shard-finished.jsonl", "w", encoding="utf-8") as handle:
-            for position, line in enumerate(lines):
-                handle.write(json.dumps({"index": position, **json.loads(line)}) + "\n")
+            for line_number, line in enumerate(lines):
+                entry = json.loads(line)
+                handle.write(json.dumps({"index": position.get(entry["file"], line_number), **entry}) + "\n")
         return
     try:
         parts.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise InputError(f"cannot write next to {output}: {error.strerror or error}") from None
+    if fingerprint is not None:
+        recorded = parts / FINGERPRINT
+        if recorded.exists():
+            _check_fingerprint(json.loads(recorded.read_text(encoding="utf-8")), fingerprint, parts)
+        else:
+            if any(parts.glob("shard-*.jsonl")):
+                raise InputError(f"{parts}: no record of the model and options of the run that wrote it, so it "
+                                 "cannot be resumed; remove it to start again")
+            recorded.write_text(json.dumps(fingerprint), encoding="utf-8")
     _Journal.repair(parts)
 
 
-def _finish(output: Path, parts: Path, fmt: str) -> None:
-    """Render the journal in input order into `output` (atomically) and remove it."""
+def _finish(output: Path, parts: Path, fmt: str, fingerprint: dict | None = None) -> None:
+    """Render the journal in input order into `output` (atomically) and remove it; a JSONL output keeps the run's
+    fingerprint beside it for a later `--resume`."""
     entries = sorted((e for e in _Journal.read(parts).values() if "error" not in e),
                      key=lambda e: (e["index"], e["file"]))
     temporary = output.with_name(f".{output.name}.tmp")
@@ -850,6 +944,8 @@ def _finish(output: Path, parts: Path, fmt: str) -> None:
             writer.writerow(TSV_COLUMNS)
             for entry in entries:
                 writer.writerows(tsv_rows(_prediction_from_dict(entry)))
+    if fmt == "jsonl" and fingerprint is not None:
+        _record_path(output).write_text(json.dumps(fingerprint), encoding="utf-8")
     os.replace(temporary, output)
     shutil.rmtree(parts, ignore_errors=True)
 

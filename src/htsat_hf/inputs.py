@@ -4,8 +4,11 @@ ground truth).
 
 - a file with an audio extension (`audio.AUDIO_EXTENSIONS`, any case) is one input, named by its file name;
 - a folder gives its audio files, searched recursively, sorted by their path inside it, each named by that path
-  (`sub/a.wav`; a file at the top of the folder by its file name, so flat DCASE folders keep their keys);
-- any other file is a list file: one path per line, relative to the list file, blank lines and `#` comments skipped.
+  (`sub/a.wav`; a file at the top of the folder by its file name, so flat DCASE folders keep their keys). Hidden
+  files and folders below it (names starting with `.`, macOS `._*` AppleDouble files among them) are skipped; a
+  dot-file given by itself is read. A broken link is kept, and the run reports it (`no such file`);
+- any other file is a list file: one audio file's path per line, relative to the list file, blank lines and `#`
+  comments skipped (a listed folder, or a listed file without an audio extension, such as another list, is refused).
 
 Two different files with one name are refused (`keyed_by_name`, as for `run_sed.py`, whose outputs are keyed by
 name), or allowed where outputs name files by path (`htsat-hf predict`). Audio is decoded only when a run reads it
@@ -99,10 +102,8 @@ def collect_inputs(
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(
-                (p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()),
-                key=lambda p: p.relative_to(path).parts,
-            )
+            found = sorted((p for p in path.rglob("*") if _is_folder_audio(p, path)),
+                           key=lambda p: p.relative_to(path).parts)
             if not found:
                 raise InputError(f"{path}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder or below")
             items += [AudioItem(p.relative_to(path).as_posix(), str(p)) for p in found]
@@ -128,6 +129,17 @@ def collect_inputs(
     return list({item.name: item for item in items}.values())
 
 
+def _is_folder_audio(path: Path, folder: Path) -> bool:
+    """Whether a path found in `folder` is one of its audio inputs: an audio extension, not hidden (a dot-file, a
+    macOS `._*` AppleDouble file or anything in a dot-folder below `folder`: metadata, not audio), and a file or a
+    broken link (kept so that the run reports it as missing instead of dropping it silently)."""
+    if path.suffix.lower() not in AUDIO_EXTENSIONS:
+        return False
+    if any(part.startswith(".") for part in path.relative_to(folder).parts):
+        return False
+    return path.is_file() or (path.is_symlink() and not path.exists())
+
+
 def _listed_items(listing: Path, skip_missing: bool) -> list[AudioItem]:
     try:
         lines = listing.read_text(encoding="utf-8").splitlines()
@@ -141,6 +153,15 @@ def _listed_items(listing: Path, skip_missing: bool) -> list[AudioItem]:
         if not line or line.startswith("#"):
             continue
         listed = Path(line) if Path(line).is_absolute() else listing.parent / line
+        where = f"{listing}, line {number}"
+        if listed.is_dir():
+            raise InputError(f"{where}: {listed} is a folder; list files name audio files")
+        if listed.is_file() and listed.resolve() == listing.resolve():
+            raise InputError(f"{where}: a list file cannot list itself")
+        if listed.is_file() and listed.suffix.lower() not in AUDIO_EXTENSIONS:
+            # Lists of lists are refused: a listed name is read as audio, and one level keeps lists plain.
+            raise InputError(f"{where}: {listed} is not an audio file ({', '.join(AUDIO_EXTENSIONS)}); list files "
+                             "name audio files, not other lists")
         if not listed.is_file():
             message = f"{listing}, line {number}: {listed} does not exist"
             if not skip_missing:
