@@ -1,16 +1,22 @@
 #!/usr/bin/env python
-"""The offline demo (`make demo`): everything on locally generated sounds, no network, a few minutes on 2 CPU cores.
+"""The offline demo (`make demo`): everything on locally generated sounds, no network, about a minute on 2 CPU cores.
 
 1. generate a labelled data set of five synthetic sound classes (train and held-out clips);
 2. train a small HTS-AT on it with run_audio_classification.py, and evaluate it on the held-out clips;
 3. classify one new clip with `pipeline("audio-classification")`;
-4. detect events in a 30 s recording with several events using run_sed.py, writing the events TSV and a timeline PNG;
-5. print where everything is.
+4. detect events in a 30 s recording with several events using run_sed.py, writing the events TSV and a timeline PNG,
+   and score them against the recording's true events (collar event F1, as DCASE);
+5. print how well the detection did, event by event, and where everything is.
 
-    python examples/demo.py [--output-dir outputs/demo] [--epochs 12]
+    python examples/demo.py [--output-dir outputs/demo] [--epochs 10] [--seed 0] [--scene-seed 7]
+
+The model reads 2 s clips, so run_sed.py detects with 2 s windows (the saved feature extractor's clip length). The
+scene holds every class at least once, so that every class the model can detect is scored (a detection of a class
+absent from the ground truth would stop run_sed.py's scoring).
 """
 
 import argparse
+import csv
 import json
 import subprocess
 import sys
@@ -20,6 +26,14 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+SAMPLING_RATE = 32000
+CLIP_SECONDS = 2.0
+SCENE_NAME = "scene_30s.wav"
+# Detection settings, fixed before looking at any scene: the sigmoid's midpoint and a median filter of 0.5 s.
+THRESHOLD = 0.5
+MEDIAN_FILTER_SECONDS = 0.5
+COLLAR_SECONDS = 0.2  # onset collar; offset collar max(0.2 s, 20 % of the event), as DCASE and run_sed.py score
+OFFSET_FRACTION = 0.2
 
 
 def step(number: int, total: int, text: str):
@@ -31,44 +45,130 @@ def run(command: list[str]):
     subprocess.run(command, check=True, cwd=REPO)
 
 
+def make_data(data_dir: Path, seed: int = 0) -> None:
+    """Training and held-out clips of every class and background-only clips, from seeds `seed` and `seed + 1`."""
+    from htsat_hf.synthetic import SOUND_CLASSES, make_classification_folder
+
+    make_classification_folder(data_dir / "train", SOUND_CLASSES, 12, CLIP_SECONDS, seed=seed, background_clips=12)
+    make_classification_folder(data_dir / "eval", SOUND_CLASSES, 4, CLIP_SECONDS, seed=seed + 1, background_clips=4)
+
+
+def make_scene_files(data_dir: Path, scene_seed: int = 7, name: str = SCENE_NAME) -> tuple[Path, Path, list]:
+    """A 30 s scene with 6 events (every class at least once) and its true events as a ground-truth TSV
+    (filename, onset, offset, event_label). Returns the audio's path, the TSV's path and the events."""
+    import soundfile
+
+    from htsat_hf.synthetic import SOUND_CLASSES, make_scene
+
+    rng = np.random.default_rng(scene_seed)
+    scene, events = make_scene(30.0, SAMPLING_RATE, rng, SOUND_CLASSES, num_events=6, min_event=1.0, max_event=4.0,
+                               every_class=True)
+    events = [(float(onset), float(offset), label) for onset, offset, label in events]
+    data_dir.mkdir(parents=True, exist_ok=True)
+    scene_path = data_dir / name
+    soundfile.write(scene_path, scene, SAMPLING_RATE)
+    truth_path = scene_path.with_suffix(".events.tsv")
+    with truth_path.open("w") as handle:
+        handle.write("filename\tonset\toffset\tevent_label\n")
+        handle.write("".join(f"{name}\t{a}\t{b}\t{c}\n" for a, b, c in events))
+    return scene_path, truth_path, events
+
+
+def train_command(data_dir: Path, model_dir: Path, epochs: int, seed: int) -> list[str]:
+    # Clips and model windows of 2 s: the 2 s clips are not padded, which lets a model this small learn in a minute.
+    # Multi-label (sigmoid) training with background-only clips, so that the detector stays quiet between events.
+    return [
+        sys.executable, "run_audio_classification.py",
+        "--train_dir", str(data_dir / "train"), "--eval_dir", str(data_dir / "eval"),
+        "--config_overrides", "embed_dim=16,depths=[2,2,2,2],num_heads=[1,2,4,8],drop_path_rate=0.0",
+        "--multi_label", "true", "--max_length_seconds", str(CLIP_SECONDS), "--output_dir", str(model_dir),
+        "--do_train", "--do_eval", "--num_train_epochs", str(epochs), "--per_device_train_batch_size", "8",
+        "--learning_rate", "1e-3", "--lr_schedule", "trainer",
+        "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "10", "--report_to", "none",
+        "--seed", str(seed), "--disable_tqdm", "false",
+    ]
+
+
+def detect_command(model_dir: Path, scene_path: Path, truth_path: Path, sed_dir: Path) -> list[str]:
+    # No --window_seconds: the windows are the saved feature extractor's clip, the 2 s the model was trained on.
+    return [
+        sys.executable, "run_sed.py", "--model_name_or_path", str(model_dir), "--inputs", str(scene_path),
+        "--ground_truth", str(truth_path), "--threshold", str(THRESHOLD),
+        "--median_filter_seconds", str(MEDIAN_FILTER_SECONDS), "--output_dir", str(sed_dir),
+    ]
+
+
+def read_events(path: Path) -> list[tuple[float, float, str]]:
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    return [(float(row["onset"]), float(row["offset"]), row["event_label"]) for row in rows if row["event_label"]]
+
+
+def matches(truth: tuple, detected: tuple) -> bool:
+    """The collar rule of the event F1: same label, onset within 200 ms, offset within max(200 ms, 20 % of the true
+    event's length)."""
+    onset, offset, label = truth
+    collar = max(COLLAR_SECONDS, OFFSET_FRACTION * (offset - onset))
+    return (label == detected[2] and abs(detected[0] - onset) <= COLLAR_SECONDS
+            and abs(detected[1] - offset) <= collar)
+
+
+def event_listing(truth: list[tuple], detected: list[tuple]) -> tuple[list[str], int, int, int]:
+    """One line per true event (with the detection matched to it, or 'missed') and per detection matched to none
+    ('false alarm'); and the counts of hits, misses and false alarms."""
+    unused = list(detected)
+    lines, hits = [], 0
+    for event in truth:
+        match = next((d for d in unused if matches(event, d)), None)
+        if match is None:
+            near = [d for d in unused if d[0] < event[1] and d[1] > event[0]]
+            seen = ", ".join(f"{d[2]} {d[0]:.2f}-{d[1]:.2f}" for d in near)
+            overlap = f" (overlaps {seen})" if seen else ""
+            lines.append(f"  {event[0]:6.2f}-{event[1]:6.2f}  {event[2]:>7}   missed{overlap}")
+        else:
+            unused.remove(match)
+            hits += 1
+            lines.append(f"  {event[0]:6.2f}-{event[1]:6.2f}  {event[2]:>7}   found  {match[0]:6.2f}-{match[1]:6.2f}")
+    for d in unused:
+        lines.append(f"  {'':13}  {'':>7}   false alarm: {d[2]} {d[0]:.2f}-{d[1]:.2f}")
+    return lines, hits, len(truth) - hits, len(unused)
+
+
+def report_detection(sed_dir: Path, truth: list[tuple]) -> dict:
+    """Print the collar event F1 from run_sed.py's metrics.json and the per-event listing; returns a summary."""
+    metrics = json.loads((sed_dir / "metrics.json").read_text())["collar_event_f1"]
+    detected = read_events(sed_dir / "events.tsv")
+    lines, hits, misses, false_alarms = event_listing(truth, detected)
+    print(f"  event F1 against the {len(truth)} true events (collar {1000 * COLLAR_SECONDS:.0f} ms on onsets, "
+          f"max({1000 * COLLAR_SECONDS:.0f} ms, {100 * OFFSET_FRACTION:.0f} % of the event) on offsets): "
+          f"{metrics['micro_f1']:.3f} (class average {metrics['macro_f1']:.3f})")
+    print(f"  {hits} of {len(truth)} found, {misses} missed, {false_alarms} false alarms")
+    print(f"  {'true event (s)':>13}  {'label':>7}   detection (s)")
+    print("\n".join(lines))
+    return {"micro_f1": metrics["micro_f1"], "macro_f1": metrics["macro_f1"], "hits": hits, "misses": misses,
+            "false_alarms": false_alarms}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", type=Path, default=REPO / "outputs" / "demo")
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the training data and of training")
+    parser.add_argument("--scene-seed", type=int, default=7, help="seed of the 30 s scene")
     args = parser.parse_args(argv)
     out = args.output_dir.resolve()
     started = time.time()
     total = 5
 
-    import soundfile
-
-    from htsat_hf.synthetic import SOUND_CLASSES, make_classification_folder, make_scene
+    from htsat_hf.synthetic import SOUND_CLASSES
 
     step(1, total, f"generating {len(SOUND_CLASSES)} sound classes ({', '.join(SOUND_CLASSES)}) in {out / 'data'}")
-    make_classification_folder(out / "data" / "train", SOUND_CLASSES, 12, 2.0, seed=0, background_clips=12)
-    make_classification_folder(out / "data" / "eval", SOUND_CLASSES, 4, 2.0, seed=1, background_clips=4)
-    rng = np.random.default_rng(7)
-    scene, events = make_scene(30.0, 32000, rng, SOUND_CLASSES, num_events=6, min_event=1.0, max_event=4.0)
-    events = [(float(onset), float(offset), label) for onset, offset, label in events]
-    scene_path = out / "data" / "scene_30s.wav"
-    soundfile.write(scene_path, scene, 32000)
-    with (out / "data" / "scene_30s.events.tsv").open("w") as handle:
-        handle.write("onset\toffset\tevent_label\n" + "".join(f"{a}\t{b}\t{c}\n" for a, b, c in events))
+    make_data(out / "data", args.seed)
+    scene_path, truth_path, events = make_scene_files(out / "data", args.scene_seed)
 
     model_dir = out / "model"
-    # Clips and model windows of 2 s: the 2 s clips are not padded, which lets a model this small learn in minutes.
-    # Multi-label (sigmoid) training with background-only clips, so that the detector stays quiet between events.
     step(2, total, "training a small HTS-AT (16-dim, depths 2-2-2-2) with run_audio_classification.py")
-    run([
-        sys.executable, "run_audio_classification.py",
-        "--train_dir", str(out / "data" / "train"), "--eval_dir", str(out / "data" / "eval"),
-        "--config_overrides", "embed_dim=16,depths=[2,2,2,2],num_heads=[1,2,4,8],drop_path_rate=0.0",
-        "--multi_label", "true", "--max_length_seconds", "2", "--output_dir", str(model_dir),
-        "--do_train", "--do_eval", "--num_train_epochs", str(args.epochs), "--per_device_train_batch_size", "8",
-        "--learning_rate", "1e-3", "--lr_schedule", "trainer",
-        "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "10", "--report_to", "none",
-        "--seed", "0", "--disable_tqdm", "false",
-    ])
+    run(train_command(out / "data", model_dir, args.epochs, args.seed))
     metrics = json.loads((model_dir / "eval_results.json").read_text())
     print(f"  held-out mAP: {metrics['eval_mAP']:.3f}, mAUC: {metrics['eval_mAUC']:.3f} (chance: mAUC 0.5)")
 
@@ -78,21 +178,21 @@ def main(argv=None) -> int:
     from transformers import pipeline
 
     classifier = pipeline("audio-classification", model=str(model_dir))
-    clip = synth_sound("chirp", 2.0, 32000, np.random.default_rng(99))
+    clip = synth_sound("chirp", CLIP_SECONDS, SAMPLING_RATE, np.random.default_rng(99))
     for result in classifier(clip, top_k=3):
         print(f"  {result['label']:>8}  {result['score']:.3f}")
 
-    step(4, total, f"detecting events in a 30 s recording with run_sed.py (true events: {events})")
+    step(4, total, f"detecting events in a 30 s recording with run_sed.py, scored against its {len(events)} true "
+                   f"events ({truth_path.name})")
     sed_dir = out / "detection"
-    run([
-        sys.executable, "run_sed.py", "--model_name_or_path", str(model_dir), "--inputs", str(scene_path),
-        "--threshold", "0.5", "--median_filter_seconds", "0.5", "--output_dir", str(sed_dir),
-    ])
+    run(detect_command(model_dir, scene_path, truth_path, sed_dir))
 
-    step(5, total, f"done in {time.time() - started:.0f} s")
-    print(f"  data:            {out / 'data'}")
+    step(5, total, "how well the detection did")
+    report_detection(sed_dir, events)
+    print(f"\n  done in {time.time() - started:.0f} s")
+    print(f"  data:            {out / 'data'} (true events: {truth_path})")
     print(f"  trained model:   {model_dir} (eval_results.json, config.json, model.safetensors)")
-    print(f"  detected events: {sed_dir / 'events.tsv'}")
+    print(f"  detected events: {sed_dir / 'events.tsv'} (scores: {sed_dir / 'metrics.json'})")
     for png in sorted(sed_dir.rglob("*.png")):
         print(f"  timeline:        {png}")
     return 0

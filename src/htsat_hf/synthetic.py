@@ -3,6 +3,10 @@ clips for classification and as scenes with timed events for detection. Used by 
 
 Classes: `tone` (steady sine), `chirp` (rising sweep), `bursts` (gated noise), `clicks` (impulse train), `hum`
 (low harmonic buzz). Each draw varies pitch, rate and level so that a model must learn the class, not one file.
+
+Clips and scenes are mixed the same way (`add_event`): background noise, and each sound added over it with 5 ms
+fades, so that a clip whose sound covers only part of it (`make_classification_folder(partial_clips=...)`) looks
+like a stretch of a scene around an event's onset or offset.
 """
 
 import csv
@@ -42,6 +46,32 @@ def background(seconds: float, sampling_rate: int, rng: np.random.Generator, lev
     return (rng.standard_normal(int(round(seconds * sampling_rate))) * level).astype(np.float32)
 
 
+def add_event(
+    wave: np.ndarray,
+    kind: str,
+    onset: float,
+    seconds: float,
+    sampling_rate: int,
+    rng: np.random.Generator,
+    fade_seconds: float = 0.005,
+) -> tuple[float, float]:
+    """Add one sound of class `kind` to `wave` in place from `onset` for `seconds` (cut at the end of `wave`), with
+    raised-cosine fades of `fade_seconds` at both ends (no click at the edges, which a hard cut would add).
+
+    Returns:
+        The event's `(onset, offset)` in seconds as placed (the offset cut at the end of `wave`).
+    """
+    start = int(round(onset * sampling_rate))
+    sound = synth_sound(kind, seconds, sampling_rate, rng)[: max(0, wave.size - start)]
+    fade = min(int(round(fade_seconds * sampling_rate)), sound.size // 2)
+    if fade > 0:
+        ramp = (0.5 - 0.5 * np.cos(np.pi * (np.arange(fade) + 0.5) / fade)).astype(np.float32)
+        sound[:fade] *= ramp
+        sound[sound.size - fade :] *= ramp[::-1]
+    wave[start : start + sound.size] += sound
+    return start / sampling_rate, (start + sound.size) / sampling_rate
+
+
 def make_classification_folder(
     root: str | Path,
     classes: tuple[str, ...] = SOUND_CLASSES[:3],
@@ -50,10 +80,17 @@ def make_classification_folder(
     sampling_rate: int = 32000,
     seed: int = 0,
     background_clips: int = 0,
+    partial_clips: float = 0.0,
+    min_partial_seconds: float = 0.5,
 ) -> Path:
     """An `audiofolder` directory: `<root>/<kind>_<i>.wav` mono clips and `metadata.csv` (file_name, label), plus
     `background_clips` clips of background noise alone with an empty label (no class: all-zero multi-label
-    targets), which teach a detector to stay silent between events."""
+    targets), which teach a detector to stay silent between events.
+
+    A fraction `partial_clips` of each class's clips hold their sound for only part of the clip (at least
+    `min_partial_seconds`, at a random place, the rest background), as a detector's windows see an event that
+    starts or ends inside them; the others are filled by the sound. The levels of the background-only clips vary
+    (0.002 to 0.02) around the level of the background under the sounds (0.005)."""
     import soundfile
 
     root = Path(root)
@@ -62,10 +99,16 @@ def make_classification_folder(
     with (root / "metadata.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["file_name", "label"])
+        partial = int(round(partial_clips * clips_per_class))
         for kind in classes:
             for index in range(clips_per_class):
                 name = f"{kind}_{index}.wav"
-                clip = synth_sound(kind, seconds, sampling_rate, rng) + background(seconds, sampling_rate, rng)
+                if index < clips_per_class - partial:
+                    clip = synth_sound(kind, seconds, sampling_rate, rng) + background(seconds, sampling_rate, rng)
+                else:
+                    clip = background(seconds, sampling_rate, rng)
+                    length = rng.uniform(min(min_partial_seconds, seconds), seconds)
+                    add_event(clip, kind, rng.uniform(0, seconds - length), length, sampling_rate, rng)
                 soundfile.write(root / name, clip, sampling_rate)
                 writer.writerow([name, kind])
         for index in range(background_clips):
@@ -83,8 +126,12 @@ def make_scene(
     num_events: int = 3,
     min_event: float = 0.5,
     max_event: float = 2.5,
+    every_class: bool = False,
 ) -> tuple[np.ndarray, list[tuple[float, float, str]]]:
     """A scene of `seconds` with `num_events` non-overlapping events of random classes at random times.
+
+    With `every_class`, the classes are drawn as shuffled rounds of all `classes` (each class once per round), so
+    that every class occurs when `num_events >= len(classes)`; otherwise each event's class is drawn on its own.
 
     Returns:
         The waveform `(samples,)` float32 and the events `(onset, offset, label)` in seconds, sorted by onset.
@@ -92,14 +139,17 @@ def make_scene(
     wave = background(seconds, sampling_rate, rng)
     events = []
     slots = np.sort(rng.choice(np.arange(int(seconds // max_event)), size=num_events, replace=False))
-    for slot in slots:
+    kinds = None
+    if every_class:
+        rounds = -(-num_events // len(classes))
+        kinds = np.concatenate([rng.permutation(np.asarray(classes)) for _ in range(rounds)])[:num_events]
+        kinds = rng.permutation(kinds)
+    for index, slot in enumerate(slots):
         length = rng.uniform(min_event, max_event)
         onset = slot * max_event + rng.uniform(0, max_event - length)
-        kind = str(rng.choice(classes))
-        start = int(round(onset * sampling_rate))
-        sound = synth_sound(kind, length, sampling_rate, rng)
-        wave[start : start + sound.size] += sound[: wave.size - start]
-        events.append((round(onset, 3), round(onset + length, 3), kind))
+        kind = str(rng.choice(classes)) if kinds is None else str(kinds[index])
+        start, end = add_event(wave, kind, onset, length, sampling_rate, rng)
+        events.append((round(start, 3), round(end, 3), kind))
     return wave, events
 
 
@@ -138,6 +188,8 @@ def make_detection_folder(
 
 __all__ = [
     "SOUND_CLASSES",
+    "add_event",
+    "background",
     "make_classification_folder",
     "make_detection_folder",
     "make_scene",
