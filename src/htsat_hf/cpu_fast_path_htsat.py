@@ -25,11 +25,11 @@ The parts (keywords of [`set_cpu_fast_path`]):
   kept ([`cached_attention_mask`]).
 - `fused_attention`: `HTSATWindowAttention` runs PyTorch's fused attention kernel (`scaled_dot_product_attention`
   with the bias and shift mask as `attn_mask`) or two batched matmuls around an in-place mask add and a softmax,
-  whichever [`window_attention_kernel`] finds faster on this CPU in this dtype; off, always the batched matmuls.
+  as [`window_attention_kernel`] picks from the CPU's features and the dtype; off, always the batched matmuls.
 
 Choices that depend on the CPU are made from what it supports ([`cpu_capabilities`]: AMX tiles, oneDNN's bfloat16 and
-float16 matmuls) and, where that does not settle them, by a one-time measurement per process
-([`window_attention_kernel`]), never from one machine's tuning alone. Models held in bfloat16 or float16
+float16 matmuls), as measured on an AMD EPYC and an Intel Xeon with AMX, not by timings at run time (which would let
+two processes compute different bytes). Models held in bfloat16 or float16
 (`from_pretrained(..., torch_dtype=torch.bfloat16)`, `model.to(torch.bfloat16)`) run the same fast forwards with their
 weights read as they are stored (no cast per call), the matmuls in the model's dtype and the encoder's residual
 stream and LayerNorms in float32 ([`float32_residual_stream`]), as autocast would compute them.
@@ -46,7 +46,6 @@ beside it, whose switch is that copy's own.
 import functools
 import platform
 import sys
-import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -392,52 +391,22 @@ def _fused_attention(query, key, value, mask, scale):
     return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
 
 
-def _best_of(calls: dict[str, Callable], rounds: int) -> str:
-    """The name of the fastest call: best time of `rounds` interleaved rounds after one warm-up call each (the best,
-    not the median, since the kernels' own time is fixed and a busy machine only adds to it)."""
-    best = dict.fromkeys(calls, float("inf"))
-    for call in calls.values():
-        call()
-    for _ in range(rounds):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return min(best, key=best.get)
-
-
-@functools.cache
-def _measured_attention_kernel(dtype: torch.dtype, threads: int) -> str:
-    """`"fused"` or `"matmul"`, whichever is faster here on a model-shaped problem: the windows of one clip in
-    HTS-AT's second stage (16 shifted windows of 64 tokens, 8 heads of 24 channels, the mask per window and head).
-    About 2-5 ms once per dtype and thread count (the caller's `threads`: the answer can change with them)."""
-    generator = torch.Generator().manual_seed(0)
-    query, key, value = torch.randn(3, 1, 16 * 8, 64, 24, generator=generator).to(dtype).unbind(0)
-    mask = torch.randn(1, 16 * 8, 64, 64, generator=generator).to(dtype)
-    with torch.inference_mode():
-        return _best_of(
-            {
-                "fused": lambda: _fused_attention(query, key, value, mask, 0.2),
-                "matmul": lambda: matmul_attention(query, key, value, mask, 0.2),
-            },
-            rounds=5,
-        )
-
-
 def window_attention_kernel(dtype: torch.dtype) -> str:
     """How the fast path computes window attention in `dtype`: `"fused"` (`scaled_dot_product_attention`) or
     `"matmul"` ([`matmul_attention`]).
 
     With `fused_attention` off: `"matmul"`. In bfloat16 or float16 on a CPU without AMX tiles for that dtype
-    ([`has_amx_tiles`]): `"matmul"` (PyTorch's fused CPU kernel upcasts there; 2x slower on AMD EPYC). Otherwise a
-    one-time measurement decides ([`_measured_attention_kernel`]): on a 2-core Xeon with AMX the fused kernel was
-    15-25 % faster in bfloat16 and 30-45 % faster in float32.
+    ([`has_amx_tiles`]): `"matmul"` (PyTorch's fused CPU kernel upcasts there; 2x slower on a 2-core AMD EPYC).
+    Otherwise `"fused"`: in float32 on both CPUs measured, and in bfloat16 with AMX (2-core Xeon: 1.6-1.8x faster
+    in float32, 1.15-1.35x in bfloat16 on the model's window shapes). The choice depends only on the CPU's features,
+    never on a timing, so that every process on a machine computes the same bytes (the inference engine's resumed and
+    multi-process outputs equal a single run's).
     """
     if not _settings.allows("fused_attention"):
         return "matmul"
     if dtype != torch.float32 and not has_amx_tiles(dtype):
         return "matmul"
-    return _measured_attention_kernel(dtype, torch.get_num_threads())
+    return "fused"
 
 
 # Per attention module: (validity key, copy of the bias table it was computed from, mask). Weak keys: the cache goes
