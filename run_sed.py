@@ -31,7 +31,7 @@ from htsat_hf import HTSATFeatureExtractor, HTSATForSoundEventDetection
 from htsat_hf.engine import InferenceEngine
 from htsat_hf.errors import InputError, error_line
 from htsat_hf.inputs import collect_inputs, dataset_items
-from htsat_hf.loading import load_feature_extractor
+from htsat_hf.loading import DTYPES, load_feature_extractor
 from htsat_hf.sed.detection import (
     SHORT_AUDIO_MODES,
     check_audio_items,
@@ -125,7 +125,7 @@ class DetectionArguments:
     dtype: str | None = field(
         default=None,
         metadata={"help": "Precision to load the detection model in (default: as saved).",
-                  "choices": ["float32", "bfloat16", "float16"]},
+                  "choices": list(DTYPES)},
     )
     short_audio: str = field(
         default="stretch",

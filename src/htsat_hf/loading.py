@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from os import PathLike
 from pathlib import Path
 
+import torch
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from safetensors import SafetensorError, safe_open
 
@@ -23,17 +24,31 @@ from .modeling_htsat import HTSATPreTrainedModel
 # Weight files of a saved model, and the pickled ones this package refuses (unpickling can run code).
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 PICKLED_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+# The precisions a model can be loaded in, by the names the command lines take.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_model(model_class: type[HTSATPreTrainedModel], source: str | PathLike, **kwargs) -> HTSATPreTrainedModel:
+def load_model(
+    model_class: type[HTSATPreTrainedModel],
+    source: str | PathLike,
+    dtype: str | torch.dtype | None = None,
+    **kwargs,
+) -> HTSATPreTrainedModel:
     """`model_class.from_pretrained(source, **kwargs)` from a saved model folder or a Hub id, reading the weights
-    from `model.safetensors` only.
+    from `model.safetensors` only, in `dtype` (a name of `DTYPES` or a torch dtype; default: as saved).
 
     Raises:
         InputError: one line naming the folder or file: a path that does not exist, a file instead of a folder, a
             folder without `config.json` or without `model.safetensors` (a pickled `pytorch_model.bin` is refused:
-            unpickling can run code), a truncated or corrupt weights file, or a Hub id that cannot be loaded.
+            unpickling can run code), a truncated or corrupt weights file, or a Hub id that cannot be loaded; or
+            a dtype name not in `DTYPES` (checked first).
     """
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        dtype = DTYPES[dtype]
+    if dtype is not None:
+        kwargs["dtype"] = dtype
     check_model_source(source)
     try:
         return model_class.from_pretrained(source, use_safetensors=True, **kwargs)

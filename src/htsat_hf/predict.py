@@ -41,9 +41,6 @@ from .sed.windows import check_detection_duration, sliding_window_scores
 
 FORMATS = ("table", "json", "tsv")
 TSV_COLUMNS = ("filename", "onset", "offset", "event_label", "score", "kind")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 def load_predictor(
     model_name_or_path: str | PathLike, device: str = "cpu", dtype: str | torch.dtype | None = None
 ) -> tuple[HTSATForSoundEventDetection, HTSATFeatureExtractor]:
@@ -58,12 +55,7 @@ def load_predictor(
         device = torch.device(device)
     except RuntimeError as error:
         raise InputError(f"device {device!r}: not a torch device ({error_line(error)})") from None
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        dtype = DTYPES[dtype]
-    options = {} if dtype is None else {"dtype": dtype}
-    model = load_model(HTSATForSoundEventDetection, model_name_or_path, **options)
+    model = load_model(HTSATForSoundEventDetection, model_name_or_path, dtype)
     try:
         model = model.to(device).eval()
     except (RuntimeError, AssertionError) as error:  # torch reports an absent backend with either
@@ -315,7 +307,6 @@ def format_predictions(predictions: list[FilePrediction], fmt: str = "table") ->
 
 
 __all__ = [
-    "DTYPES",
     "FilePrediction",
     "check_options",
     "format_predictions",

@@ -45,7 +45,6 @@ from ..errors import InputError
 from ..inputs import AudioItem
 from ..loading import check_output_dir, load_feature_extractor, load_model
 from ..modeling_htsat import HTSATForSoundEventDetection
-from ..predict import DTYPES
 from .io import (
     audio_id,
     detection_table,
@@ -129,10 +128,7 @@ def load_detection_model(model_name_or_path: str | None, device: str | None = No
     """
     if model_name_or_path is None:
         raise InputError("give --model_name_or_path (a converted or trained HTS-AT model)")
-    if dtype is not None and dtype not in DTYPES:
-        raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    model = load_model(HTSATForSoundEventDetection, model_name_or_path,
-                       **({} if dtype is None else {"dtype": DTYPES[dtype]}))
+    model = load_model(HTSATForSoundEventDetection, model_name_or_path, dtype)
     extractor = load_feature_extractor(model_name_or_path, model.config)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), extractor
