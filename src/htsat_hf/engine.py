@@ -47,6 +47,7 @@ import os
 import shutil
 import sys
 import time
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -375,7 +376,9 @@ class _EventStream:
         self.open_peak = np.full(classes, -np.inf)
         self.position = 0
         self.last: dict[int, list] = {}  # class -> [onset, offset, peak] of its last event, while it may merge
-        self.events: list[tuple[float, float, int, float]] = []
+        # Closed events as flat float64 (onset, offset, class, peak) quadruples, 32 bytes each instead of a Python
+        # tuple's ~190: a busy day-long file has millions of events, all held until it ends.
+        self.events = array("d")
 
     def push(self, rows: np.ndarray) -> None:
         steps, classes = rows.shape
@@ -424,7 +427,7 @@ class _EventStream:
 
     def _keep(self, label: int, onset: float, offset: float, peak: float) -> None:
         if offset - onset >= self.min_duration:
-            self.events.append((onset, offset, label, peak))
+            self.events.extend((onset, offset, label, peak))
 
     def finish(self, duration: float) -> list[Event]:
         """The events, sorted by onset then class; runs open at the end close at `duration`."""
@@ -432,9 +435,10 @@ class _EventStream:
             self._close(int(label), self.open_start[label] * self.step, duration, float(self.open_peak[label]))
         for label, last in self.last.items():
             self._keep(label, *last)
-        self.events.sort(key=lambda event: (event[0], event[2]))
-        return [Event(float(onset), float(offset), self.labels[label], float(peak))
-                for onset, offset, label, peak in self.events]
+        rows = np.frombuffer(self.events, np.float64).reshape(-1, 4)
+        rows = rows[np.lexsort((rows[:, 2], rows[:, 0]))]
+        self.events = array("d")
+        return [Event(onset, offset, self.labels[int(label)], peak) for onset, offset, label, peak in rows.tolist()]
 
 
 # ---------------------------------------------------------------------------------------------------- assembly
