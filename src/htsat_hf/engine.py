@@ -411,9 +411,16 @@ class _EventStream:
         self.open_peak[:] = -np.inf
         self.open_start[fall_class[still_open]] = starts[still_open]
         self.open_peak[fall_class[still_open]] = peaks[still_open]
-        for k in np.flatnonzero(~still_open):
-            end = self.position + fall_step[k]
-            self._close(int(fall_class[k]), starts[k] * self.step, end * self.step, float(peaks[k]))
+        closed = np.flatnonzero(~still_open)
+        onsets, offsets = starts[closed] * self.step, (self.position + fall_step[closed]) * self.step
+        if self.min_gap > 0:
+            for k, onset, offset in zip(closed, onsets, offsets, strict=True):
+                self._close(int(fall_class[k]), onset, offset, float(peaks[k]))
+        else:
+            # No merging: runs of a class never touch, so every closed run is an event as it is (no Python loop
+            # over a random model's thousands of runs per window).
+            rows = np.stack([onsets, offsets, fall_class[closed], peaks[closed]], axis=1)
+            self.events.frombytes(rows[offsets - onsets >= self.min_duration].tobytes())
         self.position += steps
 
     def _close(self, label: int, onset: float, offset: float, peak: float) -> None:
@@ -438,7 +445,8 @@ class _EventStream:
         rows = np.frombuffer(self.events, np.float64).reshape(-1, 4)
         rows = rows[np.lexsort((rows[:, 2], rows[:, 0]))]
         self.events = array("d")
-        return [Event(onset, offset, self.labels[int(label)], peak) for onset, offset, label, peak in rows.tolist()]
+        labels = [self.labels[label] for label in rows[:, 2].astype(np.int64).tolist()]
+        return list(map(Event, rows[:, 0].tolist(), rows[:, 1].tolist(), labels, rows[:, 3].tolist()))
 
 
 # ---------------------------------------------------------------------------------------------------- assembly
