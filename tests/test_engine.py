@@ -32,6 +32,7 @@ from htsat_hf.engine import (
 from htsat_hf.cli import main
 from htsat_hf.errors import InputError
 from htsat_hf.inputs import AudioItem, collect_inputs
+from htsat_hf.modeling_htsat import stretch_spectrogram
 from htsat_hf.predict import load_predictor, predict_file
 from htsat_hf.sed.detection import file_scores, postprocess, resolve_settings
 from htsat_hf.sed.io import write_score_tsv
@@ -193,6 +194,50 @@ def test_batches_are_packed_across_files(tmp_path):
     finally:
         InferenceEngine._forward = forward
     assert sizes == [4, 4, 2]  # ten 10 s clips, one window each, in full batches
+
+
+def test_files_of_any_length_share_batches(tmp_path):
+    """A file shorter than a window is a window of its own length; stretched to the model's input size in the
+    worker, it shares a batch with full windows instead of running alone in a zero-padded batch (a folder of clips
+    of varied lengths ran nearly every window alone), with the scores the model gives it unstretched."""
+    model, extractor = loudness_model()
+    sizes = []
+    forward = InferenceEngine._forward
+
+    def recording(self, features):
+        sizes.append(features.shape[0])
+        return forward(self, features)
+
+    clips = []
+    for k, seconds in enumerate((3.0, 4.5, 10.0, 7.25, 2.0)):
+        clips.append(str(tmp_path / f"clip{k}.wav"))
+        soundfile.write(clips[-1], scene(seconds, [(0.5, 1.5)], seed=k), RATE)
+    InferenceEngine._forward = recording
+    try:
+        results = predict_files(clips, model, extractor, batch_size=4)
+    finally:
+        InferenceEngine._forward = forward
+    # A window each, and a tagging pass for each of the four shorter than the 10 s clip: 9 rows in full batches.
+    assert sizes == [4, 4, 1]
+    for clip, result in zip(clips, results, strict=True):
+        assert_same_prediction(result, predict_file(model, extractor, clip))
+
+
+def test_a_stretched_log_mel_gives_the_models_scores():
+    """`feature_norm` (per mel bin) commutes with the model's time stretch, so stretching first changes only float
+    rounding: the engine's premise for batching windows of any length."""
+    model, extractor = loudness_model()
+    rng = np.random.default_rng(0)
+    features = extractor(rng.standard_normal(int(3.3 * RATE)).astype(np.float32) * 0.1, sampling_rate=RATE,
+                         padding="longest", return_tensors="pt")["input_features"]
+    config = model.config
+    stretched = stretch_spectrogram(features, config.spec_size * config.freq_ratio, config.spec_size // config.freq_ratio)
+    assert stretched.shape[1:] == (config.spec_size * config.freq_ratio, config.spec_size // config.freq_ratio)
+    assert stretch_spectrogram(stretched, *stretched.shape[1:]) is stretched
+    with torch.no_grad():
+        direct, early = model(features), model(stretched)
+    torch.testing.assert_close(early.logits, direct.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(early.clip_logits, direct.clip_logits, atol=1e-5, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------------- inputs and errors

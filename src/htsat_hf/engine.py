@@ -62,7 +62,7 @@ from . import audio
 from .errors import InputError, error_line
 from .feature_extraction_htsat import HTSATFeatureExtractor
 from .inputs import AudioItem, as_items
-from .modeling_htsat import HTSATForSoundEventDetection
+from .modeling_htsat import HTSATForSoundEventDetection, stretch_spectrogram
 from .predict import TSV_COLUMNS, FilePrediction, check_options, load_predictor, tsv_rows
 from .sed.io import audio_id, scores_dataframe
 from .sed.postprocessing import DetectionSettings, Event, binarize, map_scores, median_filter_kernel_frames
@@ -102,6 +102,9 @@ class WindowPlan:
         steps_per_window: model steps per window (`config.num_time_steps`, 32).
         step_seconds: seconds per step of a full window.
         hop_length: the extractor's STFT hop (for the step of a short, stretched window).
+        model_frames, model_mel_bins: the size every window's log-mel is stretched to before batching, the size the
+            model stretches its input to (`config.spec_size * freq_ratio` frames, `spec_size // freq_ratio` bins),
+            so that a file shorter than a window shares a batch with full windows instead of running alone.
         max_length_samples: the model's clip length in samples (clips up to it are tagged as one padded clip).
         short_audio: `"stretch"` (a file shorter than a window is one window at its own length) or `"pad"` (zero
             padded to a full window, steps past its end dropped), as `sed.detection.file_scores`.
@@ -116,6 +119,8 @@ class WindowPlan:
     step_seconds: float
     hop_length: int
     max_length_samples: int
+    model_frames: int
+    model_mel_bins: int
     short_audio: str = "stretch"
     tag_clips: bool = True
 
@@ -157,6 +162,8 @@ class WindowPlan:
             step_seconds=step_seconds,
             hop_length=feature_extractor.hop_length,
             max_length_samples=feature_extractor.max_length_samples,
+            model_frames=config.spec_size * config.freq_ratio,
+            model_mel_bins=config.spec_size // config.freq_ratio,
             short_audio=short_audio,
             tag_clips=tag_clips,
         )
@@ -197,8 +204,9 @@ class WindowDataset(IterableDataset):
             each worker iterates again and takes its share from.
         plan: the windowing.
         feature_extractor: the model's extractor (run in the workers).
-        batch_size: windows per batch; a batch is also cut where the features' length changes (a file shorter
-            than a window makes a window of its own length, which cannot share a batch with longer ones).
+        batch_size: windows per batch. Every window's log-mel is stretched to the model's input size first (see
+            `WindowPlan`), so a file shorter than a window (a window of its own length) shares a batch with full
+            windows; a batch is still cut where the size changes (only a log-mel larger than the model reads).
         skip: files (as outputs name them: the path, or the name of in-memory audio) already done (resume).
     """
 
@@ -278,9 +286,13 @@ class WindowDataset(IterableDataset):
         self._last = (total, _native_rate(item))
 
     def _features(self, samples: np.ndarray, padding: str = "longest") -> np.ndarray:
-        return self.feature_extractor(
-            samples, sampling_rate=self.plan.sampling_rate, padding=padding, return_tensors="np"
-        )["input_features"][0]
+        features = self.feature_extractor(
+            samples, sampling_rate=self.plan.sampling_rate, padding=padding, return_tensors="pt"
+        )["input_features"]
+        frames, mel_bins = self.plan.model_frames, self.plan.model_mel_bins
+        if features.shape[1] > frames or features.shape[2] > mel_bins:
+            return features[0].numpy()  # more than the model reads: left for the model to refuse, never shrunk
+        return stretch_spectrogram(features, frames, mel_bins)[0].numpy()
 
 
 def _batch(features: list[np.ndarray], records: list[tuple]) -> dict:

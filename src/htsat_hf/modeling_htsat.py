@@ -79,11 +79,23 @@ def fold_spectrogram_to_image(features: torch.Tensor, spec_size: int, freq_ratio
             f"the model takes at most {target_frames} frames of {target_bins} mel bins, got {frames} frames of "
             f"{mel_bins} bins; split longer audio into windows (see htsat_hf's sound-event-detection tools)"
         )
-    image = features.unsqueeze(1)
-    if (frames, mel_bins) != (target_frames, target_bins):
-        image = F.interpolate(image, size=(target_frames, target_bins), mode="bicubic", align_corners=True)
+    image = stretch_spectrogram(features, target_frames, target_bins).unsqueeze(1)
     image = image.transpose(2, 3).reshape(batch, 1, target_bins, freq_ratio, spec_size)
     return image.transpose(2, 3).reshape(batch, 1, spec_size, spec_size)
+
+
+def stretch_spectrogram(features: torch.Tensor, frames: int, mel_bins: int) -> torch.Tensor:
+    """`(batch, f, b)` to `(batch, frames, mel_bins)` by bicubic interpolation with `align_corners=True` (the
+    original's `reshape_wav2img`); returned as it is when already that size.
+
+    The model stretches its (normalised) input this way, and a per-mel-bin affine map such as `feature_norm` commutes
+    with it (the time weights sum to 1; the bins map onto themselves), so features stretched before the model reach
+    the same image up to float rounding: the inference engine stretches every window to one size in its decoding
+    workers, so that windows of any length share a batch.
+    """
+    if tuple(features.shape[1:]) == (frames, mel_bins):
+        return features
+    return F.interpolate(features.unsqueeze(1), size=(frames, mel_bins), mode="bicubic", align_corners=True)[:, 0]
 
 
 def window_partition(hidden_states: torch.Tensor, window_size: int) -> torch.Tensor:
