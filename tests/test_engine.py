@@ -178,47 +178,39 @@ def test_memory_is_flat_in_duration(monkeypatch):
     assert [(round(e.onset), round(e.offset)) for e in result.events] == [(100, 130), (500, 590)]
 
 
-def test_batches_are_packed_across_files(tmp_path):
-    model, extractor = loudness_model()
-    sizes = []
+@pytest.fixture
+def batch_rows(monkeypatch):
+    """The number of windows in each forward the engine runs (before it pads a short batch)."""
+    rows = []
     forward = InferenceEngine._forward
 
     def recording(self, features):
-        sizes.append(features.shape[0])
+        rows.append(features.shape[0])
         return forward(self, features)
 
-    InferenceEngine._forward = recording
-    try:
-        clips = [scene(10.0, [(1, 2)], seed=seed) for seed in range(10)]
-        predict_files(clips, model, extractor, batch_size=4)
-    finally:
-        InferenceEngine._forward = forward
-    assert sizes == [4, 4, 2]  # ten 10 s clips, one window each, in full batches
+    monkeypatch.setattr(InferenceEngine, "_forward", recording)
+    return rows
 
 
-def test_files_of_any_length_share_batches(tmp_path):
+def test_batches_are_packed_across_files(batch_rows):
+    model, extractor = loudness_model()
+    clips = [scene(10.0, [(1, 2)], seed=seed) for seed in range(10)]
+    predict_files(clips, model, extractor, batch_size=4)
+    assert batch_rows == [4, 4, 2]  # ten 10 s clips, one window each, in full batches
+
+
+def test_files_of_any_length_share_batches(tmp_path, batch_rows):
     """A file shorter than a window is a window of its own length; stretched to the model's input size in the
     worker, it shares a batch with full windows instead of running alone in a zero-padded batch (a folder of clips
     of varied lengths ran nearly every window alone), with the scores the model gives it unstretched."""
     model, extractor = loudness_model()
-    sizes = []
-    forward = InferenceEngine._forward
-
-    def recording(self, features):
-        sizes.append(features.shape[0])
-        return forward(self, features)
-
     clips = []
     for k, seconds in enumerate((3.0, 4.5, 10.0, 7.25, 2.0)):
         clips.append(str(tmp_path / f"clip{k}.wav"))
         soundfile.write(clips[-1], scene(seconds, [(0.5, 1.5)], seed=k), RATE)
-    InferenceEngine._forward = recording
-    try:
-        results = predict_files(clips, model, extractor, batch_size=4)
-    finally:
-        InferenceEngine._forward = forward
+    results = predict_files(clips, model, extractor, batch_size=4)
     # A window each, and a tagging pass for each of the four shorter than the 10 s clip: 9 rows in full batches.
-    assert sizes == [4, 4, 1]
+    assert batch_rows == [4, 4, 1]
     for clip, result in zip(clips, results, strict=True):
         assert_same_prediction(result, predict_file(model, extractor, clip))
 
