@@ -5,8 +5,10 @@
 - partial training clips hold their sound over part of the clip and background elsewhere; the default clips are
   unchanged by the option;
 - the demo's per-event listing applies the collar rule of the event F1;
-- the whole demo (opt-in, about a minute on 2 idle cores: `HTSAT_SLOW_TESTS=1`; expected to fail until the demo's
-  detection is fixed) finds every event of its scene with its label and invents none.
+- clips cut from longer sounds (`max_sound_seconds`) are filled by the sound; strong-label training scenes
+  (`make_detection_folder`) can hold every class and the demo's event lengths, and keep their default draws;
+- the whole demo (opt-in, about two minutes on 2 idle cores: `HTSAT_SLOW_TESTS=1`) finds every event of its scene
+  with its label and invents none.
 """
 
 import importlib.util
@@ -24,6 +26,7 @@ from htsat_hf.synthetic import (
     add_event,
     background,
     make_classification_folder,
+    make_detection_folder,
     make_scene,
     synth_sound,
 )
@@ -115,6 +118,46 @@ def test_partial_clips_default_leaves_the_clips_unchanged(tmp_path):
             np.testing.assert_allclose(clip, expected, atol=1e-4)  # 16-bit PCM files
 
 
+def test_clips_cut_from_longer_sounds_are_filled(tmp_path):
+    """With `max_sound_seconds` every clip is a stretch of a longer sound: loud throughout, the clip's length; some
+    chirp clips hold the high end of a long sweep, above the highest frequency a 2 s chirp reaches (5.4 kHz)."""
+    import soundfile
+
+    root = make_classification_folder(tmp_path / "clips", ("chirp", "clicks"), 6, 2.0, 32000, seed=1,
+                                      max_sound_seconds=4.0)
+    peaks = []
+    for kind in ("chirp", "clicks"):
+        for index in range(6):
+            clip, _ = soundfile.read(root / f"{kind}_{index}.wav", dtype="float32")
+            assert clip.shape == (64000,)
+            assert min(_rms(f) for f in np.array_split(clip, 5)) > 3 * LEVEL, (kind, index)  # no background-only part
+            if kind == "chirp":
+                end = clip[-2048:] * np.hanning(2048)
+                peaks.append(np.argmax(np.abs(np.fft.rfft(end))) * 32000 / 2048)
+    assert max(peaks) > 5400, peaks
+
+
+def test_detection_folder_with_every_class(tmp_path):
+    root = make_detection_folder(tmp_path / "strong", num_files=3, seconds=20.0, sampling_rate=RATE,
+                                 classes=SOUND_CLASSES, events_per_file=5, seed=0, min_event=1.0, max_event=4.0,
+                                 every_class=True)
+    rows = [line.split("\t") for line in (root / "annotations.tsv").read_text().splitlines()[1:]]
+    for name in {row[0] for row in rows}:
+        events = [row for row in rows if row[0] == name]
+        assert sorted(row[3] for row in events) == sorted(SOUND_CLASSES)
+        assert all(1.0 - 1e-3 <= float(row[2]) - float(row[1]) <= 4.0 + 1e-3 for row in events)
+
+
+def test_detection_folder_default_keeps_its_draws(tmp_path):
+    """The new options default to make_scene's defaults: the default folders (the tests') are unchanged."""
+    root = make_detection_folder(tmp_path / "d", num_files=2, seconds=10.0, sampling_rate=RATE, seed=3)
+    rng = np.random.default_rng(3)
+    expected = [make_scene(10.0, RATE, rng, SOUND_CLASSES[:3], 3)[1] for _ in range(2)]
+    rows = (root / "annotations.tsv").read_text().splitlines()[1:]
+    got = [[tuple(row.split("\t")[1:]) for row in rows if row.startswith(f"scene_{i:03d}")] for i in range(2)]
+    assert got == [[(f"{a:.3f}", f"{b:.3f}", c) for a, b, c in events] for events in expected]
+
+
 def test_demo_listing_applies_the_collar_rule():
     demo = _demo()
     truth = [(1.0, 3.0, "tone"), (5.0, 10.0, "hum"), (12.0, 13.0, "clicks")]
@@ -133,7 +176,6 @@ def test_demo_listing_applies_the_collar_rule():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue 12: the demo's clip-trained model does not yet detect its scene exactly", strict=False)
 @pytest.mark.skipif(not os.environ.get("HTSAT_SLOW_TESTS"), reason="the whole demo takes a minute: HTSAT_SLOW_TESTS=1")
 def test_demo_detects_its_scene(tmp_path):
     result = subprocess.run([sys.executable, "examples/demo.py", "--output-dir", str(tmp_path)], cwd=REPO,

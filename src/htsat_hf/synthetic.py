@@ -82,6 +82,7 @@ def make_classification_folder(
     background_clips: int = 0,
     partial_clips: float = 0.0,
     min_partial_seconds: float = 0.5,
+    max_sound_seconds: float | None = None,
 ) -> Path:
     """An `audiofolder` directory: `<root>/<kind>_<i>.wav` mono clips and `metadata.csv` (file_name, label), plus
     `background_clips` clips of background noise alone with an empty label (no class: all-zero multi-label
@@ -89,8 +90,10 @@ def make_classification_folder(
 
     A fraction `partial_clips` of each class's clips hold their sound for only part of the clip (at least
     `min_partial_seconds`, at a random place, the rest background), as a detector's windows see an event that
-    starts or ends inside them; the others are filled by the sound. The levels of the background-only clips vary
-    (0.002 to 0.02) around the level of the background under the sounds (0.005)."""
+    starts or ends inside them; the others are filled by the sound. With `max_sound_seconds` (above `seconds`), a
+    filled clip is a random stretch of a sound of `seconds` to `max_sound_seconds`, as a detector's window sees the
+    middle or the end of a long event (where a chirp's sweep has risen far above its start). The levels of the
+    background-only clips vary (0.002 to 0.02) around the level of the background under the sounds (0.005)."""
     import soundfile
 
     root = Path(root)
@@ -103,7 +106,13 @@ def make_classification_folder(
         for kind in classes:
             for index in range(clips_per_class):
                 name = f"{kind}_{index}.wav"
-                if index < clips_per_class - partial:
+                if index < clips_per_class - partial and max_sound_seconds:
+                    # Extra draws only with the option: the default clips keep their draws.
+                    size = int(round(seconds * sampling_rate))
+                    sound = synth_sound(kind, rng.uniform(seconds, max(seconds, max_sound_seconds)), sampling_rate, rng)
+                    start = int(rng.integers(0, sound.size - size + 1))
+                    clip = sound[start : start + size] + background(seconds, sampling_rate, rng)
+                elif index < clips_per_class - partial:
                     clip = synth_sound(kind, seconds, sampling_rate, rng) + background(seconds, sampling_rate, rng)
                 else:
                     clip = background(seconds, sampling_rate, rng)
@@ -161,9 +170,13 @@ def make_detection_folder(
     classes: tuple[str, ...] = SOUND_CLASSES[:3],
     events_per_file: int = 3,
     seed: int = 0,
+    min_event: float = 0.5,
+    max_event: float = 2.5,
+    every_class: bool = False,
 ) -> Path:
     """Scenes with strong labels in the DESED layout: `<root>/audio/*.wav`, `<root>/annotations.tsv` (filename,
-    onset, offset, event_label) and `<root>/durations.tsv` (filename, duration)."""
+    onset, offset, event_label) and `<root>/durations.tsv` (filename, duration). `min_event`, `max_event` and
+    `every_class` are `make_scene`'s (with `every_class`, the classes are drawn in rounds within each scene)."""
     import soundfile
 
     root = Path(root)
@@ -178,7 +191,9 @@ def make_detection_folder(
         duration_writer.writerow(["filename", "duration"])
         for index in range(num_files):
             name = f"scene_{index:03d}.wav"
-            wave, events = make_scene(seconds, sampling_rate, rng, classes, events_per_file)
+            wave, events = make_scene(
+                seconds, sampling_rate, rng, classes, events_per_file, min_event, max_event, every_class
+            )
             soundfile.write(root / "audio" / name, wave, sampling_rate)
             for onset, offset, label in events:
                 label_writer.writerow([name, f"{onset:.3f}", f"{offset:.3f}", label])
