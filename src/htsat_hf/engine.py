@@ -372,6 +372,9 @@ class _MedianStream:
         return ndimage.median_filter(extended, size=(self.size, 1))[self.emitted - self.start : self.seen - self.start]
 
 
+EVENT_BLOCK = 1 << 16
+
+
 class _EventStream:
     """Events from filtered step scores given chunk by chunk: exactly `postprocessing.activity_to_events(binarize(
     scores, thresholds), boundaries, labels, scores, min_duration, min_gap)` on the whole file, keeping only the runs
@@ -455,10 +458,16 @@ class _EventStream:
         for label, last in self.last.items():
             self._keep(label, *last)
         rows = np.frombuffer(self.events, np.float64).reshape(-1, 4)
-        rows = rows[np.lexsort((rows[:, 2], rows[:, 0]))]
+        order = np.lexsort((rows[:, 2], rows[:, 0]))
+        events: list[Event] = []
+        # Built a block at a time: whole-file columns as Python lists would briefly double a busy day's events.
+        for start in range(0, order.size, EVENT_BLOCK):
+            block = rows[order[start : start + EVENT_BLOCK]]
+            labels = [self.labels[label] for label in block[:, 2].astype(np.int64).tolist()]
+            events += map(Event, block[:, 0].tolist(), block[:, 1].tolist(), labels, block[:, 3].tolist())
+        del rows
         self.events = array("d")
-        labels = [self.labels[label] for label in rows[:, 2].astype(np.int64).tolist()]
-        return list(map(Event, rows[:, 0].tolist(), rows[:, 1].tolist(), labels, rows[:, 3].tolist()))
+        return events
 
 
 # ---------------------------------------------------------------------------------------------------- assembly
