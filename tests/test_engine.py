@@ -215,21 +215,46 @@ def test_files_of_any_length_share_batches(tmp_path, batch_rows):
         assert_same_prediction(result, predict_file(model, extractor, clip))
 
 
-def test_a_stretched_log_mel_gives_the_models_scores():
-    """`feature_norm` (per mel bin) commutes with the model's time stretch, so stretching first changes only float
-    rounding: the engine's premise for batching windows of any length."""
-    model, extractor = loudness_model()
+def random_model(num_mel_bins):
+    """A tiny random detection model; with more mel bins than 64 its image has fewer, longer rows (100 bins:
+    freq_ratio 2, 512 frames, bins stretched to 128 after `feature_norm`), so its extractor reads 5 s clips."""
+    torch.manual_seed(0)
+    model = HTSATForSoundEventDetection(tiny_config(num_mel_bins=num_mel_bins, num_labels=3)).eval()
+    seconds = 10.0 if num_mel_bins == 64 else 5.0
+    return model, HTSATFeatureExtractor.from_config(model.config, max_length_seconds=seconds)
+
+
+@pytest.mark.parametrize("num_mel_bins", [64, 100])
+def test_a_stretched_log_mel_gives_the_models_scores(num_mel_bins):
+    """`feature_norm` (per mel bin) commutes with the model's time stretch, and the bicubic stretch is separable, so
+    stretching time first changes only float rounding, also where the model then stretches the bins: the engine's
+    premise for batching windows of any length."""
+    model, extractor = random_model(num_mel_bins)
     rng = np.random.default_rng(0)
     features = extractor(rng.standard_normal(int(3.3 * RATE)).astype(np.float32) * 0.1, sampling_rate=RATE,
                          padding="longest", return_tensors="pt")["input_features"]
-    config = model.config
-    stretched = stretch_spectrogram(features, config.spec_size * config.freq_ratio, config.spec_size // config.freq_ratio)
-    assert stretched.shape[1:] == (config.spec_size * config.freq_ratio, config.spec_size // config.freq_ratio)
+    frames = model.config.spec_size * model.config.freq_ratio
+    stretched = stretch_spectrogram(features, frames, num_mel_bins)
+    assert stretched.shape[1:] == (frames, num_mel_bins)
     assert stretch_spectrogram(stretched, *stretched.shape[1:]) is stretched
     with torch.no_grad():
         direct, early = model(features), model(stretched)
     torch.testing.assert_close(early.logits, direct.logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(early.clip_logits, direct.clip_logits, atol=1e-5, rtol=0)
+
+
+def test_a_model_that_stretches_its_mel_bins(tmp_path):
+    """100 mel bins (the model stretches them to 128 after `feature_norm`): the engine stretches only time, so the
+    features keep the bins the model's normalisation reads (stretching both failed: 'got shape (2, 512, 128)'), and
+    results equal `predict_file`'s."""
+    model, extractor = random_model(100)
+    rng = np.random.default_rng(1)
+    files = []
+    for k, seconds in enumerate((3.0, 5.0, 12.0)):
+        files.append(str(tmp_path / f"c{k}.wav"))
+        soundfile.write(files[-1], (rng.standard_normal(int(seconds * RATE)) * 0.1).astype(np.float32), RATE)
+    for result in predict_files(files, model, extractor, batch_size=2):
+        assert_same_prediction(result, predict_file(model, extractor, result.path))
 
 
 # ---------------------------------------------------------------------------------------------- inputs and errors

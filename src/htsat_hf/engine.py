@@ -102,9 +102,12 @@ class WindowPlan:
         steps_per_window: model steps per window (`config.num_time_steps`, 32).
         step_seconds: seconds per step of a full window.
         hop_length: the extractor's STFT hop (for the step of a short, stretched window).
-        model_frames, model_mel_bins: the size every window's log-mel is stretched to before batching, the size the
-            model stretches its input to (`config.spec_size * freq_ratio` frames, `spec_size // freq_ratio` bins),
-            so that a file shorter than a window shares a batch with full windows instead of running alone.
+        model_frames: the frames every window's log-mel is stretched to before batching, the length the model
+            stretches its input to (`config.spec_size * freq_ratio`), so that a file shorter than a window shares a
+            batch with full windows instead of running alone. Only time is stretched: the mel bins stay the
+            features' own, which the model's `feature_norm` reads (the model stretches them after it where
+            `spec_size // freq_ratio` exceeds `num_mel_bins`; the bicubic stretch is separable, so the two steps
+            give the model's image up to float rounding).
         max_length_samples: the model's clip length in samples (clips up to it are tagged as one padded clip).
         short_audio: `"stretch"` (a file shorter than a window is one window at its own length) or `"pad"` (zero
             padded to a full window, steps past its end dropped), as `sed.detection.file_scores`.
@@ -120,7 +123,6 @@ class WindowPlan:
     hop_length: int
     max_length_samples: int
     model_frames: int
-    model_mel_bins: int
     short_audio: str = "stretch"
     tag_clips: bool = True
 
@@ -163,7 +165,6 @@ class WindowPlan:
             hop_length=feature_extractor.hop_length,
             max_length_samples=feature_extractor.max_length_samples,
             model_frames=config.spec_size * config.freq_ratio,
-            model_mel_bins=config.spec_size // config.freq_ratio,
             short_audio=short_audio,
             tag_clips=tag_clips,
         )
@@ -289,10 +290,9 @@ class WindowDataset(IterableDataset):
         features = self.feature_extractor(
             samples, sampling_rate=self.plan.sampling_rate, padding=padding, return_tensors="pt"
         )["input_features"]
-        frames, mel_bins = self.plan.model_frames, self.plan.model_mel_bins
-        if features.shape[1] > frames or features.shape[2] > mel_bins:
+        if features.shape[1] > self.plan.model_frames:
             return features[0].numpy()  # more than the model reads: left for the model to refuse, never shrunk
-        return stretch_spectrogram(features, frames, mel_bins)[0].numpy()
+        return stretch_spectrogram(features, self.plan.model_frames, features.shape[2])[0].numpy()
 
 
 def _batch(features: list[np.ndarray], records: list[tuple]) -> dict:

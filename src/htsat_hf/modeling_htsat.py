@@ -88,10 +88,11 @@ def stretch_spectrogram(features: torch.Tensor, frames: int, mel_bins: int) -> t
     """`(batch, f, b)` to `(batch, frames, mel_bins)` by bicubic interpolation with `align_corners=True` (the
     original's `reshape_wav2img`); returned as it is when already that size.
 
-    The model stretches its (normalised) input this way, and a per-mel-bin affine map such as `feature_norm` commutes
-    with it (the time weights sum to 1; the bins map onto themselves), so features stretched before the model reach
-    the same image up to float rounding: the inference engine stretches every window to one size in its decoding
-    workers, so that windows of any length share a batch.
+    The model stretches its (normalised) input this way. Stretching time alone first reaches the same image up to
+    float rounding: the per-mel-bin affine `feature_norm` commutes with a time stretch (its weights sum to 1), and
+    the bicubic stretch is separable, so the model's own stretch then only moves the bins where it must. The
+    inference engine stretches every window's time axis in its decoding workers, so that windows of any length share
+    a batch.
     """
     if tuple(features.shape[1:]) == (frames, mel_bins):
         return features
