@@ -3,6 +3,7 @@
 flat memory in duration, batches packed across files, worker and process sharding with deterministic output, and
 the journalled, resumable outputs (a run killed with SIGKILL, then resumed)."""
 
+import contextlib
 import json
 import os
 import re
@@ -422,6 +423,25 @@ class _Killed(Exception):
     """Stands for a kill after the journal got its first lines."""
 
 
+@contextlib.contextmanager
+def killed_after(monkeypatch, count: int):
+    """Inside the block, `InferenceEngine.run` stops with `_Killed` after `count` results (expected to be raised)."""
+    run = InferenceEngine.run
+
+    def killed(self, *args, **kwargs):
+        for number, result in enumerate(run(self, *args, **kwargs)):
+            if number == count:
+                raise _Killed
+            yield result
+
+    monkeypatch.setattr(InferenceEngine, "run", killed)
+    try:
+        with pytest.raises(_Killed):
+            yield
+    finally:
+        monkeypatch.setattr(InferenceEngine, "run", run)
+
+
 def test_resume_refuses_another_model_options_or_inputs(tmp_path, capsys, monkeypatch):
     """A resume continues only the run it was started as: another model (same architecture, other weights), other
     options (top-k, threshold, class map, median filter, batch size, dtype) or other inputs are refused in one line
@@ -434,18 +454,8 @@ def test_resume_refuses_another_model_options_or_inputs(tmp_path, capsys, monkey
         soundfile.write(folder / f"c{k}.wav", tone(2.0 + k, RATE, 300.0 + 50 * k), RATE)
     common = ["--batch-size", "2", "--no-progress"]
     output, parts = tmp_path / "out.jsonl", tmp_path / "out.jsonl.parts"
-    run = InferenceEngine.run
-
-    def killed_after_two(self, *args, **kwargs):
-        for number, result in enumerate(run(self, *args, **kwargs)):
-            if number == 2:
-                raise _Killed
-            yield result
-
-    monkeypatch.setattr(InferenceEngine, "run", killed_after_two)
-    with pytest.raises(_Killed):
+    with killed_after(monkeypatch, 2):
         main(["predict", str(folder), "--model", str(model_a), *common, "--output", str(output)])
-    monkeypatch.setattr(InferenceEngine, "run", run)
     journal = parts / "shard-00000.jsonl"
     before = journal.read_bytes()
     assert before.count(b"\n") == 2
@@ -528,19 +538,9 @@ def test_results_do_not_depend_on_batch_neighbours_workers_or_resume(tmp_path, m
         write_predictions(InferenceEngine(model, extractor, settings, num_workers=workers), items, output,
                           progress=False)
         outputs.append(output.read_bytes())
-    run = InferenceEngine.run
-
-    def killed_after_three(self, *args, **kwargs):
-        for number, result in enumerate(run(self, *args, **kwargs)):
-            if number == 3:
-                raise _Killed
-            yield result
-
     resumed = tmp_path / "resumed.jsonl"
-    monkeypatch.setattr(InferenceEngine, "run", killed_after_three)
-    with pytest.raises(_Killed):
+    with killed_after(monkeypatch, 3):
         write_predictions(InferenceEngine(model, extractor, settings), items, resumed, progress=False)
-    monkeypatch.setattr(InferenceEngine, "run", run)
     write_predictions(InferenceEngine(model, extractor, settings), items, resumed, resume=True, progress=False)
     outputs.append(resumed.read_bytes())
     assert outputs[0].count(b"\n") == len(items) and outputs[1] == outputs[0] and outputs[2] == outputs[0]
