@@ -3,6 +3,9 @@ turn through the package's switch (`htsat_hf.cpu_fast_path`, see src/htsat_hf/cp
 
 Variants (timed in interleaved rounds, medians; the same features for all):
   fast             the package as shipped: every part on
+  frozen weights   every part on, inside `htsat_hf.frozen_weights` (linear weights reordered for oneDNN once, as
+                   the inference engine and the benchmark run the model; a copy of the model, so that the other
+                   variants run unpacked)
   no <part>        that part off, the others on
   reference        the fast path off: every module runs its reference forward
 Also the patch embedding alone: the matmul over patches against the convolution.
@@ -13,16 +16,17 @@ Precisions: fp32, bf16 (autocast), bf16-model (the weights held in bfloat16, no 
 """
 
 import argparse
+import copy
 import statistics
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 
 import numpy as np
 import torch
 
 from benchmark import to_dtype_as_loaded
-from htsat_hf import HTSATConfig, HTSATFeatureExtractor, HTSATForAudioClassification, cpu_fast_path
+from htsat_hf import HTSATConfig, HTSATFeatureExtractor, HTSATForAudioClassification, cpu_fast_path, frozen_weights
 from htsat_hf.cpu_fast_path_htsat import ONEDNN_LINEAR_AVAILABLE, window_attention_kernel
 
 VARIANTS = {
@@ -82,22 +86,24 @@ def main(argv=None):
 
     lines = ["| part | precision | variant | ms per batch | vs fast |", "| --- | --- | --- | --- | --- |"]
     bf16_model = to_dtype_as_loaded(model, torch.bfloat16) if "bf16-model" in args.precisions else None
-    with torch.inference_mode():
+    with torch.inference_mode(), ExitStack() as frozen:
         reference = model(features).logits
         for precision in args.precisions:
             context = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
             target = bf16_model if precision == "bf16-model" else model
+            frozen_target = frozen.enter_context(frozen_weights(copy.deepcopy(target)))
 
             def forward(target=target, context=context):
                 with context():
                     return target(features).logits
 
-            for name, settings in VARIANTS.items():
+            calls = {name: (settings, forward) for name, settings in VARIANTS.items()}
+            calls["frozen weights"] = ({}, lambda: forward(frozen_target))
+            for name, (settings, call) in calls.items():
                 with cpu_fast_path(**settings):
-                    difference = (forward().float() - reference).abs().max().item()
+                    difference = (call().float() - reference).abs().max().item()
                 print(f"  model {precision} {name}: max |logit - fp32 fast| = {difference:.2e}")
-            medians = interleaved_medians({name: (settings, forward) for name, settings in VARIANTS.items()},
-                                          args.rounds)
+            medians = interleaved_medians(calls, args.rounds)
             for name, seconds in medians.items():
                 lines.append(f"| model | {precision} | {name} | {seconds * 1000:.1f} | "
                              f"{seconds / medians['fast']:.2f}x |")

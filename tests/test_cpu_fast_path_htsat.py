@@ -287,6 +287,134 @@ def test_bf16_model_on_the_reference_vectors(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Weights packed once inside frozen_weights
+# --------------------------------------------------------------------------------------------------------------------
+
+requires_reorder = pytest.mark.skipif(
+    fast_path._ONEDNN_REORDER_WEIGHT is None, reason="this torch build has no oneDNN weight reorder"
+)
+
+
+def record_weight_layouts(monkeypatch):
+    """Record whether each call of oneDNN's fused linear op got a packed (oneDNN-layout) weight."""
+    layouts, original = [], fast_path._ONEDNN_LINEAR
+    monkeypatch.setattr(fast_path, "_ONEDNN_LINEAR", lambda *args: layouts.append(args[1].is_mkldnn) or original(*args))
+    return layouts
+
+
+def packed_weight(layer, dtype=torch.float32):
+    return fast_path._frozen_layers[layer][dtype][1]
+
+
+@requires_reorder
+def test_frozen_weights_packs_each_layer_once_with_the_same_results(monkeypatch):
+    """In float32 the packed weights give the unpacked fast path's bytes; each layer is packed on its first forward
+    and read as packed afterwards; the packs are dropped when the block ends."""
+    torch.manual_seed(0)
+    model = HTSATForAudioClassification(tiny_config()).eval()
+    features = log_mel_like(3)
+    layouts = record_weight_layouts(monkeypatch)
+    with torch.inference_mode():
+        plain = model(features).logits
+        assert layouts and not any(layouts)
+        layouts.clear()
+        with htsat_hf.frozen_weights(model) as frozen:
+            assert frozen is model
+            first = model(features).logits
+            fc1 = model.htsat.encoder.stages[0].blocks[0].mlp.fc1
+            packed = packed_weight(fc1)
+            second = model(features).logits
+            assert packed_weight(fc1) is packed
+        after = model(features).logits
+    assert torch.equal(first, plain) and torch.equal(second, plain) and torch.equal(after, plain)
+    calls = len(layouts) // 3
+    assert all(layouts[: 2 * calls]) and not any(layouts[2 * calls :])
+    assert not any(layer in fast_path._frozen_layers for layer in model.modules())
+
+
+@requires_reorder
+def test_frozen_weights_repacks_weights_changed_through_the_tensor():
+    """An optimizer-style in-place update, `load_state_dict` and a new tensor assigned to `.data` inside the block
+    are seen at the next forward (version counter, data pointer): the results are the reference's each time."""
+    torch.manual_seed(0)
+    model = HTSATForAudioClassification(tiny_config()).eval()
+    features = log_mel_like(2)
+    fc1 = model.htsat.encoder.stages[1].blocks[1].mlp.fc1
+    other = HTSATForAudioClassification(tiny_config()).state_dict()
+    with torch.inference_mode(), htsat_hf.frozen_weights(model):
+        model(features)
+        packed = packed_weight(fc1)
+        for change in (
+            lambda: fc1.weight.add_(torch.randn_like(fc1.weight)),
+            lambda: fc1.bias.mul_(2),
+            lambda: model.load_state_dict(other),
+            lambda: setattr(fc1.weight, "data", torch.randn_like(fc1.weight)),
+        ):
+            with torch.no_grad():
+                change()
+            changed = model(features).logits
+            assert packed_weight(fc1) is not packed
+            packed = packed_weight(fc1)
+            assert (changed - reference_forward(model, features).logits).abs().max() < 1e-5
+
+
+@requires_reorder
+def test_frozen_weights_nest_and_follow_the_switch(monkeypatch):
+    model = HTSATForAudioClassification(tiny_config()).eval()
+    fc1 = model.htsat.encoder.stages[0].blocks[0].mlp.fc1
+    features = log_mel_like(1)
+    layouts = record_weight_layouts(monkeypatch)
+    with torch.inference_mode(), htsat_hf.frozen_weights(model):
+        with htsat_hf.frozen_weights(model):
+            model(features)
+            packed = packed_weight(fc1)
+        model(features)  # the outer block still holds the packs
+        assert packed_weight(fc1) is packed
+        layouts.clear()
+        with cpu_fast_path(onednn_linear=False):
+            switched_off = model(features).logits
+        assert layouts == []
+        with cpu_fast_path(False):
+            assert torch.equal(switched_off, model(features).logits)
+    assert fc1 not in fast_path._frozen_layers
+
+
+@requires_reorder
+def test_frozen_weights_in_bfloat16_and_under_autocast(monkeypatch):
+    """A model held in bfloat16 and a float32 model under bfloat16 autocast: one bfloat16 pack per layer (autocast's
+    per-call cast made once), clip probabilities within bfloat16's rounding of the unpacked path's."""
+    if torch.bfloat16 not in fast_path.fast_matmul_dtypes():
+        pytest.skip("this CPU has no native bfloat16 matmuls, so oneDNN's linear op is not used in bfloat16")
+    torch.manual_seed(0)
+    model = HTSATForAudioClassification(tiny_config()).eval()
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    features = log_mel_like(2)
+    fc1 = model.htsat.encoder.stages[2].blocks[0].mlp.fc1
+    with torch.inference_mode():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast_plain = model(features).logits.float().sigmoid()
+            with htsat_hf.frozen_weights(model):
+                autocast_frozen = model(features).logits.float().sigmoid()
+                assert set(fast_path._frozen_layers[fc1]) == {torch.bfloat16}
+        half_plain = half(features).logits.float().sigmoid()
+        with htsat_hf.frozen_weights(half):
+            half_frozen = half(features).logits.float().sigmoid()
+    assert (autocast_frozen - autocast_plain).abs().max() < 5e-3
+    assert (half_frozen - half_plain).abs().max() < 5e-3
+
+
+def test_frozen_weights_without_the_reorder_changes_nothing(monkeypatch):
+    monkeypatch.setattr(fast_path, "_ONEDNN_REORDER_WEIGHT", None)
+    model = HTSATForAudioClassification(tiny_config()).eval()
+    features = log_mel_like(1)
+    with torch.inference_mode():
+        plain = model(features).logits
+        with htsat_hf.frozen_weights(model):
+            assert torch.equal(model(features).logits, plain)
+            assert all(packs == {} for packs in fast_path._frozen_layers.values())
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Cache-sized chunks
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -628,10 +756,10 @@ def test_ablation_script_runs_on_a_tiny_config():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     for row in ("| model | fp32 | no chunks |", "| model | bf16 | reference |", "| model | bf16-model | no fused",
-                "| patch embedding | fp32 | conv"):
+                "| model | fp32 | frozen weights |", "| patch embedding | fp32 | conv"):
         assert row in result.stdout
     differences = {line.split(":")[0].strip(): float(line.rsplit("=", 1)[1])
                    for line in result.stdout.splitlines() if "max |logit" in line}
-    assert len(differences) == 3 * 8
+    assert len(differences) == 3 * 9
     assert max(value for name, value in differences.items() if "fp32" in name) < 1e-5
     assert max(value for name, value in differences.items() if "bf16" in name) < 0.1

@@ -17,7 +17,7 @@ from transformers import (
 
 from .audio_classification_pipeline import HTSATAudioClassificationPipeline
 from .configuration_htsat import HTSATConfig
-from .cpu_fast_path_htsat import cpu_fast_path, set_cpu_fast_path
+from .cpu_fast_path_htsat import cpu_fast_path, frozen_weights, set_cpu_fast_path
 from .engine import InferenceEngine, predict_files
 from .errors import InputError
 from .feature_extraction_htsat import HTSATFeatureExtractor
@@ -59,5 +59,6 @@ __all__ = [
     "predict_files",
     "sliding_window_scores",
     "cpu_fast_path",
+    "frozen_weights",
     "set_cpu_fast_path",
 ]

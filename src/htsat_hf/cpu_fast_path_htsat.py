@@ -68,6 +68,9 @@ _ONEDNN_LINEAR = (
     else None
 )
 ONEDNN_LINEAR_AVAILABLE = _ONEDNN_LINEAR is not None  # else the `onednn_linear` part runs the plain layers
+# oneDNN's reorder of a linear weight into the blocked layout its matmul reads on this CPU (what torch.compile's
+# freezing does to constant weights); with a plain weight the matmul reorders it on every call.
+_ONEDNN_REORDER_WEIGHT = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None) if ONEDNN_LINEAR_AVAILABLE else None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -308,6 +311,75 @@ def onednn_linear_dtype(layer: nn.Module, inputs: torch.Tensor) -> torch.dtype |
     return dtype if usable and dtype in fast_matmul_dtypes() else None
 
 
+# Linear layers of the models inside `frozen_weights` blocks -> {dtype: (state of the weight and bias it was packed
+# from, packed weight, bias in that dtype)}; a count per model for nested blocks. Weak keys: a deleted model's
+# packed weights go with it.
+_frozen_layers: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+_frozen_models: "weakref.WeakKeyDictionary[nn.Module, int]" = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def frozen_weights(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block, `model`'s weights are taken as constant, and the CPU fast path holds each linear layer's
+    weight reordered once into the blocked layout oneDNN's matmul reads on this CPU, where it would otherwise reorder
+    it on every call (on a 2-core Intel Xeon with AMX: forwards at batch 8 about 13 % faster in fp32 and 15 % in bf16,
+    see benchmarks/README.md). Under bfloat16 autocast the layers' bfloat16 copies are made once, not on every call.
+
+        with htsat_hf.frozen_weights(model), torch.inference_mode():
+            for features in batches:
+                probabilities = model(features).logits.sigmoid()
+
+    The packed copies cost the linear weights' size in memory (about 110 MB for the full-size model in fp32, half
+    in bf16) and about 0.1 s to make, on a layer's first forward in the block; they are dropped when the block
+    ends. The results are those of the unpacked fast path, bit for bit in fp32; in bfloat16 within its rounding (the
+    blocked kernel may sum in another order). The inference engine (`predict_files`, `htsat-hf predict`) and the
+    benchmark run the model inside this block. Blocks nest; the switch [`set_cpu_fast_path`] (`onednn_linear`) still
+    applies inside one. Elsewhere than on x86 CPUs with oneDNN, the block changes nothing.
+
+    A weight that changes inside the block through the tensor itself (an optimizer step, `load_state_dict`, an
+    in-place edit under `torch.no_grad()`, a new tensor assigned to `.data`) is packed again at the next forward,
+    as its version counter and data pointer tell. An in-place edit through `.data` (`layer.weight.data += delta`)
+    changes neither, so it is not seen, nor is an in-place edit of weights that are inference tensors (a model
+    made inside `torch.inference_mode()`, which keeps no version counter): edit the weights outside the block.
+
+    Yields:
+        `model`.
+    """
+    layers = [layer for layer in model.modules() if type(layer) is nn.Linear]
+    for layer in layers:
+        _frozen_layers.setdefault(layer, {})
+    _frozen_models[model] = _frozen_models.get(model, 0) + 1
+    try:
+        yield model
+    finally:
+        _frozen_models[model] -= 1
+        if not _frozen_models[model]:
+            del _frozen_models[model]
+            for layer in layers:
+                _frozen_layers.pop(layer, None)
+
+
+def _version(tensor: torch.Tensor) -> int | None:
+    # Inference tensors (made inside `torch.inference_mode()`) have no version counter.
+    return None if tensor.is_inference() else tensor._version
+
+
+def _linear_operands(layer: nn.Linear, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`layer`'s weight and bias in `dtype` for oneDNN's linear op: packed once per weight inside
+    [`frozen_weights`] (again when the weight or bias tensor changed), cast on the fly elsewhere."""
+    weight, bias = layer.weight, layer.bias
+    packs = _frozen_layers.get(layer) if _ONEDNN_REORDER_WEIGHT is not None else None
+    if packs is None:
+        return weight.to(dtype), None if bias is None else bias.to(dtype)
+    state = tuple(None if p is None else (p.data_ptr(), _version(p), p.dtype, p.shape) for p in (weight, bias))
+    packed = packs.get(dtype)
+    if packed is None or packed[0] != state:
+        # Without a batch-size hint oneDNN picks the layout for any number of rows: the chunks vary it.
+        blocked = _ONEDNN_REORDER_WEIGHT(weight.detach().to(dtype), None)
+        packed = packs[dtype] = (state, blocked, None if bias is None else bias.detach().to(dtype))
+    return packed[1], packed[2]
+
+
 def cpu_linear(layer: nn.Linear, inputs: torch.Tensor, activation: nn.Module | None = None) -> torch.Tensor:
     """`layer(inputs)`, then `activation` when given.
 
@@ -316,7 +388,8 @@ def cpu_linear(layer: nn.Linear, inputs: torch.Tensor, activation: nn.Module | N
     such layers): in float32 up to 13% faster than PyTorch's default MKL GEMM on the model's shapes on AMD EPYC, and
     in both precisions no separate passes for the bias and the activation (a bfloat16 GELU pass costs more than its
     matmul's bias). Weights held in bfloat16 or float16 are read as they are; under autocast float32 weights are cast
-    on each call, as autocast itself does. Anywhere else it is the plain layer, then the activation module.
+    on each call, as autocast itself does; inside [`frozen_weights`] each weight is cast and reordered for oneDNN
+    once. Anywhere else it is the plain layer, then the activation module.
     """
     dtype = onednn_linear_dtype(layer, inputs)
     if dtype is None:
@@ -331,7 +404,7 @@ def cpu_linear(layer: nn.Linear, inputs: torch.Tensor, activation: nn.Module | N
         and type(activation) is GELUActivation
         and activation.act is F.gelu
     )
-    weight, bias = layer.weight.to(dtype), None if layer.bias is None else layer.bias.to(dtype)
+    weight, bias = _linear_operands(layer, dtype)
     post_op, algorithm = ("gelu", "none") if fuses_gelu else ("none", "")
     outputs = _ONEDNN_LINEAR(inputs.to(dtype), weight, bias, post_op, [], algorithm)
     return outputs if activation is None or fuses_gelu else activation(outputs)
@@ -547,6 +620,7 @@ __all__ = [
     "ONEDNN_LINEAR_AVAILABLE",
     "cpu_capabilities",
     "cpu_fast_path",
+    "frozen_weights",
     "get_cpu_fast_path",
     "set_cpu_fast_path",
 ]
