@@ -386,7 +386,12 @@ def resolve_labels(model_args: ModelArguments, data_args: DataArguments, splits:
 
 def build_model_and_extractor(model_args: ModelArguments, data_args: DataArguments, label_spec: LabelSpec):
     """The model to train and its feature extractor (checked against the model's config), with the data options
-    that set clip handling (`--max_length_seconds`, `--pad_mode`) applied."""
+    that set clip handling (`--max_length_seconds`, `--pad_mode`) applied.
+
+    Raises:
+        InputError: see `load_for_labels`, `load_feature_extractor` and `HTSATFeatureExtractor.check_matches_config`
+            (a `--max_length_seconds` whose clips give more frames than the model reads).
+    """
     if model_args.model_name_or_path:
         model = load_for_labels(
             model_args.model_name_or_path, label_spec.names, label_spec.problem_type
@@ -405,6 +410,8 @@ def build_model_and_extractor(model_args: ModelArguments, data_args: DataArgumen
         feature_extractor.max_length_seconds = data_args.max_length_seconds
     if data_args.pad_mode is not None:
         feature_extractor.pad_mode = data_args.pad_mode
+    # Before training starts: a clip length the model cannot read would fail on the first batch, deep in the model.
+    feature_extractor.check_matches_config(model.config)
     return model, feature_extractor
 
 

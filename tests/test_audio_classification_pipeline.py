@@ -141,3 +141,15 @@ def test_model_takes_features_in_any_float_dtype_and_refuses_others(model_dir):
         model(features.long())
     with pytest.raises(InputError, match="floating-point torch tensor.*ndarray"):
         model(features.numpy())
+
+
+def test_an_extractor_whose_clips_the_model_cannot_read_is_refused_at_construction(tmp_path):
+    """100 mel bins: the model reads 512 frames, a 10 s clip gives 1001. The pipeline refuses such an extractor in
+    one line when it is built (every call failed deep in the model), and runs with the one from_config builds."""
+    config = tiny_config(num_mel_bins=100, num_labels=2)
+    model = htsat_hf.HTSATForAudioClassification(config).eval()
+    with pytest.raises(InputError, match="10 s clips give 1001 log-mel frames, but the model reads at most 512"):
+        pipeline("audio-classification", model=model, feature_extractor=HTSATFeatureExtractor(feature_size=100))
+    classifier = pipeline("audio-classification", model=model,
+                          feature_extractor=HTSATFeatureExtractor.from_config(config))
+    assert len(classifier(np.zeros(4 * RATE, np.float32), top_k=None)) == 2

@@ -20,11 +20,12 @@ from huggingface_hub import ModelCard
 from htsat_hf import HTSATFeatureExtractor, HTSATForAudioClassification, HTSATForSoundEventDetection
 from htsat_hf.cli import main
 from htsat_hf.errors import InputError, error_line
+from htsat_hf.engine import predict_files
 from htsat_hf.predict import TSV_COLUMNS, load_predictor, predict_file
 from htsat_hf.sed.windows import sliding_window_scores
 from htsat_hf.sed.postprocessing import load_class_map
 
-from conftest import require_shared, tiny_config
+from conftest import SHORT_CLIP_CONFIGS, require_shared, tiny_config
 
 SR = 32000
 LABELS = ["dog", "cat", "siren"]
@@ -399,6 +400,35 @@ def test_a_feature_extractor_that_differs_from_the_config_is_refused(capsys, tmp
     assert "f_max: config 14000.0, feature extractor 8000.0" in err
     _, _, err = one_line_error(capsys, "average", model_dir, model_dir, "--output", tmp_path / "avg")
     assert "hop_length: config 320, feature extractor 160" in err and not (tmp_path / "avg").exists()
+
+
+@pytest.mark.parametrize("overrides", SHORT_CLIP_CONFIGS.values(), ids=SHORT_CLIP_CONFIGS.keys())
+def test_a_model_that_reads_less_than_10_s(capsys, tmp_path, audio, overrides):
+    """A valid config whose model reads fewer frames than a 10 s clip gives: saved with the extractor from_config
+    builds (or none), predict runs; saved with a 10 s extractor, every entry point refuses it in one line before
+    any audio is read (it failed in the model with a ValueError traceback, which skip_errors did not catch)."""
+    torch.manual_seed(0)
+    config = tiny_config(num_labels=len(LABELS), id2label=dict(enumerate(LABELS)), **overrides)
+    model_dir = tmp_path / "model"
+    HTSATForAudioClassification(config).save_pretrained(model_dir)
+    capsys.readouterr()  # transformers' progress bar of the save, on when no command has run yet in this process
+    code, out, err = run(capsys, "predict", audio["long"], audio["clip"], "--model", model_dir, "--format", "json")
+    assert code == 0 and err == "", err
+    assert [file_name(r["file"]) for r in json.loads(out)] == ["long.wav", "clip.wav"]
+
+    ten_seconds = HTSATFeatureExtractor(feature_size=config.num_mel_bins, hop_length=config.hop_length)
+    ten_seconds.save_pretrained(model_dir)
+    frames = 1 + 10 * config.sampling_rate // config.hop_length
+    refusal = f"10 s clips give {frames} log-mel frames, but the model reads at most {config.max_frames}"
+    for argv in (["--format", "json"], ["--output", tmp_path / "tags.jsonl", "--num-workers", 1]):
+        _, out, err = one_line_error(capsys, "predict", audio["clip"], "--model", model_dir, *argv)
+        assert err.startswith(f"htsat-hf predict: error: {model_dir}: the feature extractor's") and refusal in err
+    assert not (tmp_path / "tags.jsonl").exists()
+    model = HTSATForSoundEventDetection(config).eval()
+    with pytest.raises(InputError, match=refusal):
+        predict_file(model, ten_seconds, audio["bad"])  # refused before the (undecodable) file is read
+    with pytest.raises(InputError, match=refusal):
+        predict_files([audio["clip"]], model, ten_seconds, skip_errors=True)
 
 
 def test_average_refuses_an_output_folder_under_a_file_before_loading(capsys, tmp_path, tagger):

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 import htsat_hf  # noqa: F401  (registers the Auto classes)
-from htsat_hf import HTSATConfig, HTSATFeatureExtractor, cpu_fast_path
+from htsat_hf import HTSATConfig, HTSATFeatureExtractor, HTSATForAudioClassification, cpu_fast_path
 from htsat_hf.errors import InputError
-from htsat_hf.feature_extraction_htsat import htsat_mel_filters
+from htsat_hf.feature_extraction_htsat import htsat_mel_filters, model_max_length_seconds
+
+from conftest import SHORT_CLIP_CONFIGS, tiny_config
 
 N_FFT = 1024
 N_MELS = 64
@@ -492,6 +494,42 @@ def test_check_matches_config_lists_every_difference():
     assert "f_max: config 14000.0, feature extractor 8000.0" in message
     assert "num_mel_bins: config 64, feature extractor 128" in message
     assert "sampling_rate" not in message and "n_fft" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("overrides", SHORT_CLIP_CONFIGS.values(), ids=SHORT_CLIP_CONFIGS.keys())
+def test_from_config_gives_clips_the_model_reads(overrides):
+    """A config whose model reads fewer frames than a 10 s clip gives: from_config's clip is the longest the model
+    reads (a 10 s one failed deep in the model), and a 10 s clip cut to it runs through the model."""
+    config = tiny_config(**overrides)
+    extractor = HTSATFeatureExtractor.from_config(config)
+    assert extractor.max_length_seconds == model_max_length_seconds(config) < 10.0
+    assert 1 + extractor.max_length_samples // config.hop_length == config.max_frames
+    extractor.check_matches_config(config)
+    rate = config.sampling_rate
+    wave = np.random.default_rng(0).standard_normal(10 * rate).astype(np.float32) * 0.1
+    features = extractor(wave, sampling_rate=rate, truncation=True, return_tensors="pt")["input_features"]
+    assert features.shape == (1, config.max_frames, config.num_mel_bins)
+    model = HTSATForAudioClassification(config).eval()
+    with torch.no_grad():
+        logits = model(features).logits
+    assert logits.shape == (1, config.num_labels) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("overrides", SHORT_CLIP_CONFIGS.values(), ids=SHORT_CLIP_CONFIGS.keys())
+def test_an_extractor_whose_clips_the_model_cannot_read_is_refused(overrides):
+    config = tiny_config(**overrides)
+    ten_seconds = HTSATFeatureExtractor(feature_size=config.num_mel_bins, hop_length=config.hop_length)
+    frames = 1 + 10 * config.sampling_rate // config.hop_length
+    with pytest.raises(InputError) as error:
+        ten_seconds.check_matches_config(config)
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"10 s clips give {frames} log-mel frames, but the model reads at most {config.max_frames}" in message
+    assert f"max_length_seconds to at most {model_max_length_seconds(config):g}" in message
+    assert "HTSATFeatureExtractor.from_config(model.config)" in message
+    # An explicit clip length is the caller's, and refused the same way.
+    with pytest.raises(InputError, match=f"10 s clips give {frames} log-mel frames"):
+        HTSATFeatureExtractor.from_config(config, max_length_seconds=10.0)
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from torch import nn
 
 from htsat_hf import HTSATConfig, HTSATForAudioClassification, HTSATForSoundEventDetection, HTSATModel
 from htsat_hf.cpu_fast_path_htsat import cpu_fast_path
+from htsat_hf.errors import InputError
 from htsat_hf.modeling_htsat import (
     HTSATPatchMerging,
     HTSATSwinBlock,
@@ -352,10 +353,18 @@ def test_fold_stretches_shorter_input_bicubically(frames):
 
 
 def test_fold_refuses_too_many_frames_or_bins():
-    with pytest.raises(ValueError, match="1024 frames"):
+    with pytest.raises(InputError, match="1024 frames"):
         fold_spectrogram_to_image(torch.randn(1, 1025, 64), 256, 4)
-    with pytest.raises(ValueError, match="64"):
+    with pytest.raises(InputError, match="64"):
         fold_spectrogram_to_image(torch.randn(1, 1000, 65), 256, 4)
+
+
+def test_the_model_refuses_more_frames_than_it_reads_in_one_line():
+    """As its docstring says: an `InputError` (one line), not a `ValueError` from deep inside the forward."""
+    model = HTSATForAudioClassification(tiny_config(num_mel_bins=100)).eval()  # reads 512 frames
+    with torch.no_grad(), pytest.raises(InputError, match="at most 512 frames") as caught:
+        model(torch.randn(1, 1001, 100))
+    assert "\n" not in str(caught.value)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 from .audio import load_waveform
 from .configuration_htsat import HTSATConfig
+from .feature_extraction_htsat import HTSATFeatureExtractor
 
 TASK = "audio-classification"
 
@@ -29,8 +30,19 @@ class HTSATAudioClassificationPipeline(AudioClassificationPipeline):
     `pipeline("sound-event-detection")` or `htsat-hf predict`).
 
     Raises:
-        InputError: one line naming the audio, for any form or content `load_waveform` or the extractor refuses.
+        InputError: one line naming the audio, for any form or content `load_waveform` or the extractor refuses; at
+            construction, for an HTS-AT model, a feature extractor that does not fit its config
+            (`check_matches_config`: another front end, or clips longer than the model reads).
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.model.config.model_type == HTSATConfig.model_type and isinstance(
+            self.feature_extractor, HTSATFeatureExtractor
+        ):
+            # Otherwise a front end the model was not trained on scores silently, and clips longer than the model
+            # reads fail deep inside it on every call.
+            self.feature_extractor.check_matches_config(self.model.config)
 
     def preprocess(self, inputs):
         if self.model.config.model_type != HTSATConfig.model_type:

@@ -536,7 +536,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--pad-mode", choices=["zeros", "repeat"], default="zeros", help="how the feature extractor pads short clips"
     )
     convert.add_argument(
-        "--max-length-seconds", type=_seconds(positive=True), default=10.0, help="clip length of the model"
+        "--max-length-seconds",
+        type=_seconds(positive=True),
+        default=None,
+        help="clip length of the model (default: 10 s, or the longest clip the model reads when that is shorter)",
     )
     convert.set_defaults(handler=_convert)
     _add_convert_clap(commands)

@@ -380,7 +380,7 @@ def convert_checkpoint(
     problem_type: str = "multi_label_classification",
     labels_file: str | Path | None = None,
     pad_mode: str = "zeros",
-    max_length_seconds: float = 10.0,
+    max_length_seconds: float | None = None,
 ) -> ConversionReport:
     """Convert an original HTS-AT checkpoint and save it as a transformers model directory.
 
@@ -394,7 +394,8 @@ def convert_checkpoint(
             `"single_label_classification"` (softmax; ESC-50).
         labels_file: `class_labels_indices.csv`-style label names; `LABEL_i` names without it.
         pad_mode: clip padding of the saved feature extractor, `"zeros"` (AudioSet) or `"repeat"` (ESC-50, SCV2).
-        max_length_seconds: clip length of the saved feature extractor.
+        max_length_seconds: clip length of the saved feature extractor; None: 10 s, or the longest clip the model
+            reads when that is shorter (`HTSATFeatureExtractor.from_config`).
 
     Raises:
         CheckpointError: before anything is written: an output folder that cannot be written (see

@@ -33,6 +33,20 @@ FRONT_END_FIELDS = (
     ("f_min", "f_min"),
     ("f_max", "f_max"),
 )
+# The clip length of the AudioSet recipe, and of an extractor built without one when the model reads it whole.
+DEFAULT_MAX_LENGTH_SECONDS = 10.0
+
+
+def model_max_length_seconds(config) -> float:
+    """The longest clip, in seconds, whose log-mel the model of `config` reads whole.
+
+    The model reads at most `config.max_frames` (`spec_size * freq_ratio`) frames, and a clip of `samples` samples
+    gives `1 + samples // hop_length` (centred STFT), so `(max_frames - 1) * hop_length` samples is the longest whole
+    number of hops that fits: 10.23 s at the defaults (1024 frames of 10 ms), 5.11 s with 100 or 128 mel bins
+    (freq_ratio 2: 512 frames), 2.55 s with `spec_size=128, patch_size=2` (256 frames), 5.115 s with
+    `hop_length=160` (1024 frames of 5 ms).
+    """
+    return (config.max_frames - 1) * config.hop_length / config.sampling_rate
 
 
 def htsat_mel_filters(sampling_rate: int, n_fft: int, num_mel_bins: int, f_min: float, f_max: float) -> np.ndarray:
@@ -141,7 +155,9 @@ class HTSATFeatureExtractor(SequenceFeatureExtractor):
         n_fft (`int`, defaults to 1024): FFT size and window length.
         f_min (`float`, defaults to 50.0), f_max (`float`, defaults to 14000.0): mel filter range in Hz.
         max_length_seconds (`float`, defaults to 10.0): the clip length of the model. Shorter clips are padded to it
-            (with `padding="max_length"`); longer ones are refused unless `truncation=True`.
+            (with `padding="max_length"`); longer ones are refused unless `truncation=True`. A model reads at most
+            [`model_max_length_seconds`] of its config ([`check_matches_config`] refuses a longer clip length);
+            [`from_config`] picks a length it reads.
         pad_mode (`str`, defaults to `"zeros"`): `"zeros"` pads with silence (AudioSet recipe); `"repeat"` tiles
             the clip (ESC-50 and Speech Commands recipes); `"repeatpad"` tiles it a whole number of times and pads
             the rest with silence (CLAP's default, for models converted with `htsat-hf convert-clap`); see
@@ -181,7 +197,7 @@ class HTSATFeatureExtractor(SequenceFeatureExtractor):
         n_fft: int = 1024,
         f_min: float = 50.0,
         f_max: float = 14000.0,
-        max_length_seconds: float = 10.0,
+        max_length_seconds: float = DEFAULT_MAX_LENGTH_SECONDS,
         pad_mode: str = "zeros",
         precision: str = "float32",
         padding_value: float = 0.0,
@@ -209,17 +225,34 @@ class HTSATFeatureExtractor(SequenceFeatureExtractor):
         )
 
     @classmethod
-    def from_config(cls, config, **kwargs) -> "HTSATFeatureExtractor":
-        """The feature extractor matching an [`HTSATConfig`]'s front end; `kwargs` set clip handling."""
-        return cls(
+    def from_config(cls, config, max_length_seconds: float | None = None, **kwargs) -> "HTSATFeatureExtractor":
+        """The feature extractor matching an [`HTSATConfig`]'s front end, with clips the model reads whole.
+
+        Args:
+            config: the model's [`HTSATConfig`].
+            max_length_seconds: the clip length. Default: 10 s (the AudioSet recipe), or, for a config whose model
+                reads fewer frames than a 10 s clip gives (more than 64 mel bins, a smaller `spec_size`, a shorter
+                `hop_length`), the longest clip it reads, [`model_max_length_seconds`] (5.11 s for 100 mel bins).
+            kwargs: the other clip handling (`pad_mode`, `precision`).
+
+        Raises:
+            InputError: a `max_length_seconds` whose clips give more frames than the model reads (see
+                [`check_matches_config`]), or a value the constructor refuses.
+        """
+        if max_length_seconds is None:
+            max_length_seconds = min(DEFAULT_MAX_LENGTH_SECONDS, model_max_length_seconds(config))
+        extractor = cls(
             feature_size=config.num_mel_bins,
             sampling_rate=config.sampling_rate,
             hop_length=config.hop_length,
             n_fft=config.n_fft,
             f_min=config.f_min,
             f_max=config.f_max,
+            max_length_seconds=max_length_seconds,
             **kwargs,
         )
+        extractor.check_matches_config(config)
+        return extractor
 
     def to_dict(self):
         output = super().to_dict()
@@ -228,13 +261,17 @@ class HTSATFeatureExtractor(SequenceFeatureExtractor):
 
     def check_matches_config(self, config) -> None:
         """Refuse an extractor whose front end differs from the model's config (the model's BatchNorm and
-        weights were trained on the config's log-mel, so any difference silently ruins its scores).
+        weights were trained on the config's log-mel, so any difference silently ruins its scores), or whose clips
+        give more log-mel frames than the model reads (`config.max_frames`; the model stretches shorter
+        spectrograms but cannot shrink longer ones, so every full clip would fail in the model).
 
         Args:
             config: the model's [`HTSATConfig`].
 
         Raises:
-            InputError: listing every differing value, e.g. `hop_length: config 320, feature extractor 160`.
+            InputError: one line listing every differing value, e.g. `hop_length: config 320, feature extractor
+                160`; or, the front end being the same, naming the frames of a full clip, the frames the model
+                reads and the longest clip length it reads ([`model_max_length_seconds`]).
         """
         differences = [
             f"{config_name}: config {getattr(config, config_name)!r}, feature extractor {getattr(self, own_name)!r}"
@@ -245,6 +282,14 @@ class HTSATFeatureExtractor(SequenceFeatureExtractor):
             raise InputError(
                 "the feature extractor does not match the model's config (" + "; ".join(differences) + "); save "
                 "the extractor built by HTSATFeatureExtractor.from_config(model.config) beside the model"
+            )
+        frames = 1 + self.max_length_samples // self.hop_length
+        if frames > config.max_frames:
+            raise InputError(
+                f"the feature extractor's {self.max_length_seconds:g} s clips give {frames} log-mel frames, but the "
+                f"model reads at most {config.max_frames} (spec_size {config.spec_size} x freq_ratio "
+                f"{config.freq_ratio}); set the extractor's max_length_seconds to at most "
+                f"{model_max_length_seconds(config):g}, as HTSATFeatureExtractor.from_config(model.config) does"
             )
 
     @property
@@ -409,4 +454,10 @@ def _as_clip_list(raw_speech) -> list:
     )
 
 
-__all__ = ["HTSATFeatureExtractor", "htsat_mel_filters", "log_mel_spectrogram", "pad_waveform"]
+__all__ = [
+    "HTSATFeatureExtractor",
+    "htsat_mel_filters",
+    "log_mel_spectrogram",
+    "model_max_length_seconds",
+    "pad_waveform",
+]

@@ -71,11 +71,14 @@ def fold_spectrogram_to_image(features: torch.Tensor, spec_size: int, freq_ratio
 
     Returns:
         `(batch, 1, spec_size, spec_size)`.
+
+    Raises:
+        InputError: more frames or mel bins than that; the model's forward lets it through as its own one-line error.
     """
     batch, frames, mel_bins = features.shape
     target_frames, target_bins = spec_size * freq_ratio, spec_size // freq_ratio
     if frames > target_frames or mel_bins > target_bins:
-        raise ValueError(
+        raise InputError(
             f"the model takes at most {target_frames} frames of {target_bins} mel bins, got {frames} frames of "
             f"{mel_bins} bins; split longer audio into windows (see htsat_hf's sound-event-detection tools)"
         )

@@ -200,7 +200,8 @@ def predict_waveform(
         `([(label, score)] best first, [Event] by onset)`.
 
     Raises:
-        InputError: an option [`check_options`] refuses, or audio that is too short, not mono or not finite.
+        InputError: an option [`check_options`] refuses, a feature extractor that does not fit the model
+            (`check_matches_config`), or audio that is too short, not mono or not finite.
     """
     class_map, thresholds = check_options(model, top_k, threshold, class_map, median_filter_seconds, batch_size)
     recorder = _ClipLogitRecorder(model)
@@ -242,10 +243,12 @@ def predict_file(
     """[`predict_waveform`] on a decoded file (see there for the options).
 
     Raises:
-        InputError: an option [`check_options`] refuses (checked before the file is read, and not naming it); a
-            file that is missing, cannot be decoded or is too short, naming the file.
+        InputError: an option [`check_options`] refuses or a feature extractor that does not fit the model
+            (`check_matches_config`), both checked before the file is read and not naming it; a file that is
+            missing, cannot be decoded or is too short, naming the file.
     """
     class_map, _ = check_options(model, top_k, threshold, class_map, median_filter_seconds, batch_size)
+    feature_extractor.check_matches_config(model.config)
     options = dict(top_k=top_k, threshold=threshold, class_map=class_map,
                    median_filter_seconds=median_filter_seconds, batch_size=batch_size)
     waveform, source_rate = read_audio(path, feature_extractor.sampling_rate)

@@ -115,9 +115,12 @@ def sliding_window_scores(
         [`FrameScores`] over the whole audio.
 
     Raises:
-        InputError: audio that is not mono or shorter than 0.1 s, a window or hop out of range.
+        InputError: a feature extractor that does not fit the model's config (`check_matches_config`: another front
+            end, or clips longer than the model reads), audio that is not mono or shorter than 0.1 s, a window or
+            hop out of range.
         ValueError: a sampling rate that is not the feature extractor's.
     """
+    feature_extractor.check_matches_config(model.config)
     waveform = np.asarray(waveform)
     if waveform.ndim != 1:
         raise InputError(f"waveform must be mono (samples,), got shape {waveform.shape}; downmix it first")
