@@ -30,6 +30,7 @@ from htsat_hf.engine import (
     in_input_order,
     write_predictions,
 )
+from htsat_hf import cpu_fast_path_htsat as fast_path
 from htsat_hf.cli import main
 from htsat_hf.errors import InputError
 from htsat_hf.inputs import AudioItem, collect_inputs
@@ -38,6 +39,7 @@ from htsat_hf.predict import load_predictor, predict_file
 from htsat_hf.sed.detection import file_scores, postprocess, resolve_settings
 from htsat_hf.sed.io import write_score_tsv
 from htsat_hf.sed.postprocessing import ClassMap, activity_to_events, binarize
+from htsat_hf.synthetic import make_detection_folder
 
 from conftest import REPO_ROOT, tiny_config
 
@@ -544,6 +546,57 @@ def test_results_do_not_depend_on_batch_neighbours_workers_or_resume(tmp_path, m
     write_predictions(InferenceEngine(model, extractor, settings), items, resumed, resume=True, progress=False)
     outputs.append(resumed.read_bytes())
     assert outputs[0].count(b"\n") == len(items) and outputs[1] == outputs[0] and outputs[2] == outputs[0]
+
+
+def test_no_workers_and_workers_write_the_same_bytes(tmp_path, monkeypatch):
+    """A DataLoader worker computes the log-mel on one thread; the main process (0 workers) does too, so the output
+    is the same bytes with 0 or 1 workers. On the main process's threads the log-mel rounded differently (up to
+    3e-6 dB), which changed the 6th decimal of some scores (0.398674 vs 0.398675) and let a --resume with another
+    worker setting mix the two. The model still runs on the caller's threads."""
+    model, extractor = load_predictor(save_model(tmp_path / "model"))
+    items = collect_inputs([make_detection_folder(tmp_path / "scenes", num_files=4, seconds=14.0) / "audio"])
+    settings = resolve_settings(model, batch_size=2)
+    forward, forward_threads = InferenceEngine._forward, []
+
+    def recording(self, features):
+        forward_threads.append(torch.get_num_threads())
+        return forward(self, features)
+
+    monkeypatch.setattr(InferenceEngine, "_forward", recording)
+    threads = torch.get_num_threads()
+    caller_threads = max(threads, 2)  # on one thread both round alike: the difference needs the main's to be more
+    torch.set_num_threads(caller_threads)
+    outputs = []
+    try:
+        for workers in (0, 1):
+            output = tmp_path / f"w{workers}.jsonl"
+            write_predictions(InferenceEngine(model, extractor, settings, num_workers=workers), items, output,
+                              progress=False)
+            outputs.append(output.read_bytes())
+        assert torch.get_num_threads() == caller_threads
+    finally:
+        torch.set_num_threads(threads)
+    assert set(forward_threads) == {caller_threads}
+    assert outputs[0].count(b"\n") == len(items) == 4 and outputs[1] == outputs[0]
+
+
+def test_the_model_runs_with_its_weights_packed_for_the_run(tmp_path, scenes, monkeypatch):
+    """Every forward of a run sees the model inside `frozen_weights` (linear weights reordered for oneDNN once);
+    the packs are dropped when the run ends, and the results are `predict_file`'s (test_events_equal_predict_file)."""
+    model, extractor = load_predictor(save_model(tmp_path / "model"))
+    layer = model.htsat.encoder.stages[0].blocks[0].mlp.fc1
+    forward, frozen_at_forward = InferenceEngine._forward, []
+
+    def recording(self, features):
+        frozen_at_forward.append(layer in fast_path._frozen_layers)
+        return forward(self, features)
+
+    monkeypatch.setattr(InferenceEngine, "_forward", recording)
+    engine = InferenceEngine(model, extractor, resolve_settings(model, batch_size=2))
+    results = list(engine.run(collect_inputs([scenes])))
+    assert len(results) == len(collect_inputs([scenes])) and all(result.error is None for result in results)
+    assert frozen_at_forward and all(frozen_at_forward)
+    assert layer not in fast_path._frozen_layers
 
 
 def test_a_broken_link_in_a_folder_is_reported_not_dropped(tmp_path, capsys):

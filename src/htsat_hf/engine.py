@@ -7,12 +7,14 @@ How a run flows:
   [`WindowDataset`], an `IterableDataset`. Each worker reads its share of the inputs (input `i` goes to worker
   `i % num_workers`) block by block with `audio.stream_audio`, cuts the blocks into the windows
   `sed.windows.sliding_window_scores` would run (same length, hop and zero-padded last window), computes their
-  log-mel features, and packs windows of consecutive files into batches of `batch_size`. Only a window of audio and
-  one block are held per worker, whatever the file's length.
+  log-mel features (on one torch thread, as a worker runs, also in the main process: [`_feature_threads`]), and packs
+  windows of consecutive files into batches of `batch_size`. Only a window of audio and one block are held per
+  worker, whatever the file's length.
 - **The model** runs in the main process on each batch (`device`, in the model's dtype), always on a full batch (a
   short one padded with zero windows, their outputs dropped): the float rounding depends on the batch's shape, so
-  this makes a window's scores the same bytes whichever windows share its batch, with any number of workers or
-  processes and after a resume (for one batch size and thread count).
+  this makes a window's scores the same bytes whichever windows share its batch, with any number of workers (0
+  included) or processes and after a resume (for one batch size and thread count). The whole run is inside
+  `cpu_fast_path_htsat.frozen_weights`, so that on a CPU each linear weight is reordered for oneDNN once.
 - **Assembly** ([`_FileAssembler`], one per file in flight) stitches the windows' step probabilities onto one time
   axis as `sliding_window_scores` does (overlaps averaged in float64), but incrementally: a step leaves as soon as no
   later window covers it. Finalised steps are class-mapped, median filtered as a stream (`_MedianStream`, exactly
@@ -49,6 +51,7 @@ import sys
 import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +62,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
 from . import audio
+from .cpu_fast_path_htsat import frozen_weights
 from .errors import InputError, error_line
 from .feature_extraction_htsat import HTSATFeatureExtractor
 from .inputs import AudioItem, as_items
@@ -287,12 +291,38 @@ class WindowDataset(IterableDataset):
         self._last = (total, _native_rate(item))
 
     def _features(self, samples: np.ndarray, padding: str = "longest") -> np.ndarray:
-        features = self.feature_extractor(
-            samples, sampling_rate=self.plan.sampling_rate, padding=padding, return_tensors="pt"
-        )["input_features"]
-        if features.shape[1] > self.plan.model_frames:
-            return features[0].numpy()  # more than the model reads: left for the model to refuse, never shrunk
-        return stretch_spectrogram(features, self.plan.model_frames, features.shape[2])[0].numpy()
+        """`(frames, mel_bins)` float32 log-mel (dB) of one window, stretched in time to `plan.model_frames`,
+        computed on one torch thread (see [`_feature_threads`])."""
+        with _feature_threads():
+            features = self.feature_extractor(
+                samples, sampling_rate=self.plan.sampling_rate, padding=padding, return_tensors="pt"
+            )["input_features"]
+            if features.shape[1] > self.plan.model_frames:
+                # More than the model reads (InferenceEngine refuses such an extractor): never shrunk.
+                return features[0].numpy()
+            return stretch_spectrogram(features, self.plan.model_frames, features.shape[2])[0].numpy()
+
+
+@contextmanager
+def _feature_threads() -> Iterator[None]:
+    """Run the block on one torch thread, the count a DataLoader worker runs on (torch sets it in every worker),
+    and restore the caller's count after it.
+
+    The log-mel's mel projection (a matmul) rounds differently with another thread count (up to 3e-6 dB between 1
+    and 2 threads), enough to change the 6th decimal of a score; computing it on one thread in the main process too
+    makes the output the same bytes with 0 workers as with any number, so that a `--resume` with another worker
+    setting cannot mix two roundings. The model's forward runs outside it, on the caller's threads.
+
+    Cost, measured on an idle 2-core Xeon (torch 2.11): the log-mel of a 10 s window takes 5.5 ms on one thread
+    against 4.8 ms on two (medians of 40), the switch itself about 1 us: under 1 ms per window, about 1 % of the
+    window's fp32 forward pass at batch 8 (about 70 ms there).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _batch(features: list[np.ndarray], records: list[tuple]) -> dict:
@@ -617,12 +647,18 @@ class InferenceEngine:
             median filter, min duration/gap, window, hop, batch size, short audio).
         top_k: tags per file (0: none, and no extra tagging pass for short files).
         num_workers: DataLoader workers decoding the audio (0: in the main process).
+
+    Raises:
+        InputError: a `num_workers` that is not a whole number >= 0; a feature extractor that does not fit the
+            model's config (`check_matches_config`: another front end, or clips longer than the model reads, which
+            would otherwise fail in the model on the first batch); a window or hop out of range.
     """
 
     def __init__(self, model: HTSATForSoundEventDetection, feature_extractor: HTSATFeatureExtractor,
                  settings: DetectionSettings, top_k: int = 5, num_workers: int = 0):
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise InputError(f"num_workers must be a whole number >= 0, got {num_workers!r}")
+        feature_extractor.check_matches_config(model.config)
         self.model, self.feature_extractor, self.settings = model, feature_extractor, settings
         self.top_k, self.num_workers = top_k, num_workers
         self.num_model_classes = model.config.num_labels
@@ -673,34 +709,36 @@ class InferenceEngine:
         loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_identity,
                             persistent_workers=False)
         files: dict[int, _FileAssembler] = {}
-        try:
-            for batch in loader:
-                probabilities = clip = None
-                if batch["features"] is not None:
-                    probabilities, clip = self._forward(batch["features"])
-                for record in batch["records"]:
-                    kind, index = record[0], record[1]
-                    if kind == "error":
-                        dropped = files.pop(index, None)
-                        if dropped is not None:
-                            dropped.close(remove=True)
-                        yield FileResult(index, record[2], record[3], error=record[4])
-                        continue
-                    if kind == "start":
-                        files[index] = _FileAssembler(self, index, record[2], scores_dir, keep_scores)
-                        continue
-                    assembler = files[index]
-                    if kind == "window":
-                        _, _, row, number, length = record
-                        assembler.add_window(number, length, probabilities[row], clip[row])
-                    elif kind == "tag":
-                        assembler.add_tag(clip[record[2]])
-                    else:
-                        _, _, num_samples, name, file, rate = record
-                        yield files.pop(index).finish(num_samples, name, file, rate)
-        finally:
-            for assembler in files.values():
-                assembler.close()
+        # The weights do not change during a run: the CPU fast path reorders them for oneDNN once (frozen_weights).
+        with frozen_weights(self.model):
+            try:
+                for batch in loader:
+                    probabilities = clip = None
+                    if batch["features"] is not None:
+                        probabilities, clip = self._forward(batch["features"])
+                    for record in batch["records"]:
+                        kind, index = record[0], record[1]
+                        if kind == "error":
+                            dropped = files.pop(index, None)
+                            if dropped is not None:
+                                dropped.close(remove=True)
+                            yield FileResult(index, record[2], record[3], error=record[4])
+                            continue
+                        if kind == "start":
+                            files[index] = _FileAssembler(self, index, record[2], scores_dir, keep_scores)
+                            continue
+                        assembler = files[index]
+                        if kind == "window":
+                            _, _, row, number, length = record
+                            assembler.add_window(number, length, probabilities[row], clip[row])
+                        elif kind == "tag":
+                            assembler.add_tag(clip[record[2]])
+                        else:
+                            _, _, num_samples, name, file, rate = record
+                            yield files.pop(index).finish(num_samples, name, file, rate)
+            finally:
+                for assembler in files.values():
+                    assembler.close()
 
     def detections(self, items: Sequence[AudioItem], scores_dir: Path, keep_scores: bool) -> Iterator[tuple]:
         """A `sed.detection.Detector`: `(index, duration, events, filtered scores or None, error or None)` per
