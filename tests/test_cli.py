@@ -85,6 +85,7 @@ def file_name(path: str) -> str:
 
 
 def run(capsys, *argv):
+    capsys.readouterr()  # the test's own set-up (transformers' progress bar while saving a model) is not the command's
     code = main([str(a) for a in argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
@@ -273,6 +274,7 @@ def one_line_error(capsys, *argv):
     """Run a command that must fail on bad input: status 2 and exactly one line on stderr, the contract of every
     command (bad arguments exit through argparse's SystemExit, the rest return)."""
     command = str(argv[0])
+    capsys.readouterr()  # as in `run`
     try:
         code = main([str(a) for a in argv])
     except SystemExit as exit_info:
@@ -411,7 +413,6 @@ def test_a_model_that_reads_less_than_10_s(capsys, tmp_path, audio, overrides):
     config = tiny_config(num_labels=len(LABELS), id2label=dict(enumerate(LABELS)), **overrides)
     model_dir = tmp_path / "model"
     HTSATForAudioClassification(config).save_pretrained(model_dir)
-    capsys.readouterr()  # transformers' progress bar of the save, on when no command has run yet in this process
     code, out, err = run(capsys, "predict", audio["long"], audio["clip"], "--model", model_dir, "--format", "json")
     assert code == 0 and err == "", err
     assert [file_name(r["file"]) for r in json.loads(out)] == ["long.wav", "clip.wav"]
