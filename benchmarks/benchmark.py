@@ -360,7 +360,9 @@ def model_variant(built: dict, name: str, precision: str, device: str):
         def forward_in_dtype(model_, features):
             return forward(model_, {key: value.to(dtype) for key, value in features.items()})
 
-        variant = to_dtype_as_loaded(model, dtype), forward_in_dtype
+        # HTS-AT takes the extractor's float32 features in any dtype (as the inference engine gives them); CLAP and
+        # AST need inputs in their weights' dtype.
+        variant = to_dtype_as_loaded(model, dtype), forward if name == "htsat" else forward_in_dtype
     elif precision == "int8":
         if device != "cpu":
             raise Unsupported("dynamic int8 quantisation runs on CPU only")

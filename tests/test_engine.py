@@ -19,8 +19,15 @@ import torch
 from scipy import ndimage
 from test_cli import save_model, tone
 from test_sed_windows import RATE, loudness_model, scene
+from transformers import pipeline
 
-from htsat_hf import HTSATFeatureExtractor, HTSATForSoundEventDetection, predict_files
+from htsat_hf import (
+    HTSATFeatureExtractor,
+    HTSATForAudioClassification,
+    HTSATForSoundEventDetection,
+    predict_files,
+    sliding_window_scores,
+)
 from htsat_hf.engine import (
     InferenceEngine,
     WindowPlan,
@@ -419,6 +426,25 @@ def test_dtype_and_options(tmp_path, scenes):
         InferenceEngine(model, extractor, resolve_settings(model), num_workers=-1)
     with pytest.raises(InputError, match="must be a .jsonl or .tsv file"):
         predict_files([scenes / "ten.wav"], model, extractor, output=tmp_path / "out.csv")
+
+
+def test_a_bf16_model_gets_float32_features_everywhere(tmp_path, scenes):
+    """The engine, predict_file, sliding_window_scores and the audio-classification pipeline hand a model loaded in
+    bf16 the extractor's float32 log-mel, which the model casts to its float32 feature normalisation. They cast it to
+    bf16 first, which rounded the log-mel and moved the full-size model's frame probabilities 5.2e-3 from fp32
+    (4.3e-3 from float32 features)."""
+    model_dir = save_model(tmp_path / "model")
+    model, extractor = load_predictor(model_dir, dtype="bfloat16")
+    classifier = HTSATForAudioClassification.from_pretrained(model_dir, torch_dtype=torch.bfloat16).eval()
+    assert model.htsat.feature_norm.weight.dtype == classifier.htsat.feature_norm.weight.dtype == torch.float32
+    seen = []
+    for loaded in (model, classifier):
+        loaded.htsat.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    predict_files([scenes / "ten.wav"], model, extractor, top_k=3)
+    predict_file(model, extractor, scenes / "long.wav")
+    sliding_window_scores(model, extractor, soundfile.read(scenes / "ten.wav", dtype="float32")[0], RATE)
+    pipeline("audio-classification", model=classifier, feature_extractor=extractor)(str(scenes / "ten.wav"))
+    assert len(seen) >= 4 and set(seen) == {torch.float32}
 
 
 class _Killed(Exception):

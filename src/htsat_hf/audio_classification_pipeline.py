@@ -48,8 +48,9 @@ class HTSATAudioClassificationPipeline(AudioClassificationPipeline):
         if self.model.config.model_type != HTSATConfig.model_type:
             return super().preprocess(inputs)
         rate = self.feature_extractor.sampling_rate
-        processed = self.feature_extractor(load_waveform(inputs, rate), sampling_rate=rate, return_tensors="pt")
-        return processed if self.dtype is None else processed.to(dtype=self.dtype)
+        # Not cast to the pipeline's dtype, unlike transformers' pipeline: the model casts its float32 log-mel to its
+        # feature normalisation's dtype itself (float32 in a model loaded in bf16; see HTSATModel.forward).
+        return self.feature_extractor(load_waveform(inputs, rate), sampling_rate=rate, return_tensors="pt")
 
 
 # The task keeps its defaults and model classes; only its implementation becomes the subclass above, which runs

@@ -763,7 +763,9 @@ class InferenceEngine:
             # scores differently from the same windows in a full batch.
             padding = features.new_zeros((self.settings.batch_size - rows, *features.shape[1:]))
             features = torch.cat([features, padding])
-        output = model(features.to(model.device, model.dtype))
+        # float32 features whatever the model's dtype: it casts them to its feature normalisation's, which stays
+        # float32 in a bf16 model; a bf16 log-mel would be rounded first (frames 5.2e-3 from fp32 instead of 4.3e-3).
+        output = model(features.to(model.device))
         frames = output.logits[:rows].float().sigmoid().cpu().numpy()
         logits = output.clip_logits[:rows].float()
         clip = logits.softmax(dim=-1) if self.single_label else logits.sigmoid()

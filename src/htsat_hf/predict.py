@@ -215,7 +215,7 @@ def predict_waveform(
         # stretch a short clip over the model's steps instead, which gives other clip scores.
         features = feature_extractor(
             waveform, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt", device=model.device
-        )["input_features"].to(model.dtype)
+        )["input_features"]  # float32: the model casts them (see HTSATModel.forward)
         logits = model(features).clip_logits.float().cpu()[0]
         clip = (logits.softmax(dim=-1) if single_label else logits.sigmoid()).numpy()
     elif single_label:

@@ -155,7 +155,7 @@ def sliding_window_scores(
         windows = [_window(waveform, start, window) for start in batch_starts]
         features = feature_extractor(
             windows, sampling_rate=sampling_rate, padding="longest", return_tensors="pt", device=device
-        )["input_features"].to(model.dtype)
+        )["input_features"]  # float32: the model casts them (see HTSATModel.forward)
         output = model(features)
         frame_probabilities = output.logits.float().sigmoid().cpu().numpy()
         clip_probabilities.append(output.clip_logits.float().sigmoid().cpu().numpy())
