@@ -303,7 +303,7 @@ def record_weight_layouts(monkeypatch):
 
 
 def packed_weight(layer, dtype=torch.float32):
-    return fast_path._frozen_layers[layer][dtype][1]
+    return fast_path._frozen_layers[layer][dtype][2]
 
 
 @requires_reorder
@@ -356,6 +356,52 @@ def test_frozen_weights_repacks_weights_changed_through_the_tensor():
             assert packed_weight(fc1) is not packed
             packed = packed_weight(fc1)
             assert (changed - reference_forward(model, features).logits).abs().max() < 1e-5
+
+
+@requires_reorder
+def test_frozen_weights_sees_new_tensors_even_at_a_freed_address():
+    """A tester's case: `.data` emptied (its memory freed), then new weights of the same shape assigned. The new
+    tensor could get the freed address, and with the version counter unchanged the stale pack was used (max logit
+    difference 0.148 in one run of two); a pack now holds the tensor it was made from, so the address stays taken."""
+    torch.manual_seed(0)
+    model = HTSATForAudioClassification(tiny_config()).eval()
+    features = log_mel_like(2)
+    layers = [layer for layer in model.modules() if type(layer) is nn.Linear]
+    with htsat_hf.frozen_weights(model):
+        with torch.inference_mode():
+            model(features)
+        for layer in layers:
+            old, values = layer.weight.data_ptr(), layer.weight.detach().clone() * 1.5
+            layer.weight.data = torch.empty(0)
+            layer.weight.data = values.clone()
+            assert layer.weight.data_ptr() != old
+        with torch.inference_mode():
+            frozen = model(features).logits
+    assert (frozen - reference_forward(model, features).logits).abs().max() < 1e-5
+
+
+@requires_reorder
+def test_frozen_weights_of_overlapping_models_keep_the_outer_packs():
+    """A block on a part of the model (or on another model sharing a layer) ending inside a block on the whole
+    model leaves the whole model's layers packed."""
+    model = HTSATForAudioClassification(tiny_config()).eval()
+    shared = model.htsat.encoder.stages[0].blocks[0].mlp.fc1
+    other = nn.Sequential(shared)
+    features = log_mel_like(1)
+    with torch.inference_mode(), htsat_hf.frozen_weights(model):
+        with htsat_hf.frozen_weights(model.htsat.encoder), htsat_hf.frozen_weights(other):
+            model(features)
+            packed = packed_weight(shared)
+        model(features)
+        assert packed_weight(shared) is packed
+        assert all(layer in fast_path._frozen_layers for layer in model.modules() if type(layer) is nn.Linear)
+    assert shared not in fast_path._frozen_layers and not fast_path._frozen_counts.get(shared)
+
+
+def test_frozen_weights_takes_a_module():
+    with pytest.raises(TypeError, match="takes a torch.nn.Module, got NoneType"):
+        with htsat_hf.frozen_weights(None):
+            pass
 
 
 @requires_reorder

@@ -312,10 +312,10 @@ def onednn_linear_dtype(layer: nn.Module, inputs: torch.Tensor) -> torch.dtype |
 
 
 # Linear layers of the models inside `frozen_weights` blocks -> {dtype: (state of the weight and bias it was packed
-# from, packed weight, bias in that dtype)}; a count per model for nested blocks. Weak keys: a deleted model's
-# packed weights go with it.
+# from, the tensors themselves, packed weight, bias in that dtype)}; per layer, the number of blocks holding it (blocks
+# nest, and two models may share a layer). Weak keys: a deleted model's packed weights go with it.
 _frozen_layers: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
-_frozen_models: "weakref.WeakKeyDictionary[nn.Module, int]" = weakref.WeakKeyDictionary()
+_frozen_counts: "weakref.WeakKeyDictionary[nn.Module, int]" = weakref.WeakKeyDictionary()
 
 
 @contextmanager
@@ -337,25 +337,33 @@ def frozen_weights(model: nn.Module) -> Iterator[nn.Module]:
     applies inside one. Elsewhere than on x86 CPUs with oneDNN, the block changes nothing.
 
     A weight that changes inside the block through the tensor itself (an optimizer step, `load_state_dict`, an
-    in-place edit under `torch.no_grad()`, a new tensor assigned to `.data`) is packed again at the next forward,
-    as its version counter and data pointer tell. An in-place edit through `.data` (`layer.weight.data += delta`)
-    changes neither, so it is not seen, nor is an in-place edit of weights that are inference tensors (a model
-    made inside `torch.inference_mode()`, which keeps no version counter): edit the weights outside the block.
+    in-place edit under `torch.no_grad()`) is packed again at the next forward, as its version counter tells, and so
+    is a new tensor assigned to `.data` (a pack holds the tensor it was made from, so a new one never takes its
+    address). Edits through `.data` of the tensor a pack was made from are not seen: in place
+    (`layer.weight.data += delta`, as a LoRA merge does), or by swapping tensors in and out of `.data` and editing
+    the one swapped out (as EMA weight swaps do), since neither changes the version counter nor the address; nor
+    are in-place edits of weights that are inference tensors (a model made inside `torch.inference_mode()`, which
+    keeps no version counter). Change weights that way outside the block.
 
     Yields:
         `model`.
+
+    Raises:
+        TypeError: `model` is not a `torch.nn.Module`.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"frozen_weights takes a torch.nn.Module, got {type(model).__name__}")
     layers = [layer for layer in model.modules() if type(layer) is nn.Linear]
     for layer in layers:
         _frozen_layers.setdefault(layer, {})
-    _frozen_models[model] = _frozen_models.get(model, 0) + 1
+        _frozen_counts[layer] = _frozen_counts.get(layer, 0) + 1
     try:
         yield model
     finally:
-        _frozen_models[model] -= 1
-        if not _frozen_models[model]:
-            del _frozen_models[model]
-            for layer in layers:
+        for layer in layers:
+            _frozen_counts[layer] -= 1
+            if not _frozen_counts[layer]:
+                del _frozen_counts[layer]
                 _frozen_layers.pop(layer, None)
 
 
@@ -374,10 +382,12 @@ def _linear_operands(layer: nn.Linear, dtype: torch.dtype) -> tuple[torch.Tensor
     state = tuple(None if p is None else (p.data_ptr(), _version(p), p.dtype, p.shape) for p in (weight, bias))
     packed = packs.get(dtype)
     if packed is None or packed[0] != state:
-        # Without a batch-size hint oneDNN picks the layout for any number of rows: the chunks vary it.
-        blocked = _ONEDNN_REORDER_WEIGHT(weight.detach().to(dtype), None)
-        packed = packs[dtype] = (state, blocked, None if bias is None else bias.detach().to(dtype))
-    return packed[1], packed[2]
+        # Without a batch-size hint oneDNN picks the layout for any number of rows: the chunks vary it. The source
+        # tensors are held so that their memory cannot go to a new weight with the same data pointer.
+        sources = tuple(None if p is None else p.detach() for p in (weight, bias))
+        blocked = _ONEDNN_REORDER_WEIGHT(sources[0].to(dtype), None)
+        packed = packs[dtype] = (state, sources, blocked, None if bias is None else sources[1].to(dtype))
+    return packed[2], packed[3]
 
 
 def cpu_linear(layer: nn.Linear, inputs: torch.Tensor, activation: nn.Module | None = None) -> torch.Tensor:
