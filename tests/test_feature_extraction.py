@@ -549,6 +549,13 @@ def test_feature_extractor_errors_are_input_errors(fe):
         HTSATFeatureExtractor(pad_mode="zero")
     with pytest.raises(InputError, match="max_length_seconds"):
         HTSATFeatureExtractor(max_length_seconds=0)
+    # A tester's cases: they failed with OverflowError or TypeError, or passed and failed on every clip later.
+    for value in (float("inf"), 1e305, float("nan"), "5", [5], True):
+        with pytest.raises(InputError, match="must be a positive, finite number of seconds"):
+            HTSATFeatureExtractor(max_length_seconds=value)
+    with pytest.raises(InputError, match="gives clips of 32 samples; the front end needs at least 513"):
+        HTSATFeatureExtractor(max_length_seconds=0.001)
+    assert HTSATFeatureExtractor(max_length_seconds=np.float32(2.5)).max_length_samples == 80000
     with pytest.raises(InputError, match="clip 0: samples of dtype int64 are not audio"):
         fe(np.zeros(32000, dtype=np.int64), sampling_rate=32000)
     with pytest.raises(InputError, match="16000 Hz"):

@@ -7,6 +7,8 @@ frames with reflect padding, power spectrum, Slaney-scale mel filters with Slane
 `10 * log10(max(x, 1e-10))` and no `top_db` clipping.
 """
 
+import math
+import numbers
 import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -171,7 +173,8 @@ class HTSATFeatureExtractor(SequenceFeatureExtractor):
         padding_value (`float`, defaults to 0.0): unused by the log-mel path, required by the base class.
 
     Raises:
-        InputError: an unknown `pad_mode` or `precision`, or a `max_length_seconds` that is not positive.
+        InputError: an unknown `pad_mode` or `precision`, or a `max_length_seconds` that is not a positive finite
+            number, or shorter than the front end can frame ([`min_length_samples`]).
 
     Example:
 
@@ -211,13 +214,26 @@ class HTSATFeatureExtractor(SequenceFeatureExtractor):
             raise InputError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
         if precision not in PRECISIONS:
             raise InputError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
-        if not max_length_seconds > 0:
-            raise InputError(f"max_length_seconds must be positive, got {max_length_seconds}")
+        if (
+            isinstance(max_length_seconds, bool)
+            or not isinstance(max_length_seconds, numbers.Real)
+            or not math.isfinite(max_length_seconds * sampling_rate)  # a number of samples, not an overflow
+            or max_length_seconds <= 0
+        ):
+            raise InputError(
+                f"max_length_seconds must be a positive, finite number of seconds, got {max_length_seconds!r}"
+            )
         self.hop_length = int(hop_length)
         self.n_fft = int(n_fft)
         self.f_min = float(f_min)
         self.f_max = float(f_max)
         self.max_length_seconds = float(max_length_seconds)
+        if self.max_length_samples < self.min_length_samples:
+            raise InputError(
+                f"max_length_seconds {self.max_length_seconds:g} gives clips of {self.max_length_samples} samples; the "
+                f"front end needs at least {self.min_length_samples} ({self.min_length_samples / sampling_rate:g} s "
+                f"at {sampling_rate} Hz)"
+            )
         self.pad_mode = pad_mode
         self.precision = precision
         self._mel_filters = torch.from_numpy(
@@ -384,8 +400,8 @@ class HTSATFeatureExtractor(SequenceFeatureExtractor):
         if too_long and not truncation:
             index, length = too_long[0]
             raise InputError(
-                f"clip {index} is {length / self.sampling_rate:.2f} s long but the model reads at most "
-                f"{self.max_length_seconds:g} s per clip. Pass truncation=True to keep only the first "
+                f"clip {index} is {length / self.sampling_rate:.2f} s long ({length} samples) but the model reads at "
+                f"most {self.max_length_seconds:g} s ({max_samples} samples) per clip. Pass truncation=True to keep only the first "
                 f"{self.max_length_seconds:g} s, or run long audio in windows (htsat_hf's sound-event-detection "
                 "tools slide the model over audio of any length)."
             )

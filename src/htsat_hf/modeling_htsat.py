@@ -79,8 +79,8 @@ def fold_spectrogram_to_image(features: torch.Tensor, spec_size: int, freq_ratio
     target_frames, target_bins = spec_size * freq_ratio, spec_size // freq_ratio
     if frames > target_frames or mel_bins > target_bins:
         raise InputError(
-            f"the model takes at most {target_frames} frames of {target_bins} mel bins, got {frames} frames of "
-            f"{mel_bins} bins; split longer audio into windows (see htsat_hf's sound-event-detection tools)"
+            f"the model takes at most {target_frames} frames of at most {target_bins} mel bins, got {frames} frames "
+            f"of {mel_bins} bins; split longer audio into windows (see htsat_hf's sound-event-detection tools)"
         )
     image = stretch_spectrogram(features, target_frames, target_bins).unsqueeze(1)
     image = image.transpose(2, 3).reshape(batch, 1, target_bins, freq_ratio, spec_size)
