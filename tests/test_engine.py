@@ -428,6 +428,20 @@ def test_dtype_and_options(tmp_path, scenes):
         predict_files([scenes / "ten.wav"], model, extractor, output=tmp_path / "out.csv")
 
 
+def test_a_model_in_training_mode_is_refused(tmp_path, scenes):
+    """A tester's case: `predict_files` on a `.train()` model gave other tags on each call (dropout, drop path)."""
+    model, extractor = load_predictor(save_model(tmp_path / "model"))
+    model.train()
+    for call in (
+        lambda: predict_files([scenes / "ten.wav"], model, extractor),
+        lambda: predict_file(model, extractor, scenes / "ten.wav"),
+        lambda: InferenceEngine(model, extractor, resolve_settings(model)),
+    ):
+        with pytest.raises(InputError, match="the model is in training mode.*call model.eval"):
+            call()
+    assert model.training  # refused, not switched behind the caller's back
+
+
 def test_a_bf16_model_gets_float32_features_everywhere(tmp_path, scenes):
     """The engine, predict_file, sliding_window_scores and the audio-classification pipeline hand a model loaded in
     bf16 the extractor's float32 log-mel, which the model casts to its float32 feature normalisation. They cast it to

@@ -67,7 +67,7 @@ from .errors import InputError, error_line
 from .feature_extraction_htsat import HTSATFeatureExtractor
 from .inputs import AudioItem, as_items
 from .modeling_htsat import HTSATForSoundEventDetection, stretch_spectrogram
-from .predict import TSV_COLUMNS, FilePrediction, check_options, load_predictor, tsv_rows
+from .predict import TSV_COLUMNS, FilePrediction, check_eval_mode, check_options, load_predictor, tsv_rows
 from .sed.io import audio_id, scores_dataframe
 from .sed.postprocessing import DetectionSettings, Event, binarize, map_scores, median_filter_kernel_frames
 from .sed.windows import MIN_AUDIO_SECONDS, FrameScores, check_detection_duration, grid_step_seconds
@@ -649,15 +649,16 @@ class InferenceEngine:
         num_workers: DataLoader workers decoding the audio (0: in the main process).
 
     Raises:
-        InputError: a `num_workers` that is not a whole number >= 0; a feature extractor that does not fit the
-            model's config (`check_matches_config`: another front end, or clips longer than the model reads, which
-            would otherwise fail in the model on the first batch); a window or hop out of range.
+        InputError: a model in training mode; a `num_workers` that is not a whole number >= 0; a feature extractor
+            that does not fit the model's config (`check_matches_config`: another front end, or clips longer than the
+            model reads, which would otherwise fail in the model on the first batch); a window or hop out of range.
     """
 
     def __init__(self, model: HTSATForSoundEventDetection, feature_extractor: HTSATFeatureExtractor,
                  settings: DetectionSettings, top_k: int = 5, num_workers: int = 0):
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise InputError(f"num_workers must be a whole number >= 0, got {num_workers!r}")
+        check_eval_mode(model)
         feature_extractor.check_matches_config(model.config)
         self.model, self.feature_extractor, self.settings = model, feature_extractor, settings
         self.top_k, self.num_workers = top_k, num_workers

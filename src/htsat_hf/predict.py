@@ -139,6 +139,20 @@ def resolve_class_map(class_map: str | PathLike | ClassMap | None, num_classes: 
     return load_class_map(class_map, num_classes=num_classes)
 
 
+def check_eval_mode(model) -> None:
+    """Refuse a model in training mode, whose dropout and drop path would make every prediction random (a tester's
+    `predict_files` on a `.train()` model gave other tags on each call).
+
+    Raises:
+        InputError: `model.training` is set.
+    """
+    if model.training:
+        raise InputError(
+            "the model is in training mode, where dropout and drop path make predictions random; call model.eval() "
+            "first (from_pretrained and load_predictor return it in eval mode)"
+        )
+
+
 def check_options(
     model: HTSATForSoundEventDetection,
     top_k: int = 5,
@@ -154,10 +168,11 @@ def check_options(
         on the labels events are reported in.
 
     Raises:
-        InputError: naming the option: `top_k` or `batch_size` not a whole number (>= 0, >= 1), a negative or
-            non-finite `median_filter_seconds`, a class map for another number of classes, or a threshold
-            `resolve_thresholds` refuses.
+        InputError: a model in training mode (see [`check_eval_mode`]); naming the option: `top_k` or `batch_size` not
+            a whole number (>= 0, >= 1), a negative or non-finite `median_filter_seconds`, a class map for another
+            number of classes, or a threshold `resolve_thresholds` refuses.
     """
+    check_eval_mode(model)
     for name, value, smallest in (("top_k", top_k, 0), ("batch_size", batch_size, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < smallest:
             raise InputError(f"{name} must be a whole number >= {smallest}, got {value!r}")
@@ -311,6 +326,7 @@ def format_predictions(predictions: list[FilePrediction], fmt: str = "table") ->
 
 __all__ = [
     "FilePrediction",
+    "check_eval_mode",
     "check_options",
     "format_predictions",
     "load_predictor",
