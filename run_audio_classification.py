@@ -100,7 +100,9 @@ class DataArguments:
     fold_column_name: str | None = field(default=None, metadata={"help": "Fold column for cross-validation (ESC-50)."})
     eval_fold: int | None = field(default=None, metadata={"help": "Fold held out for evaluation."})
     max_length_seconds: float | None = field(
-        default=None, metadata={"help": "Clip length (default: the feature extractor's, 10 s)."}
+        default=None,
+        metadata={"help": "Clip length in seconds (default: the feature extractor's: 10 s, or the longest clip the "
+                          "model reads when that is shorter)."},
     )
     pad_mode: str | None = field(
         default=None,

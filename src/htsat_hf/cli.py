@@ -266,7 +266,7 @@ def _add_predict(commands) -> None:
             "per line, relative to the list; blank lines and # comments skipped), or each row of a datasets split "
             "(--dataset), block by block with soundfile, or the ffmpeg program for formats soundfile cannot read, in "
             "--num-workers processes; downmix to mono, resample to the model's rate (torchaudio), and run the model "
-            "over windows of its clip length (10 s), packed across files into batches of --batch-size. Memory stays "
+            "over windows of its clip length (its extractor's max_length_seconds, 10 s for AudioSet models), packed across files into batches of --batch-size. Memory stays "
             "flat whatever a file's duration. With --output, results are journalled as each file completes "
             "(OUTPUT.parts/) and written in input order when all are done; --resume continues an interrupted run. "
             "Under accelerate launch, files are shared out across the processes and one output is written. "
@@ -513,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--hop-length 320 --problem-type single_label_classification --pad-mode repeat; Speech Commands V2 "
             "--sample-rate 16000 --hop-length 160 --pad-mode repeat."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     convert.add_argument("checkpoint", help="original .ckpt file")
     convert.add_argument("output_dir", help="directory to write the converted model to")
