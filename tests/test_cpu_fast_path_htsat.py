@@ -795,6 +795,25 @@ def test_benchmark_script_runs_on_tiny_configs(tmp_path):
 
 
 @pytest.mark.slow
+def test_runtimes_script_runs_each_runtime_alone_on_a_tiny_config():
+    """Each runtime in its own process, the gaps against eager fp32 in the same table; OpenVINO (not a dependency)
+    reported as not installed where it is missing."""
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "runtimes.py"), "--tiny", "--batch-size", "2", "--rounds",
+         "1", "--calls", "1", "--warmup", "1", "--runtimes", "eager-bf16-model", "ort", "openvino-f32"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
+            for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line}
+    assert rows["eager-fp32"][2:] == ["1.00x", "0.0e+00"]
+    assert float(rows["ort"][0]) > 0 and float(rows["ort"][3]) < 1e-5  # the export computes what eager does
+    assert float(rows["eager-bf16-model"][3]) < 5e-3
+    openvino = rows["openvino-f32"]
+    assert openvino[0] == "not installed (openvino)" or float(openvino[3]) < 1e-5
+
+
+@pytest.mark.slow
 def test_ablation_script_runs_on_a_tiny_config():
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "benchmarks" / "ablation.py"), "--tiny", "--batch-size", "2", "--rounds", "1"],
