@@ -322,8 +322,9 @@ _frozen_counts: "weakref.WeakKeyDictionary[nn.Module, int]" = weakref.WeakKeyDic
 def frozen_weights(model: nn.Module) -> Iterator[nn.Module]:
     """Inside the block, `model`'s weights are taken as constant, and the CPU fast path holds each linear layer's
     weight reordered once into the blocked layout oneDNN's matmul reads on this CPU, where it would otherwise reorder
-    it on every call (on a 2-core Intel Xeon with AMX: forwards at batch 8 about 13 % faster in fp32 and 15 % in bf16,
-    see benchmarks/README.md). Under bfloat16 autocast the layers' bfloat16 copies are made once, not on every call.
+    it on every call. Under bfloat16 autocast the layers' bfloat16 copies are made once, not on every call. On a
+    2-core Intel Xeon with AMX, forwards at batch 8 ran 1.11x as fast in fp32 and 1.14x under bf16 autocast; weights
+    held in bf16 gained nothing measurable (benchmarks/README.md).
 
         with htsat_hf.frozen_weights(model), torch.inference_mode():
             for features in batches:
@@ -332,9 +333,10 @@ def frozen_weights(model: nn.Module) -> Iterator[nn.Module]:
     The packed copies cost the linear weights' size in memory (about 110 MB for the full-size model in fp32, half
     in bf16) and about 0.1 s to make, on a layer's first forward in the block; they are dropped when the block
     ends. The results are those of the unpacked fast path, bit for bit in fp32; in bfloat16 within its rounding (the
-    blocked kernel may sum in another order). The inference engine (`predict_files`, `htsat-hf predict`) and the
-    benchmark run the model inside this block. Blocks nest; the switch [`set_cpu_fast_path`] (`onednn_linear`) still
-    applies inside one. Elsewhere than on x86 CPUs with oneDNN, the block changes nothing.
+    blocked kernel may sum in another order). The inference engine (`predict_files`, `htsat-hf predict`,
+    `run_sed.py`) and the benchmarks run the model inside this block. Blocks nest; the switch
+    [`set_cpu_fast_path`] (`onednn_linear`) still applies inside one. Elsewhere than on x86 CPUs with oneDNN, the
+    block changes nothing.
 
     A weight that changes inside the block through the tensor itself (an optimizer step, `load_state_dict`, an
     in-place edit under `torch.no_grad()`) is packed again at the next forward, as its version counter tells, and so

@@ -401,9 +401,9 @@ class HTSATFeatureExtractor(SequenceFeatureExtractor):
             index, length = too_long[0]
             raise InputError(
                 f"clip {index} is {length / self.sampling_rate:.2f} s long ({length} samples) but the model reads at "
-                f"most {self.max_length_seconds:g} s ({max_samples} samples) per clip. Pass truncation=True to keep only the first "
-                f"{self.max_length_seconds:g} s, or run long audio in windows (htsat_hf's sound-event-detection "
-                "tools slide the model over audio of any length)."
+                f"most {self.max_length_seconds:g} s ({max_samples} samples) per clip. Pass truncation=True to keep "
+                f"only the first {self.max_length_seconds:g} s, or run long audio in windows (htsat_hf's "
+                "sound-event-detection tools slide the model over audio of any length)."
             )
         clips = [c[:max_samples] for c in clips]
 
