@@ -751,8 +751,7 @@ def convert_clap(
     model.eval()
 
     generator = torch.Generator().manual_seed(0)
-    frames = 1 + extractor.max_length_samples // config.hop_length
-    probe = torch.randn(2, frames, config.num_mel_bins, generator=generator) * 20 - 40
+    probe = torch.randn(2, extractor.max_length_frames, config.num_mel_bins, generator=generator) * 20 - 40
     differences = backbone_differences(clap_tower, model.htsat, probe)
     checks = {f"backbone {name} vs CLAP": value for name, value in differences.items()}
     rng = np.random.default_rng(0)

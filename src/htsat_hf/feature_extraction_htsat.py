@@ -299,11 +299,10 @@ class HTSATFeatureExtractor(SequenceFeatureExtractor):
                 "the feature extractor does not match the model's config (" + "; ".join(differences) + "); save "
                 "the extractor built by HTSATFeatureExtractor.from_config(model.config) beside the model"
             )
-        frames = 1 + self.max_length_samples // self.hop_length
-        if frames > config.max_frames:
+        if self.max_length_frames > config.max_frames:
             raise InputError(
-                f"the feature extractor's {self.max_length_seconds:g} s clips give {frames} log-mel frames, but the "
-                f"model reads at most {config.max_frames} (spec_size {config.spec_size} x freq_ratio "
+                f"the feature extractor's {self.max_length_seconds:g} s clips give {self.max_length_frames} log-mel "
+                f"frames, but the model reads at most {config.max_frames} (spec_size {config.spec_size} x freq_ratio "
                 f"{config.freq_ratio}); set the extractor's max_length_seconds to at most "
                 f"{model_max_length_seconds(config):g}, as HTSATFeatureExtractor.from_config(model.config) does"
             )
@@ -311,6 +310,11 @@ class HTSATFeatureExtractor(SequenceFeatureExtractor):
     @property
     def max_length_samples(self) -> int:
         return int(round(self.max_length_seconds * self.sampling_rate))
+
+    @property
+    def max_length_frames(self) -> int:
+        """Log-mel frames of a full clip: `1 + max_length_samples // hop_length` (centred STFT)."""
+        return 1 + self.max_length_samples // self.hop_length
 
     @property
     def min_length_samples(self) -> int:

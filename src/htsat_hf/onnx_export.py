@@ -168,12 +168,9 @@ def load_model_for_export(model_dir_or_model, task: str = "classification") -> H
 
 def default_num_frames(config: HTSATConfig, feature_extractor: HTSATFeatureExtractor | None = None) -> int:
     """Frames of one full clip as the feature extractor pads it (1001 for 10 s at 32 kHz, hop 320), at most the
-    model's `max_frames`. Without a feature extractor, a 10 s clip at the config's rate and hop."""
-    if feature_extractor is not None:
-        samples = feature_extractor.max_length_samples
-    else:
-        samples = round(10.0 * config.sampling_rate)
-    return min(1 + samples // config.hop_length, config.max_frames)
+    model's `max_frames`. Without a feature extractor, a clip of `HTSATFeatureExtractor.from_config(config)`."""
+    extractor = HTSATFeatureExtractor.from_config(config) if feature_extractor is None else feature_extractor
+    return min(extractor.max_length_frames, config.max_frames)
 
 
 def _load_feature_extractor(model_dir_or_model) -> HTSATFeatureExtractor | None:
