@@ -532,6 +532,22 @@ def test_an_extractor_whose_clips_the_model_cannot_read_is_refused(overrides):
         HTSATFeatureExtractor.from_config(config, max_length_seconds=10.0)
 
 
+@pytest.mark.parametrize("config", [None, HTSATConfig().to_dict(), "htsat-audioset"], ids=["none", "dict", "str"])
+def test_check_matches_config_refuses_what_is_not_a_config(config):
+    with pytest.raises(InputError, match="needs the model's HTSATConfig") as error:
+        HTSATFeatureExtractor().check_matches_config(config)
+    assert type(config).__name__ in str(error.value)
+
+
+def test_a_huge_clip_length_is_refused_in_a_short_line():
+    """A finite but absurd clip length (1e300 s) is refused like any too-long clip, its frame count written in
+    short (it was a 300-digit number)."""
+    extractor = HTSATFeatureExtractor(max_length_seconds=1e300)
+    with pytest.raises(InputError, match=r"1e\+300 s clips give 1e\+302 log-mel frames") as error:
+        extractor.check_matches_config(HTSATConfig())
+    assert len(str(error.value)) < 400
+
+
 @pytest.mark.parametrize(
     "dtype,full_scale,offset", [(np.int8, 128.0, 0.0), (np.uint8, 128.0, 128.0), (np.int32, 2147483648.0, 0.0)]
 )

@@ -287,8 +287,14 @@ class HTSATFeatureExtractor(SequenceFeatureExtractor):
         Raises:
             InputError: one line listing every differing value, e.g. `hop_length: config 320, feature extractor
                 160`; or, the front end being the same, naming the frames of a full clip, the frames the model
-                reads and the longest clip length it reads ([`model_max_length_seconds`]).
+                reads and the longest clip length it reads ([`model_max_length_seconds`]); or a `config` that is not
+                a model config (None, a dict).
         """
+        missing = [name for name, _ in FRONT_END_FIELDS if not hasattr(config, name)]
+        if missing or not hasattr(config, "max_frames"):
+            raise InputError(
+                f"check_matches_config needs the model's HTSATConfig (model.config), got {type(config).__name__}"
+            )
         differences = [
             f"{config_name}: config {getattr(config, config_name)!r}, feature extractor {getattr(self, own_name)!r}"
             for config_name, own_name in FRONT_END_FIELDS
@@ -301,7 +307,7 @@ class HTSATFeatureExtractor(SequenceFeatureExtractor):
             )
         if self.max_length_frames > config.max_frames:
             raise InputError(
-                f"the feature extractor's {self.max_length_seconds:g} s clips give {self.max_length_frames} log-mel "
+                f"the feature extractor's {self.max_length_seconds:g} s clips give {self.max_length_frames:.6g} log-mel "
                 f"frames, but the model reads at most {config.max_frames} (spec_size {config.spec_size} x freq_ratio "
                 f"{config.freq_ratio}); set the extractor's max_length_seconds to at most "
                 f"{model_max_length_seconds(config):g}, as HTSATFeatureExtractor.from_config(model.config) does"
