@@ -786,10 +786,13 @@ def test_benchmark_script_runs_on_tiny_configs(tmp_path):
     assert "vs CLAP e2e fp32" in result.stdout
     # The machine's own peaks and labels, and the issue's figures against them.
     assert {"fp32", "bf16"} <= set(report["peaks"]) and all(p["gflops"] > 0 for p in report["peaks"].values())
+    # The issue's own yardstick (the 2048^3 torch.mm) beside the best product, never above it.
+    assert all(0 < p["cube_gflops"] <= p["gflops"] for p in report["peaks"].values())
     cpu = report["environment"]["cpu"]
     assert cpu["name"] and set(cpu["flags"]) <= set(CPU_FLAGS) and cpu["name"] in result.stdout
     assert report["environment"]["threads"] == torch.get_num_threads()
     assert "of this machine's fp32 matmul peak" in result.stdout and "reference machine" not in result.stdout
+    assert "of the 2048^3 torch.mm the issue measured" in result.stdout
     assert 0 < report["checks"]["htsat bf16-model max clip probability gap, batch 2"] < 5e-3
     assert "htsat int8 max clip probability gap, batch 2" in report["checks"]
 
