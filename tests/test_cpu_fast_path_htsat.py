@@ -191,6 +191,30 @@ def test_matmul_attention_is_the_plain_formula():
     assert (weights - expected).abs().max() < 1e-6 and (context - expected @ value).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("update_dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_residual_add_is_type_promotion(update_dtype):
+    """The cast-then-add of a reduced-precision update into the float32 residual stream gives exactly the bytes of
+    PyTorch's mixed-dtype add (which it replaces for speed), and keeps the stream's dtype."""
+    stream = torch.randn(2, 64, 96) * 30
+    update = (torch.randn(2, 64, 96) * 3).to(update_dtype)
+    result = fast_path.residual_add(stream, update)
+    assert result.dtype == torch.float32 and torch.equal(result, stream + update)
+
+
+def test_swin_blocks_add_a_bf16_update_to_the_float32_stream_through_residual_add(monkeypatch):
+    calls = []
+    original = fast_path.residual_add
+    monkeypatch.setattr(fast_path, "residual_add", lambda a, b: calls.append((a.dtype, b.dtype)) or original(a, b))
+    model = HTSATForAudioClassification(tiny_config()).eval().to(torch.bfloat16)
+    with torch.no_grad():
+        model(log_mel_like(2))
+    if fast_path.float32_residual_stream(model.htsat.encoder.stages[0], torch.zeros(1, dtype=torch.bfloat16)):
+        assert calls and set(calls) == {(torch.float32, torch.bfloat16)}
+    else:
+        assert calls and set(calls) == {(torch.bfloat16, torch.bfloat16)}
+    assert len(calls) == 2 * sum(model.config.depths)
+
+
 def test_attention_kernel_choice_follows_capabilities(monkeypatch):
     """Reduced precision without AMX tiles for it: batched matmuls; with them, and in float32: the fused kernel;
     `fused_attention` off: batched matmuls. No timing is involved, so every process picks the same."""
