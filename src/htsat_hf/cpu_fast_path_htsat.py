@@ -593,11 +593,15 @@ def swin_block_forward(
     reference: Callable, block: nn.Module, hidden_states: torch.Tensor, output_attentions: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`HTSATSwinBlock` with the shift and window partition as one gather by `block.token_order`, and their inverse
-    as one by `block.token_order_inverse` (both `None` for a single unshifted window: no reordering)."""
+    as one by `block.token_order_inverse` (both `None` for a single unshifted window: no reordering); updates added
+    to the residual stream by [`residual_add`]."""
     batch, num_tokens, dim = hidden_states.shape
     tokens = cpu_layer_norm(block.layernorm_before, hidden_states)
     if block.token_order is not None:
-        tokens = torch.index_select(tokens, 1, block.token_order)
+        # The cast to the matmul's dtype that `cpu_linear` would make, made before the gather: it commutes with it
+        # (the same bytes) and the gather moves half the bytes in bf16 (1.03-1.05x on the bf16 forward).
+        dtype = onednn_linear_dtype(block.attention.qkv, tokens)
+        tokens = torch.index_select(tokens if dtype is None else tokens.to(dtype), 1, block.token_order)
     windows = tokens.view(-1, block.window_size**2, dim)
     windows, attentions = block.attention(windows, block.shift_mask, output_attentions)
     tokens = windows.view(batch, num_tokens, dim)
