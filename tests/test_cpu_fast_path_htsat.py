@@ -833,11 +833,14 @@ def test_runtimes_script_runs_each_runtime_alone_on_a_tiny_config():
     assert result.returncode == 0, result.stderr[-2000:]
     rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
             for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line}
-    assert rows["eager-fp32"][2:] == ["1.00x", "0.0e+00"]
-    assert float(rows["ort"][0]) > 0 and float(rows["ort"][3]) < 1e-5  # the export computes what eager does
-    assert float(rows["eager-bf16-model"][3]) < 5e-3
+    def gaps(row):  # clip / frame probabilities
+        return [float(gap) for gap in row[3].split(" / ")]
+
+    assert rows["eager-fp32"][2:] == ["1.00x", "0.0e+00 / 0.0e+00"]
+    assert float(rows["ort"][0]) > 0 and max(gaps(rows["ort"])) < 1e-5  # the export computes what eager does
+    assert 0 < max(gaps(rows["eager-bf16-model"])) < 5e-3
     openvino = rows["openvino-f32"]
-    assert openvino[0] == "not installed (openvino)" or float(openvino[3]) < 1e-5
+    assert openvino[0] == "not installed (openvino)" or max(gaps(openvino)) < 1e-5
 
 
 @pytest.mark.slow
