@@ -1,13 +1,15 @@
 """The inference engine (`htsat_hf.engine`): results equal to the one-file code paths (`predict_file`, run_sed's
 `file_scores` + `postprocess`), the streamed median filter and event joining equal to the whole-file functions,
 flat memory in duration, batches packed across files, worker and process sharding with deterministic output, and
-the journalled, resumable outputs (a run killed with SIGKILL, then resumed)."""
+the journalled, resumable outputs (a run killed with SIGKILL, then resumed); with several processes, a refusal or an
+error in one of them ends every one with its line (none left waiting)."""
 
 import contextlib
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -48,7 +50,7 @@ from htsat_hf.sed.io import write_score_tsv
 from htsat_hf.sed.postprocessing import ClassMap, activity_to_events, binarize
 from htsat_hf.synthetic import make_detection_folder
 
-from conftest import REPO_ROOT, tiny_config
+from conftest import tiny_config
 
 
 def assert_same_events(got, expected, atol=1e-5):
@@ -411,6 +413,125 @@ def test_two_processes_write_the_output_of_one(tmp_path):
     assert launched.returncode != 0 and "tiny.wav" in launched.stderr  # the process that met it exits 1
     one = (tmp_path / "one.jsonl").read_bytes()
     assert one.count(b"\n") == 7 and (tmp_path / "two.jsonl").read_bytes() == one
+
+
+def launch_two(arguments, tmp_path, timeout=120):
+    """Start two processes of one job (`python ARGUMENTS`, ranks 0 and 1 on the CPU, as `accelerate launch
+    --num_processes 2 --cpu` or torchrun set them up, but without a launcher that would end one when the other
+    fails) and wait for both; `[(exit status, stderr)]` by rank. A process still running after `timeout` seconds
+    (one waiting for the other forever) fails the test, and both are killed."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    processes = []
+    with contextlib.ExitStack() as stack:
+        logs = [stack.enter_context(open(tmp_path / f"rank{rank}.err", "w+")) for rank in range(2)]
+        for rank, log in enumerate(logs):
+            environment = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+                           "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank),
+                           "LOCAL_WORLD_SIZE": "2"}
+            processes.append(subprocess.Popen([sys.executable, *map(str, arguments)], stdout=subprocess.DEVNULL,
+                                              stderr=log, env=environment, start_new_session=True))
+        deadline = time.monotonic() + timeout
+        try:
+            for process in processes:
+                try:
+                    process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+                except subprocess.TimeoutExpired:
+                    pytest.fail(f"a process was still running after {timeout} s (waiting for the other forever)")
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+        for log in logs:
+            log.seek(0)
+        return [(process.returncode, log.read()) for process, log in zip(processes, logs)]
+
+
+@pytest.fixture(scope="module")
+def used_output(tmp_path_factory):
+    """A finished one-process run (`--top-k 2`) of a tiny model on two short files: `(predict arguments, output)`."""
+    folder = tmp_path_factory.mktemp("used")
+    model_dir = save_model(folder / "model")
+    (folder / "clips").mkdir()
+    for k in range(2):
+        soundfile.write(folder / "clips" / f"c{k}.wav", tone(1.0 + k, RATE, 300.0 + 50 * k), RATE)
+    arguments = [folder / "clips", "--model", model_dir, "--batch-size", "1", "--no-progress",
+                 "--output", folder / "out.jsonl"]
+    assert main(["predict", *map(str, arguments), "--top-k", "2"]) == 0
+    return arguments, folder / "out.jsonl"
+
+
+@pytest.mark.parametrize("options, refusal", [
+    ([], r"out.jsonl exists: pass --resume to continue that run"),
+    (["--resume", "--top-k", "1"], r"out.jsonl: --resume with a different top-k than the run it continues"),
+], ids=["existing-output", "resume-with-other-options"])
+def test_two_processes_refuse_a_used_output_together(used_output, tmp_path, options, refusal):
+    """Rank 0 decides whether the output may be used; its refusal reached only itself, and rank 1 waited for it in
+    a barrier forever (or, once rank 0 had exited, crashed with gloo's "Connection closed by peer"). Now every
+    process exits with status 2 and the same one line, and the finished output is left as it was."""
+    pytest.importorskip("accelerate")
+    arguments, output = used_output
+    before = output.read_bytes()
+    for status, err in launch_two(["-m", "htsat_hf.cli", "predict", *arguments, *options], tmp_path):
+        lines = err.splitlines()
+        assert status == 2 and len(lines) == 1 and re.match(rf"htsat-hf predict: error: .*{refusal}", lines[0]), err
+    assert output.read_bytes() == before and not output.with_name("out.jsonl.parts").exists()
+
+
+def test_an_unreadable_input_in_one_process_stops_every_process(tmp_path):
+    """`predict_files(..., output=...)` without `skip_errors` raises in the process that meets an unreadable input;
+    the other (rank 0 here) waited for it forever at the end of its share. Now both raise the same `InputError`."""
+    pytest.importorskip("accelerate")
+    model_dir = save_model(tmp_path / "model")
+    (tmp_path / "clips").mkdir()
+    soundfile.write(tmp_path / "clips" / "a.wav", tone(1.0, RATE), RATE)
+    soundfile.write(tmp_path / "clips" / "b.wav", tone(0.05, RATE), RATE)  # input 1: rank 1's, too short
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys\n"
+        "from htsat_hf import predict_files\n"
+        "from htsat_hf.errors import InputError, error_line\n"
+        "try:\n"
+        f"    predict_files([{str(tmp_path / 'clips')!r}], {str(model_dir)!r}, batch_size=1,\n"
+        f"                  output={str(tmp_path / 'out.jsonl')!r})\n"
+        "except InputError as error:\n"
+        "    print('error:', error_line(error), file=sys.stderr)\n"
+        "    sys.exit(2)\n"
+    )
+    for status, err in launch_two([script], tmp_path):
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert status == 2 and len(lines) == 1 and "b.wav" in lines[0] and "too short" in lines[0], err
+        assert "Traceback" not in err, err
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("error, lines", [
+    ("PermissionError(13, 'Permission denied', 'checkpoint-1')", ["[Errno 13] Permission denied: 'checkpoint-1'"] * 2),
+    ("KeyError('fold')", ["process 1 failed: KeyError: 'fold'", "'fold'"]),
+], ids=["os-error", "bug"])
+def test_an_error_in_one_process_inside_together_ends_every_process(tmp_path, error, lines):
+    """`distributed.together`, as around `run_audio_classification.py`'s emptying of `--output_dir` (an `OSError` in
+    the process that saves): the process that failed raises its own error, the other one line naming it (the same
+    line for a user's problem), and neither waits for the other."""
+    pytest.importorskip("accelerate")
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys\n"
+        "from htsat_hf.distributed import distributed_state, together\n"
+        "from htsat_hf.errors import error_line\n"
+        "try:\n"
+        "    with together():\n"
+        "        if distributed_state().process_index == 1:\n"
+        f"            raise {error}\n"
+        "except Exception as error:\n"
+        "    print('error:', error_line(error), file=sys.stderr)\n"
+        "    sys.exit(2)\n"
+    )
+    results = launch_two([script], tmp_path, timeout=60)
+    assert [status for status, _ in results] == [2, 2], results
+    assert [err.splitlines() for _, err in results] == [[f"error: {line}"] for line in lines]
 
 
 def test_dtype_and_options(tmp_path, scenes):

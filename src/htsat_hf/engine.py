@@ -35,7 +35,8 @@ the results (`InferenceEngine.fingerprint`: model config and weights digest, dty
 order); a resume where it differs is refused in one line. A finished JSONL output keeps it beside it
 (`.<output>.run.json`) so that resuming a finished run can be checked the same way. Under `accelerate launch` each
 process takes the inputs `i % num_processes == rank`, journals into its own shard, and the main process merges the
-shards: the output is the same bytes as a one-process run's.
+shards: the output is the same bytes as a one-process run's. A refusal of the output (made by the main process) or an
+error in any process ends every process with the same one line (`distributed.together`), none is left waiting.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,8 @@ from tqdm.auto import tqdm
 
 from . import audio
 from .cpu_fast_path_htsat import frozen_weights
+from .distributed import distributed_state as _distributed_state
+from .distributed import together
 from .errors import InputError, error_line
 from .feature_extraction_htsat import HTSATFeatureExtractor
 from .inputs import AudioItem, as_items
@@ -795,16 +798,6 @@ def default_device() -> str:
     return "cpu" if state is None else str(state.device)
 
 
-def _distributed_state():
-    """accelerate's `PartialState` when this process is one of several (`accelerate launch`, torchrun), else None."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    from accelerate import PartialState
-
-    # accelerate sets up several CPU processes (gloo) only when asked for the CPU; without a GPU, that is the CPU.
-    return PartialState(cpu=not torch.cuda.is_available())
-
-
 class _Journal:
     """The per-process journal of finished files (see the module docstring)."""
 
@@ -875,7 +868,8 @@ def write_predictions(
 
     Raises:
         InputError: an output of another format, an existing output or journal without `resume`, an output folder
-            that cannot be written.
+            that cannot be written. Under `accelerate launch`, an error in one process is raised in every process
+            (the same line), none is left waiting for another.
     """
     output = Path(output)
     fmt = output_format(output)
@@ -888,10 +882,10 @@ def write_predictions(
         # The inputs in order: a resume with other inputs would merge two sets under clashing indices.
         names = [_file_name(item) for item in items]
         fingerprint["inputs"] = hashlib.sha256("\n".join(names).encode()).hexdigest()
-    if rank == 0:
-        _prepare_output(output, journal.directory, resume, fingerprint, names)
-    if state is not None:
-        state.wait_for_everyone()
+    # Rank 0 decides whether the output may be used; every process gets its refusal (see `distributed.together`).
+    with together():
+        if rank == 0:
+            _prepare_output(output, journal.directory, resume, fingerprint, names)
     skip = frozenset(key for key, entry in _Journal.read(journal.directory).items() if "error" not in entry)
     total = None
     if isinstance(items, Sequence):
@@ -901,25 +895,28 @@ def write_predictions(
     bar = tqdm(total=total, unit="file", desc="predicting", file=sys.stderr, dynamic_ncols=True,
                disable=not (sys.stderr.isatty() if progress is None else progress) or rank != 0)
     started, seconds = time.monotonic(), 0.0
-    try:
-        for result in engine.run(items, rank, processes, skip):
-            if result.error is not None:
-                failed += 1
-                journal.append({"index": result.index, "file": result.file, "error": result.error})
-                (on_error or _log_error)(result)
-            else:
-                journal.append({"index": result.index, **result.prediction.to_dict()})
-                seconds += result.prediction.duration
-                completed += 1
-            bar.update(1)
-            elapsed = max(time.monotonic() - started, 1e-9)
-            bar.set_postfix_str(f"{seconds / 3600 / elapsed:.3g} h audio/s", refresh=False)
-    finally:
-        bar.close()
-    if state is not None:
-        state.wait_for_everyone()
-    if rank == 0:
-        _finish(output, journal.directory, fmt, fingerprint)
+    # An error in one process (an `on_error` that raises, as `predict_files` without `skip_errors` does, a journal
+    # that cannot be written) stops every process, with its line, once the others have done their share.
+    with together():
+        try:
+            for result in engine.run(items, rank, processes, skip):
+                if result.error is not None:
+                    failed += 1
+                    journal.append({"index": result.index, "file": result.file, "error": result.error})
+                    (on_error or _log_error)(result)
+                else:
+                    journal.append({"index": result.index, **result.prediction.to_dict()})
+                    seconds += result.prediction.duration
+                    completed += 1
+                bar.update(1)
+                elapsed = max(time.monotonic() - started, 1e-9)
+                bar.set_postfix_str(f"{seconds / 3600 / elapsed:.3g} h audio/s", refresh=False)
+        finally:
+            bar.close()
+    # Every process returns once the output is written (a caller may read it next), or fails with rank 0's error.
+    with together():
+        if rank == 0:
+            _finish(output, journal.directory, fmt, fingerprint)
     return completed, failed
 
 

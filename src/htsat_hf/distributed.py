@@ -1,0 +1,67 @@
+"""Runs of several processes (`accelerate launch`, torchrun): this process's share of the run, and steps that succeed
+or fail in every process together.
+
+A check made in one process (rank 0 refusing a used output) or work done by one (rank 0 emptying an output folder),
+followed by a barrier or by any collective step (the first step of distributed training), left the other processes
+waiting for the one that failed: forever while it stayed alive (a caller that catches the error and goes on, a
+launcher that does not end the others, NCCL, processes on other machines), or until it exited, when they crashed
+with a connection error instead of its message. Such a step runs inside [`together`], which every process enters.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from .errors import InputError, error_line
+
+__all__ = ["distributed_state", "together"]
+
+
+def distributed_state():
+    """accelerate's `PartialState` when this process is one of several (`accelerate launch`, torchrun), else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState  # an extra (train), needed only by runs of several processes
+
+    # accelerate sets up several CPU processes (gloo) only when asked for the CPU; without a GPU, that is the CPU.
+    # (Once set up, by this or by transformers' TrainingArguments, PartialState is that one state.)
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+@contextmanager
+def together() -> Iterator[None]:
+    """Run the block in this process (all of it, or a part only some processes run), then wait for every process,
+    and fail in every process when the block failed in any. Every process must enter it: it is the barrier.
+
+    The processes exchange their outcomes (`accelerate.utils.gather_object`) instead of only waiting: a process whose
+    block raised re-raises its own error; the others raise an `InputError` with the line of the first process that
+    failed (an `InputError`'s or `OSError`'s message as it is; another error's prefixed with its type and the
+    process's rank), so that each exits with the same one line. Outside several processes it is the block alone.
+    Ctrl-C and `SystemExit` are not exchanged: they end every process anyway.
+    """
+    error = None
+    try:
+        yield
+    except Exception as caught:  # noqa: BLE001 - raised below, once the other processes know
+        error = caught
+    state = distributed_state()
+    if state is not None:
+        from accelerate.utils import gather_object
+
+        # From every process: None, or (whether it is the user's problem, its one line).
+        mine = None
+        if error is not None:
+            users = isinstance(error, (InputError, OSError))
+            mine = (users, error_line(error) if users else f"{type(error).__name__}: {error_line(error)}")
+        outcomes = gather_object([mine])
+        if error is None:
+            for rank, outcome in enumerate(outcomes):
+                if outcome is not None:
+                    users, line = outcome
+                    raise InputError(line) if users else RuntimeError(f"process {rank} failed: {line}")
+    if error is not None:
+        raise error
