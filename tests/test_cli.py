@@ -650,3 +650,123 @@ def test_average_refuses_to_overwrite_one_of_its_inputs(capsys, tmp_path, tagger
     _, _, err = one_line_error(capsys, "average", copy, tagger, "--output", copy)
     assert "the output folder is one of the models to average" in err
     assert (copy / "model.safetensors").read_bytes() == before
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Re-runs into used output locations: refused, or replaced as a whole with --overwrite, never mixed
+# ----------------------------------------------------------------------------------------------------------------
+
+CONVERT_ESC50 = ["--sample-rate", 32000, "--hop-length", 320, "--problem-type", "single_label_classification",
+                 "--pad-mode", "repeat"]
+
+
+def test_convert_refuses_a_used_output_folder_and_overwrite_replaces_it_as_a_whole(capsys, tmp_path):
+    checkpoint = require_shared("reference/tiny-esc50.ckpt")
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "pytorch_model.bin").write_bytes(b"another model's weights")  # would stay beside the new files
+    _, out_text, err = one_line_error(capsys, "convert", checkpoint, out, *CONVERT_ESC50)
+    assert err == (f"htsat-hf convert: error: {out}: the folder is not empty; write to a new or empty folder, or "
+                   "replace it as a whole with overwrite=True (--overwrite)")
+    assert sorted(path.name for path in out.iterdir()) == ["pytorch_model.bin"] and out_text == ""
+
+    code, _, err = run(capsys, "convert", checkpoint, out, *CONVERT_ESC50, "--overwrite")
+    assert code == 0, err
+    assert (out / "model.safetensors").is_file() and not (out / "pytorch_model.bin").exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]  # no staging folder left
+
+
+def test_convert_refuses_an_output_folder_that_holds_its_checkpoint_or_labels(capsys, tmp_path):
+    out = tmp_path / "model"
+    out.mkdir()
+    checkpoint = out / "tiny-esc50.ckpt"
+    shutil.copy(require_shared("reference/tiny-esc50.ckpt"), checkpoint)
+    _, _, err = one_line_error(capsys, "convert", checkpoint, out, *CONVERT_ESC50, "--overwrite")
+    assert err.startswith(f"htsat-hf convert: error: {out}: contains the input {checkpoint}")
+    assert checkpoint.is_file() and sorted(path.name for path in out.iterdir()) == ["tiny-esc50.ckpt"]
+
+    labels = tmp_path / "labels" / "labels.csv"
+    labels.parent.mkdir()
+    labels.write_text("index,mid,display_name\n")
+    _, _, err = one_line_error(capsys, "convert", require_shared("reference/tiny-esc50.ckpt"), labels.parent,
+                               "--sample-rate", 32000, "--hop-length", 320, "--labels", labels, "--overwrite")
+    assert err.startswith(f"htsat-hf convert: error: {labels.parent}: contains the input {labels}")
+    assert labels.is_file()
+
+
+def test_convert_that_fails_while_saving_leaves_the_old_folder_as_it_was(tmp_path, monkeypatch):
+    from htsat_hf.convert_htsat_original_checkpoint import CheckpointError, convert_checkpoint
+
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"the previous model")
+    monkeypatch.setattr(HTSATFeatureExtractor, "save_pretrained",
+                        lambda self, *args, **kwargs: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        convert_checkpoint(require_shared("reference/tiny-esc50.ckpt"), out, 32000, 320, overwrite=True)
+    assert sorted(path.name for path in out.iterdir()) == ["model.safetensors"]  # not half the new model
+    assert (out / "model.safetensors").read_bytes() == b"the previous model"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]
+    with pytest.raises(CheckpointError, match="the folder is not empty"):
+        convert_checkpoint(require_shared("reference/tiny-esc50.ckpt"), out, 32000, 320)
+
+
+def test_average_refuses_a_used_output_folder_and_one_holding_its_inputs(capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    first = save_model(run_dir / "checkpoint-1", seed=1)
+    second = save_model(run_dir / "checkpoint-2", seed=2)
+    # The training run's folder holds the checkpoints: averaging into it would mix the average with the run.
+    _, _, err = one_line_error(capsys, "average", first, second, "--output", run_dir, "--overwrite")
+    assert err.startswith(f"htsat-hf average: error: {run_dir}: contains the input {first}")
+    _, _, err = one_line_error(capsys, "average", first, second, "--output", first / "avg")
+    assert err.startswith(f"htsat-hf average: error: {first / 'avg'}: lies inside the input {first}")
+    assert sorted(path.name for path in run_dir.iterdir()) == ["checkpoint-1", "checkpoint-2"]
+
+    out = tmp_path / "avg"
+    out.mkdir()
+    (out / "pytorch_model.bin").write_bytes(b"another model's weights")
+    _, _, err = one_line_error(capsys, "average", first, second, "--output", out)
+    assert err == (f"htsat-hf average: error: {out}: the folder is not empty; write to a new or empty folder, or "
+                   "replace it as a whole with overwrite=True (--overwrite)")
+    assert sorted(path.name for path in out.iterdir()) == ["pytorch_model.bin"]
+    code, out_text, err = run(capsys, "average", first, second, "--output", out, "--overwrite")
+    assert code == 0, err
+    assert (out / "model.safetensors").is_file() and not (out / "pytorch_model.bin").exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["avg", "run"]  # no staging folder left
+
+
+def test_export_onnx_refuses_an_existing_file_and_the_model_s_own_files(capsys, tagger, tmp_path):
+    output = tmp_path / "tagger.onnx"
+    output.write_bytes(b"an earlier export")
+    _, _, err = one_line_error(capsys, "export-onnx", tagger, output)
+    assert err == (f"htsat-hf export-onnx: error: {output}: the file exists; write to a new path, or replace it with "
+                   "overwrite=True (--overwrite)")
+    assert output.read_bytes() == b"an earlier export"
+
+    model = tmp_path / "model"
+    shutil.copytree(tagger, model)
+    for name in ("model.safetensors", "config.json"):
+        before = (model / name).read_bytes()
+        _, _, err = one_line_error(capsys, "export-onnx", model, model / name, "--overwrite")
+        assert err == (f"htsat-hf export-onnx: error: {model / name}: is the model's own file {model / name}; "
+                       "write the ONNX file to another path")
+        assert (model / name).read_bytes() == before
+    _, _, err = one_line_error(capsys, "export-onnx", model, tmp_path, "--overwrite")
+    assert err == f"htsat-hf export-onnx: error: {tmp_path}: is a folder; give the path of the .onnx file to write"
+
+
+def test_export_onnx_overwrite_replaces_the_file_once_verified(capsys, tagger, tmp_path):
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            raise
+        pytest.skip("onnxruntime is not installed (pip install onnx onnxruntime)")
+    output = tmp_path / "tagger.onnx"
+    output.write_bytes(b"an earlier export")
+    code, out, err = run(capsys, "export-onnx", tagger, output, "--exporter", "torchscript", "--overwrite")
+    assert code == 0, err
+    import onnx
+
+    onnx.checker.check_model(onnx.load(str(output)))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["tagger.onnx"]  # no temporary file left

@@ -202,3 +202,54 @@ def test_export_refuses_bad_arguments(tiny_classifier, tmp_path):
         export_onnx(tiny_classifier, blocker / "model.onnx")
     with pytest.raises(TypeError, match="no classification head"):
         export_onnx(htsat_hf.HTSATModel(tiny_classifier.config), tmp_path / "x.onnx")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# An existing file: refused, or replaced only by a complete, verified export
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_an_existing_file_is_refused_and_replaced_only_once_verified(tiny_classifier, tmp_path):
+    output = tmp_path / "classifier.onnx"
+    output.write_bytes(b"an earlier, good export")
+    with pytest.raises(InputError, match="the file exists; write to a new path, or replace it with overwrite=True"):
+        export_onnx(tiny_classifier, output, exporter="torchscript")
+    assert output.read_bytes() == b"an earlier, good export"
+    # A failed verification leaves the old file as it was, and no partial file beside it.
+    with pytest.raises(OnnxExportError, match=f"{output}: onnxruntime's logits differs .* the file was not written"):
+        export_onnx(tiny_classifier, output, exporter="torchscript", atol=1e-12, rtol=0.0, overwrite=True)
+    assert output.read_bytes() == b"an earlier, good export"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["classifier.onnx"]
+
+    result = export_onnx(tiny_classifier, output, exporter="torchscript", overwrite=True)
+    assert result.path == output and result.max_abs_diff <= ATOL
+    assert verify_onnx(output, tiny_classifier) <= ATOL
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["classifier.onnx"]
+
+
+def test_a_failed_export_into_a_new_folder_leaves_nothing(tiny_classifier, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated exporter failure")
+
+    monkeypatch.setattr(onnx_export, "_export_torchscript", broken)
+    with pytest.raises(OnnxExportError, match="simulated exporter failure"):
+        export_onnx(tiny_classifier, tmp_path / "new" / "sub" / "model.onnx", exporter="torchscript")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_output_may_not_be_one_of_the_model_s_files(tiny_classifier, tmp_path):
+    model_dir = tmp_path / "model"
+    tiny_classifier.save_pretrained(model_dir)
+    HTSATFeatureExtractor.from_config(tiny_classifier.config).save_pretrained(model_dir)
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json"):
+        before = (model_dir / name).read_bytes()
+        with pytest.raises(InputError, match=f"is the model's own file .*{name}; write the ONNX file to another path"):
+            export_onnx(model_dir, model_dir / name, exporter="torchscript", overwrite=True)
+        assert (model_dir / name).read_bytes() == before
+    # Through another spelling of the same file too.
+    with pytest.raises(InputError, match="is the model's own file"):
+        export_onnx(model_dir, model_dir / ".." / "model" / "model.safetensors", exporter="torchscript", overwrite=True)
+    with pytest.raises(InputError, match="is a folder"):
+        export_onnx(model_dir, model_dir, overwrite=True)
+    # A new file inside the model folder is fine (the reference tests export to MODEL_DIR/model.onnx).
+    assert export_onnx(model_dir, model_dir / "model.onnx", exporter="torchscript", verify=False).path.is_file()

@@ -35,6 +35,7 @@ def _convert(args: argparse.Namespace) -> int:
         labels_file=args.labels,
         pad_mode=args.pad_mode,
         max_length_seconds=args.max_length_seconds,
+        overwrite=args.overwrite,
     )
     print(report.summary())
     return 0
@@ -213,7 +214,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _average(args: argparse.Namespace) -> int:
     from .training.checkpoints import average_checkpoints
 
-    average_checkpoints(args.model_dirs, args.output)
+    average_checkpoints(args.model_dirs, args.output, overwrite=args.overwrite)
     print(f"averaged the weights of {len(args.model_dirs)} models into {args.output}")
     return 0
 
@@ -229,6 +230,7 @@ def _export_onnx(args: argparse.Namespace) -> int:
             opset=args.opset,
             exporter=args.exporter,
             verify=not args.no_verify,
+            overwrite=args.overwrite,
         )
     except ImportError as error:  # onnx or onnxruntime is not installed: the message says what to install
         _error("export-onnx", error)
@@ -361,12 +363,18 @@ def _add_average(commands) -> None:
             "Average every floating-point weight and buffer (BatchNorm statistics included) of saved models of one "
             "architecture and label set, e.g. the best checkpoints of one training run, as the released AudioSet "
             "model was made. Config and feature extractor come from the first folder. Models that differ in "
-            "architecture or labels are refused."
+            "architecture or labels are refused. The output folder must be new or empty (--overwrite replaces it "
+            "as a whole) and may not be, contain or lie inside one of the DIRs; it appears only when complete."
         ),
         formatter_class=_HelpFormatter,
     )
     average.add_argument("model_dirs", nargs="+", metavar="DIR", help="saved model folders (save_pretrained output)")
     average.add_argument("--output", required=True, help="folder to write the averaged model to")
+    average.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUTPUT as a whole when it exists and is not empty (default: refuse)",
+    )
     average.set_defaults(handler=_average)
 
 
@@ -382,7 +390,9 @@ def _add_export_onnx(commands) -> None:
             "pre-sigmoid/softmax. Labels and front-end settings are stored in the file's metadata. Unless "
             "--no-verify, the file is run with onnxruntime on batches of 1 and 3 and compared with PyTorch "
             "(tolerance 1e-4 plus 1e-4 times the largest output magnitude: float32 rounding in the bicubic stretch "
-            "to 1024 frames differs between the runtimes)."
+            "to 1024 frames differs between the runtimes). An existing OUTPUT is refused unless --overwrite; the "
+            "file is written beside it under a temporary name and takes its place only once exported and verified, "
+            "so a failed export leaves the old file as it was. OUTPUT may not be one of MODEL_DIR's files."
         ),
         formatter_class=_HelpFormatter,
     )
@@ -390,6 +400,9 @@ def _add_export_onnx(commands) -> None:
     export.add_argument("output", help="the .onnx file to write")
     export.add_argument("--task", choices=["classification", "detection"], default="classification", help="outputs")
     export.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
+    export.add_argument(
+        "--overwrite", action="store_true", help="replace OUTPUT when it exists (default: refuse)"
+    )
     export.add_argument(
         "--exporter",
         choices=["auto", "dynamo", "torchscript"],
@@ -512,7 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
             "the flags and is checked against the checkpoint's own mel filters. Released checkpoints: AudioSet "
             "--sample-rate 32000 --hop-length 320 --labels class_labels_indices.csv; ESC-50 --sample-rate 32000 "
             "--hop-length 320 --problem-type single_label_classification --pad-mode repeat; Speech Commands V2 "
-            "--sample-rate 16000 --hop-length 160 --pad-mode repeat."
+            "--sample-rate 16000 --hop-length 160 --pad-mode repeat. OUTPUT_DIR must be new or empty (--overwrite "
+            "replaces it as a whole) and may not contain the checkpoint or the labels file; it appears only when "
+            "complete."
         ),
         formatter_class=_HelpFormatter,
     )
@@ -541,6 +556,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seconds(positive=True),
         default=None,
         help="clip length of the model (default: 10 s, or the longest clip the model reads when that is shorter)",
+    )
+    convert.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUTPUT_DIR as a whole when it exists and is not empty (default: refuse)",
     )
     convert.set_defaults(handler=_convert)
     _add_convert_clap(commands)

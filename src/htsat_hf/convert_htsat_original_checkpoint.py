@@ -5,7 +5,8 @@ architecture from the tensors, renames them, drops what the model recomputes, ch
 checkpoint itself records (its frozen STFT kernels, mel filters, attention masks and relative position indices), and
 saves `config.json`, `model.safetensors` and `preprocessor_config.json`. Every problem with the file, the flags or the
 output folder is a [`CheckpointError`] (an `InputError`) naming the file, flag or tensor, raised before anything is
-written.
+written. The output folder must be new or empty (or is replaced as a whole with `overwrite=True`), and appears only
+once complete (`loading.staged_output_dir`).
 """
 
 import csv
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 
 from .configuration_htsat import HTSATConfig
 from .errors import InputError, error_line
-from .loading import check_output_dir
+from .loading import check_new_output_dir, staged_output_dir
 from .feature_extraction_htsat import HTSATFeatureExtractor, htsat_mel_filters
 from .modeling_htsat import HTSATForAudioClassification
 
@@ -381,12 +382,17 @@ def convert_checkpoint(
     labels_file: str | Path | None = None,
     pad_mode: str = "zeros",
     max_length_seconds: float | None = None,
+    overwrite: bool = False,
 ) -> ConversionReport:
     """Convert an original HTS-AT checkpoint and save it as a transformers model directory.
 
     Args:
         checkpoint_path: the original `.ckpt` (Lightning or weight-averaged).
-        output_dir: where `config.json`, `model.safetensors` and `preprocessor_config.json` go.
+        output_dir: where `config.json`, `model.safetensors` and `preprocessor_config.json` go: a new or empty
+            folder, or one replaced as a whole with `overwrite`. It may not be, contain or lie inside the checkpoint
+            file's or the labels file's location. It is written as a staging folder beside it and takes its place only
+            once the saved model reloads and reproduces the converted one: an error or Ctrl-C leaves no partial folder
+            and an existing one as it was.
         sampling_rate, hop_length, n_fft, num_mel_bins, f_min, f_max: the front end the checkpoint was trained with
             (32000/320 for AudioSet and ESC-50, 16000/160 for Speech Commands V2); checked against the
             checkpoint's own mel filters when it holds them.
@@ -396,14 +402,19 @@ def convert_checkpoint(
         pad_mode: clip padding of the saved feature extractor, `"zeros"` (AudioSet) or `"repeat"` (ESC-50, SCV2).
         max_length_seconds: clip length of the saved feature extractor; None: 10 s, or the longest clip the model
             reads when that is shorter (`HTSATFeatureExtractor.from_config`).
+        overwrite: replace an existing non-empty `output_dir` as a whole (its old files are deleted once the new
+            folder is complete; none of them stays beside the new model).
 
     Raises:
-        CheckpointError: before anything is written: an output folder that cannot be written (see
-            `loading.check_output_dir`), a file that is not an HTS-AT checkpoint, a tensor of the wrong shape (naming
-            it), a front end or label file that does not fit the checkpoint.
+        CheckpointError: before anything is written, one line naming the folder, file, flag or tensor: an output
+            folder that cannot be written, that is not empty (without `overwrite`), or that is, contains or lies
+            inside `checkpoint_path` or `labels_file` (see `loading.check_new_output_dir`); a file that is not an
+            HTS-AT checkpoint, a tensor of the wrong shape, a front end or label file that does not fit the
+            checkpoint. A saved model that does not reproduce the converted one is refused too, and nothing is
+            written.
     """
     try:
-        check_output_dir(output_dir)
+        output_dir = check_new_output_dir(output_dir, inputs=(checkpoint_path, labels_file), overwrite=overwrite)
     except InputError as error:
         raise CheckpointError(str(error)) from None
     state = load_original_state_dict(checkpoint_path)
@@ -454,19 +465,18 @@ def convert_checkpoint(
     model.eval()
     checks = verify_conversion(state, model, extractor)
 
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(output_dir)
-    extractor.save_pretrained(output_dir)
-
-    reloaded = HTSATForAudioClassification.from_pretrained(output_dir).eval()
-    # What loaders will read back: the saved extractor must still describe the saved config's front end.
-    HTSATFeatureExtractor.from_pretrained(output_dir).check_matches_config(reloaded.config)
     probe = torch.randn(2, config.max_frames, config.num_mel_bins) * 10 - 40
-    with torch.no_grad():
-        diff = float((reloaded(probe).logits - model(probe).logits).abs().max())
-    if diff > 1e-5:
-        raise CheckpointError(f"{output_dir}: the saved model's logits differ from the converted one's by {diff:.3g}")
+    with staged_output_dir(output_dir) as staging:
+        model.save_pretrained(staging)
+        extractor.save_pretrained(staging)
+        reloaded = HTSATForAudioClassification.from_pretrained(staging).eval()
+        # What loaders will read back: the saved extractor must still describe the saved config's front end.
+        HTSATFeatureExtractor.from_pretrained(staging).check_matches_config(reloaded.config)
+        with torch.no_grad():
+            diff = float((reloaded(probe).logits - model(probe).logits).abs().max())
+        if diff > 1e-5:
+            raise CheckpointError(f"{output_dir}: the saved model's logits differ from the converted one's by "
+                                  f"{diff:.3g}; nothing was written")
     checks["saved vs converted logits"] = diff
     dropped = [key for key in state if is_dropped(key, config.use_token_semantic_head)]
     return ConversionReport(output_dir=output_dir, config=config, dropped=dropped, checks=checks)

@@ -28,6 +28,8 @@ import contextlib
 import copy
 import json
 import logging
+import os
+import secrets
 import warnings
 from dataclasses import dataclass
 from os import PathLike
@@ -40,7 +42,7 @@ from torch import nn
 from .configuration_htsat import HTSATConfig
 from .errors import InputError
 from .feature_extraction_htsat import HTSATFeatureExtractor
-from .loading import check_output_dir, load_model
+from .loading import WEIGHT_FILES, check_output_dir, load_model
 from .modeling_htsat import HTSATForAudioClassification, HTSATForSoundEventDetection, HTSATPreTrainedModel
 
 logger = logging.getLogger(__name__)
@@ -277,13 +279,17 @@ def export_onnx(
     verify: bool = True,
     atol: float = DEFAULT_ATOL,
     rtol: float = DEFAULT_RTOL,
+    overwrite: bool = False,
 ) -> OnnxExportResult:
     """Export an HTS-AT classifier or detector to one self-contained `.onnx` file.
 
     Args:
         model_dir_or_model: a folder written by `save_pretrained` (or the converter), or an
             `HTSATForAudioClassification` / `HTSATForSoundEventDetection` in memory (copied, left unchanged).
-        output_path: the `.onnx` file to write; its folder is created.
+        output_path: the `.onnx` file to write; its folder is created. An existing file is refused unless
+            `overwrite`. The export is written to a temporary file beside it (`.NAME.partial-*`), which is renamed
+            into place only once exported, checked and (with `verify`) verified: a failure or Ctrl-C leaves an
+            existing file as it was and no partial one. It may not be one of the files the model is read from.
         task: `"classification"` (`input_features` -> `logits`) or `"detection"` (-> `frame_logits`,
             `clip_logits`); any HTS-AT checkpoint serves both.
         opset: ONNX opset; defaults to 18 for the dynamo exporter (it cannot convert this model to lower ones: with
@@ -296,17 +302,23 @@ def export_onnx(
             dynamic) and compare every output with PyTorch.
         atol, rtol: verification passes when every output's max abs difference is at most
             `atol + rtol * max|PyTorch output|` (see `DEFAULT_RTOL` for why the relative term).
+        overwrite: replace an existing `output_path` (only once the new file is complete and verified).
 
     Returns:
         [`OnnxExportResult`] with the exporter used, the opset and, when verified, the max abs difference.
 
     Raises:
-        InputError: a model folder `loading.load_model` refuses, or an output folder that cannot be written.
-        OnnxExportError: when every exporter tried fails, or verification exceeds the tolerance.
+        InputError: before the model is loaded, one line naming the path: an output file that exists (without
+            `overwrite`), a folder at `output_path`, an output path that is one of the model folder's files
+            (`config.json`, `preprocessor_config.json`, the weights), or an output folder that cannot be written;
+            then a model folder `loading.load_model` refuses.
+        OnnxExportError: when every exporter tried fails, or verification exceeds the tolerance; `output_path`
+            is then left as it was.
     """
     _check_task(task)
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+    output_path = check_new_output_file(output_path, _model_files(model_dir_or_model), overwrite)
     model = load_model_for_export(model_dir_or_model, task)
     extractor = _load_feature_extractor(model_dir_or_model)
     config = model.config
@@ -316,9 +328,31 @@ def export_onnx(
     # A full-length example cannot lie inside the dynamic range, which ends below max_frames.
     dynamic_frames = dynamic_frames and frames < config.max_frames
     example = _example_features(2, frames, config.num_mel_bins, seed=0)
-    output_path = Path(output_path)
-    check_output_dir(output_path.parent).mkdir(parents=True, exist_ok=True)
+    made = _missing_parents(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside the output under a name of its own, renamed into place once verified (same folder: the rename
+    # is atomic). The .onnx suffix keeps the exporters from adding one.
+    partial = output_path.parent / f".{output_path.name}.partial-{os.getpid()}-{secrets.token_hex(4)}.onnx"
+    try:
+        result = _export_to(partial, output_path, model, extractor, config, task, opset, exporter, dynamic_frames,
+                            frames, example, verify, atol, rtol)
+        os.replace(partial, output_path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        for folder in made:  # the folders created for a file that was never written
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+    result.path = output_path
+    return result
 
+
+def _export_to(output_path: Path, final_path: Path, model, extractor, config, task, opset, exporter, dynamic_frames,
+               frames, example, verify, atol, rtol) -> OnnxExportResult:
+    """Export, check and verify into `output_path`, the temporary file of [`export_onnx`] for `final_path` (which
+    errors name)."""
     import onnx
 
     attempts = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
@@ -378,9 +412,56 @@ def export_onnx(
             result.max_abs_diff = max(result.max_abs_diff or 0.0, diff)
             if not diff <= allowed:
                 raise OnnxExportError(
-                    f"{output_path}: onnxruntime's {name} differs from PyTorch's by {diff:.3g} (tolerance {allowed:.3g})"
+                    f"{final_path}: onnxruntime's {name} differs from PyTorch's by {diff:.3g} (tolerance "
+                    f"{allowed:.3g}); the file was not written"
                 )
     return result
+
+
+def _model_files(model_dir_or_model) -> list[Path]:
+    """The files of a local model folder that the export reads (config, front end, weights and their shards)."""
+    if isinstance(model_dir_or_model, nn.Module) or not Path(model_dir_or_model).is_dir():
+        return []
+    folder = Path(model_dir_or_model)
+    names = {"config.json", "preprocessor_config.json", *WEIGHT_FILES}
+    return [path for path in folder.iterdir() if path.name in names or path.suffix == ".safetensors"]
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    """The folders above `path` that do not exist yet, deepest first."""
+    missing, parent = [], path.parent
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    return missing
+
+
+def check_new_output_file(
+    path: str | PathLike, inputs: list[str | PathLike] = (), overwrite: bool = False
+) -> Path:
+    """Refuse, before any work, an output file that would destroy something: an existing file unless `overwrite`,
+    a folder, one of `inputs` (compared resolved: symlinks and `..` name the same file), or a place whose folder
+    cannot be created or written (`loading.check_output_dir`).
+
+    Returns:
+        `path` as a `Path`.
+
+    Raises:
+        InputError: one line naming the path and what to do.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give the path of the .onnx file to write")
+    check_output_dir(path.parent)
+    target = path.resolve()
+    for item in inputs:
+        if Path(item).exists() and Path(item).resolve() == target:
+            raise InputError(f"{path}: is the model's own file {item}; write the ONNX file to another path")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise InputError(
+            f"{path}: the file exists; write to a new path, or replace it with overwrite=True (--overwrite)"
+        )
+    return path
 
 
 def onnx_session(onnx_path: str | PathLike):
@@ -468,6 +549,7 @@ def _output_pairs(onnx_path_or_session, model_dir_or_model, input_features=None,
 __all__ = [
     "OnnxExportError",
     "OnnxExportResult",
+    "check_new_output_file",
     "export_onnx",
     "load_model_for_export",
     "onnx_session",

@@ -16,7 +16,14 @@ from .. import modeling_htsat
 from ..audio import load_waveform
 from ..configuration_htsat import HTSATConfig
 from ..errors import InputError, error_line
-from ..loading import check_model_source, check_output_dir, load_feature_extractor, load_model
+from ..loading import (
+    check_model_source,
+    check_new_output_dir,
+    check_output_dir,
+    load_feature_extractor,
+    load_model,
+    staged_output_dir,
+)
 from ..modeling_htsat import HTSATForAudioClassification, HTSATPreTrainedModel
 from .metrics import audio_tagging_scores, classification_accuracy
 from .tta import time_shift_tta
@@ -83,7 +90,9 @@ def check_compatible(model_dirs: Sequence[str | PathLike]) -> list[HTSATConfig]:
     return configs
 
 
-def average_checkpoints(model_dirs: Sequence[str | PathLike], output_dir: str | PathLike) -> HTSATPreTrainedModel:
+def average_checkpoints(
+    model_dirs: Sequence[str | PathLike], output_dir: str | PathLike, overwrite: bool = False
+) -> HTSATPreTrainedModel:
     """Average the weights of saved models of one architecture into one model, saved to `output_dir`.
 
     Every floating-point parameter and buffer (BatchNorm running statistics included) becomes the mean over the
@@ -93,14 +102,19 @@ def average_checkpoints(model_dirs: Sequence[str | PathLike], output_dir: str | 
 
     Args:
         model_dirs: folders written by `save_pretrained` (for example `Trainer` checkpoints).
-        output_dir: where to save the averaged model.
+        output_dir: where to save the averaged model: a new or empty folder, or one replaced as a whole with
+            `overwrite`. It may not be, contain or lie inside one of `model_dirs` (`htsat-hf average run/checkpoint-*
+            --output run` would mix the average into the training run's folder). It is written as a staging folder
+            beside it and takes its place only when complete: an error or Ctrl-C leaves an existing one as it was.
+        overwrite: replace an existing non-empty `output_dir` (its old files are deleted once the new folder is
+            complete).
 
     Returns:
         the averaged model, in eval mode.
 
     Raises:
-        InputError: before any loading, for an output folder that cannot be written (`loading.check_output_dir`)
-            or that is one of `model_dirs`;
+        InputError: before any loading, for an output folder that cannot be written (`loading.check_output_dir`),
+            that is one of `model_dirs`, contains or lies inside one, or that is not empty (without `overwrite`);
             for models of different architectures or label sets (see [`check_compatible`]), a feature extractor
             that differs from its config, unreadable weights (see `loading.load_model`), or weights that differ in
             names or shapes.
@@ -110,6 +124,7 @@ def average_checkpoints(model_dirs: Sequence[str | PathLike], output_dir: str | 
     if overwritten:
         raise InputError(f"{output_dir}: the output folder is one of the models to average ({overwritten[0]}); "
                          "write the average to a new folder")
+    check_new_output_dir(output_dir, inputs=model_dirs, overwrite=overwrite)
     configs = check_compatible(model_dirs)
     extractors = [load_feature_extractor(model_dir, config) for model_dir, config in zip(model_dirs, configs)]
     architecture = (configs[0].architectures or ["HTSATForAudioClassification"])[0]
@@ -138,8 +153,9 @@ def average_checkpoints(model_dirs: Sequence[str | PathLike], output_dir: str | 
     )
     averaged.eval()
 
-    averaged.save_pretrained(output_dir)
-    extractors[0].save_pretrained(output_dir)
+    with staged_output_dir(output_dir) as staging:
+        averaged.save_pretrained(staging)
+        extractors[0].save_pretrained(staging)
     return averaged
 
 
