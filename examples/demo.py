@@ -101,6 +101,7 @@ def train_command(data_dir: Path, model_dir: Path, epochs: int, seed: int) -> li
         "--learning_rate", "1e-3", "--lr_schedule", "trainer",
         "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "10", "--report_to", "none",
         "--seed", str(seed), "--disable_tqdm", "false",
+        "--overwrite_output_dir", "true",  # a second `make demo` replaces the first one's model
     ]
 
 

@@ -782,3 +782,51 @@ def test_config_name_takes_what_save_pretrained_writes_a_folder_or_an_unreachabl
     base[1] = str(tmp_path / "hub")
     message = fails_with_one_line(capsys, [*base, "--config_name", "someone/htsat-config"])
     assert message.startswith("someone/htsat-config: cannot load the config from the Hub")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 10. A used output folder: refused unless the run resumes it or replaces it
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_training_into_a_used_output_folder_is_refused_unless_resumed_or_overwritten(small_folder, tmp_path, capsys):
+    """Trainer (transformers 5) writes into whatever --output_dir holds: the checkpoints of two runs would be rotated
+    and resumed from together. A folder with files is refused in one line that says what to do."""
+    args = ["--train_dir", str(small_folder), "--do_train", "--max_steps", "1", "--per_device_train_batch_size", "6",
+            "--save_strategy", "steps", "--save_steps", "1", "--logging_steps", "1"]
+    out = tmp_path / "out"
+    run_script.run(common_args(out, *args, "--max_steps", "2"))
+    assert (out / "checkpoint-2").is_dir()
+    before = sorted(path.name for path in out.iterdir())
+
+    message = fails_with_one_line(capsys, common_args(out, *args))
+    assert message == (f"{out}: the folder is not empty (an earlier run's outputs?); train into a new or empty folder, "
+                       f"continue that run with --resume_from_checkpoint {out / 'checkpoint-2'}, or replace its "
+                       "contents with --overwrite_output_dir true")
+    assert sorted(path.name for path in out.iterdir()) == before
+    message = fails_with_one_line(capsys, common_args(out, *args, "--overwrite_output_dir", "true",
+                                                      "--resume_from_checkpoint", str(out / "checkpoint-2")))
+    assert message.startswith("give --resume_from_checkpoint") and "not both" in message
+    message = fails_with_one_line(capsys, common_args(out, "--eval_dir", str(small_folder), "--do_eval",
+                                                      "--overwrite_output_dir", "true"))
+    assert message.startswith("--overwrite_output_dir replaces the folder a training run writes: it needs --do_train")
+
+    # Replacing: the earlier run's checkpoints are gone, only this run's are there.
+    run_script.run(common_args(out, *args, "--overwrite_output_dir", "true"))
+    assert (out / "checkpoint-1").is_dir() and not (out / "checkpoint-2").exists()
+    assert read_json(out / "trainer_state.json")["global_step"] == 1
+
+
+def test_training_output_folder_may_not_hold_or_be_an_input(small_folder, tmp_path, capsys):
+    data = tmp_path / "runs" / "data"
+    shutil.copytree(small_folder, data)
+    message = fails_with_one_line(capsys, common_args(tmp_path / "runs", "--train_dir", str(data), "--do_train",
+                                                      "--max_steps", "1", "--overwrite_output_dir", "true"))
+    assert message.startswith(f"{tmp_path / 'runs'}: contains the input {data}")
+    assert (data / "metadata.csv").is_file()
+    message = fails_with_one_line(capsys, common_args(data / "out", "--train_dir", str(data), "--do_train",
+                                                      "--max_steps", "1"))
+    assert message.startswith(f"{data / 'out'}: lies inside the input {data}")
+    # Evaluation alone writes its metrics beside a trained model's files, into its folder: still allowed.
+    assert run_script.run(common_args(tmp_path / "runs", "--eval_dir", str(data), "--do_eval",
+                                      "--per_device_eval_batch_size", "6")) == 0
