@@ -446,10 +446,17 @@ def reference_input_gaps(precisions, reference_dir: Path) -> dict:
 
 
 def benchmark_models(args, rows, flops, checks):
-    """Every model at every batch size, precision and stage; at each batch size and precision the calls of all
-    models and stages are interleaved (see `time_interleaved`)."""
+    """Every model at every batch size, precision and stage. At each batch size the calls of all models, stages and
+    PyTorch precisions are interleaved (see `time_interleaved`), so that the ratios the goals take across precisions
+    (the best bf16 row of each model) come from the same rounds; onnxruntime rows are timed in rounds of their own
+    (`OWN_THREAD_POOLS`)."""
     with ExitStack() as frozen:
         _benchmark_models(args, rows, flops, checks, frozen)
+
+
+# Runtimes whose own thread pools keep spinning after a call and slow the PyTorch calls timed next to them (and the
+# reverse; see runtimes.py, which times each runtime alone in a process).
+OWN_THREAD_POOLS = ("ort", "ort-int8")
 
 
 def _benchmark_models(args, rows, flops, checks, frozen: ExitStack):
@@ -461,30 +468,33 @@ def _benchmark_models(args, rows, flops, checks, frozen: ExitStack):
         flops[name] = count_gflops(model, forward, extract(waves[:1]))
         built[name] = dict(model=model, extract=extract, forward=forward, waves=waves, frozen=frozen)
 
+    groups = [[p for p in args.precisions if p not in OWN_THREAD_POOLS]]
+    groups += [[p] for p in args.precisions if p in OWN_THREAD_POOLS]
     for batch_size in args.batch_sizes:
         features = {name: m["extract"](m["waves"][:batch_size]) for name, m in built.items()}
-        for precision in args.precisions:
+        for group in groups:
             calls = {}
-            for name, m in built.items():
-                try:
-                    target, forward = model_variant(m, name, precision, args.device)
-                except Unsupported:
-                    continue
-                except Exception as error:  # an optional runtime missing, an export this stack cannot do
-                    print(f"  {name} {precision}: failed: {error!r}", file=sys.stderr)
-                    continue
-                for stage in ("e2e", "model"):
-                    calls[name, stage] = _make_call(m, target, forward, stage, precision, batch_size,
-                                                    features[name], args.device)
-            if "htsat" in built and precision != "fp32" and ("htsat", "model") in calls and precision != "compile":
-                checks[f"htsat {precision} max clip probability gap, batch {batch_size}"] = clip_probability_gap(
-                    built["htsat"], precision, batch_size, args.device)
+            for precision in group:
+                for name, m in built.items():
+                    try:
+                        target, forward = model_variant(m, name, precision, args.device)
+                    except Unsupported:
+                        continue
+                    except Exception as error:  # an optional runtime missing, an export this stack cannot do
+                        print(f"  {name} {precision}: failed: {error!r}", file=sys.stderr)
+                        continue
+                    for stage in ("e2e", "model"):
+                        calls[name, stage, precision] = _make_call(m, target, forward, stage, precision, batch_size,
+                                                                   features[name], args.device)
+                if ("htsat", "model", precision) in calls and precision not in ("fp32", "compile"):
+                    checks[f"htsat {precision} max clip probability gap, batch {batch_size}"] = clip_probability_gap(
+                        built["htsat"], precision, batch_size, args.device)
             seconds = time_interleaved(calls, args.device, args.warmup, args.repeats)
-            for (name, stage), value in seconds.items():
+            for (name, stage, precision), value in seconds.items():
                 row = dict(
                     model=name, stage=stage, precision=precision, batch_size=batch_size,
                     clips_per_s=batch_size / value, latency_ms=value * 1000,
-                    peak_mem_mb=peak_memory(calls[name, stage], args.device) / 2**20,
+                    peak_mem_mb=peak_memory(calls[name, stage, precision], args.device) / 2**20,
                 )
                 rows.append(row)
                 print(f"  {name:5s} {stage:5s} {precision:10s} b{batch_size:<3d} {row['clips_per_s']:8.2f} clips/s "
