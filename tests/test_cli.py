@@ -463,13 +463,19 @@ def test_average(capsys, tmp_path):
     assert code == 2 and "cannot combine" in err and str(other) in err
 
 
-def test_export_onnx(capsys, tagger, tmp_path):
+def require_onnxruntime():
+    """onnxruntime, or a skip where it is not installed (a failure under CI, which installs it)."""
     try:
         import onnxruntime
     except ImportError:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             raise
         pytest.skip("onnxruntime is not installed (pip install onnx onnxruntime)")
+    return onnxruntime
+
+
+def test_export_onnx(capsys, tagger, tmp_path):
+    onnxruntime = require_onnxruntime()
     # The torchscript exporter keeps this test fast; the default (dynamo) path is covered in test_onnx.py.
     output = tmp_path / "tagger.onnx"
     code, out, err = run(capsys, "export-onnx", tagger, output, "--task", "detection", "--exporter", "torchscript")
@@ -756,12 +762,7 @@ def test_export_onnx_refuses_an_existing_file_and_the_model_s_own_files(capsys, 
 
 
 def test_export_onnx_overwrite_replaces_the_file_once_verified(capsys, tagger, tmp_path):
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            raise
-        pytest.skip("onnxruntime is not installed (pip install onnx onnxruntime)")
+    require_onnxruntime()
     output = tmp_path / "tagger.onnx"
     output.write_bytes(b"an earlier export")
     code, out, err = run(capsys, "export-onnx", tagger, output, "--exporter", "torchscript", "--overwrite")
