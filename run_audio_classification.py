@@ -23,20 +23,18 @@ before any data or model is loaded.
 
 import logging
 import math
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import transformers
 from transformers import HfArgumentParser, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from htsat_hf import HTSATConfig, HTSATFeatureExtractor, HTSATForAudioClassification
 from htsat_hf.distributed import together
 from htsat_hf.errors import InputError, error_line
 from htsat_hf.feature_extraction_htsat import PAD_MODES
-from htsat_hf.loading import check_new_output_dir, check_output_dir, load_feature_extractor
+from htsat_hf.loading import load_feature_extractor
 from htsat_hf.training import BalancedClassSampler, make_compute_metrics, time_shift_offsets
 from htsat_hf.training.data import (
     AudioClassificationCollator,
@@ -51,6 +49,12 @@ from htsat_hf.training.data import (
     read_label_names,
 )
 from htsat_hf.training.model_setup import build_config, load_for_labels, load_swin_weights
+from htsat_hf.training.output_dir import (
+    OVERWRITE_HELP,
+    check_overwrite_options,
+    clear_output_dir,
+    prepare_training_output_dir,
+)
 from htsat_hf.training.trainer import HTSATTrainer
 
 logger = logging.getLogger("run_audio_classification")
@@ -143,8 +147,7 @@ class DataArguments:
     # Here rather than in TrainingArguments, which no longer has it (transformers 5), and never used it itself.
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "Training into an --output_dir that holds files (an earlier run's): delete them first "
-                          "(default: refuse; --resume_from_checkpoint continues such a run instead)."},
+        metadata={"help": OVERWRITE_HELP},
     )
 
     def __post_init__(self):
@@ -261,25 +264,14 @@ def check_options(model_args: ModelArguments, data_args: DataArguments, training
                          "--fold_column_name with --eval_fold")
     if folds and not (data_args.dataset_name or data_args.train_dir):
         raise InputError("--fold_column_name divides --train_dir or --dataset_name data")
-    if data_args.overwrite_output_dir and not training_args.do_train:
-        raise InputError("--overwrite_output_dir replaces the folder a training run writes: it needs --do_train "
-                         "(evaluation alone writes its metrics beside what is there)")
-    if data_args.overwrite_output_dir and training_args.resume_from_checkpoint:
-        raise InputError("give --resume_from_checkpoint (continue the run in --output_dir) or --overwrite_output_dir "
-                         "(replace it), not both")
+    check_overwrite_options(data_args.overwrite_output_dir, training_args.do_train,
+                            training_args.resume_from_checkpoint)
 
 
 def prepare_output_dir(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments):
-    """Check `--output_dir` before any data is read (`--overwrite_output_dir` empties it later: [`clear_output_dir`]).
-
-    Training needs a new or empty folder: Trainer (transformers 5 has no `overwrite_output_dir` and checks nothing)
-    writes `checkpoint-N` folders into whatever is there, rotates them (`--save_total_limit`) by step number over
-    both runs' checkpoints (keeping the earlier run's later ones as "most recent" and deleting the new run's), finds
-    the last checkpoint to resume from among both, and leaves the earlier run's other files beside the new model.
-    A folder with files is refused unless `--resume_from_checkpoint` (the run continues there) or
-    `--overwrite_output_dir` (its contents are deleted by [`clear_output_dir`] once the data and model are ready,
-    just before training). Evaluation alone only writes its metrics files, beside what is there, as `run_sed.py`
-    writes its results into a folder that keeps other files.
+    """Check `--output_dir` before any data is read (`--overwrite_output_dir` empties it later, just before training):
+    `htsat_hf.training.output_dir.prepare_training_output_dir`, with this run's inputs. Evaluation alone only writes
+    its metrics files, beside what is there, as `run_sed.py` writes its results into a folder that keeps other files.
 
     Returns:
         the folder, and whether `--overwrite_output_dir` is to empty it.
@@ -289,36 +281,11 @@ def prepare_output_dir(model_args: ModelArguments, data_args: DataArguments, tra
             input of the run (data folder or index, label file, model, config, Swin checkpoint), or it is not empty
             and the run neither resumes nor overwrites.
     """
-    output_dir = training_args.output_dir
-    if not training_args.do_train or training_args.resume_from_checkpoint:
-        return check_output_dir(output_dir), False
     inputs = (model_args.model_name_or_path, model_args.config_name, model_args.swin_checkpoint, data_args.dataset_name,
               data_args.train_dir, data_args.eval_dir, data_args.audioset_train_index, data_args.audioset_eval_index,
               data_args.label_names_file)
-    # The overlap checks first (with --overwrite_output_dir the folder's contents are deleted), then this script's own
-    # message for a used folder, which names its options.
-    output_dir = check_new_output_dir(output_dir, inputs, overwrite=True)
-    used = output_dir.is_dir() and any(output_dir.iterdir())
-    if used and not data_args.overwrite_output_dir:
-        last = get_last_checkpoint(str(output_dir))
-        resume = f"--resume_from_checkpoint {last}" if last else "--resume_from_checkpoint CHECKPOINT"
-        raise InputError(f"{output_dir}: the folder is not empty (an earlier run's outputs?); train into a new or "
-                         f"empty folder, continue that run with {resume}, or replace its contents with "
-                         "--overwrite_output_dir true")
-    return output_dir, used
-
-
-def clear_output_dir(output_dir: Path, training_args: TrainingArguments) -> None:
-    """Delete the contents of `output_dir` (`--overwrite_output_dir`), in the process that saves (the others, under
-    `accelerate launch`, write nothing there)."""
-    if not training_args.should_save:
-        return
-    logger.warning("--overwrite_output_dir: deleting the contents of %s (an earlier run's outputs)", output_dir)
-    for entry in output_dir.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink(missing_ok=True)
+    return prepare_training_output_dir(training_args.output_dir, inputs, training_args.do_train,
+                                       training_args.resume_from_checkpoint, data_args.overwrite_output_dir)
 
 
 def run(argv: list[str]) -> int:
@@ -395,7 +362,7 @@ def run(argv: list[str]) -> int:
     # none is left waiting for it at training's first collective step.
     with together():
         if clear:  # only now: a run stopped by bad data or a bad model leaves the earlier run as it was
-            clear_output_dir(output_dir, training_args)
+            clear_output_dir(output_dir, training_args.should_save)
     trainer = HTSATTrainer(
         model=model,
         args=training_args,

@@ -14,6 +14,20 @@ training options); a single JSON file may hold them all. The logic lives in `hts
 scoring, `targets` for strong-label training data) and `htsat_hf.inputs`; this script wires it. The outputs of a run
 are listed in `htsat_hf.sed.detection`'s docstring. Every problem with the inputs ends the run with one line,
 `run_sed.py: error: ...`, and exit status 2.
+
+Output folder: detection and scoring write their results into `--output_dir` beside the other files there, replacing
+an earlier run's results only once all are written (`htsat_hf.sed.detection.staged_outputs`). Training
+(`--do_train`) needs a new or empty `--output_dir`, as `run_audio_classification.py` does (the same check,
+`htsat_hf.training.output_dir`): a folder that holds files (an earlier run's `checkpoint-N` folders, which Trainer
+would rotate and resume from together with the new run's) is refused, unless the run continues it
+(`--resume_from_checkpoint`) or replaces it (`--overwrite_output_dir true`: its contents are deleted just before
+training starts); it may not be, contain or lie inside one of the run's inputs.
+
+Several processes (`accelerate launch`): training runs in all of them; detection (of `--inputs`/`--dataset_name`,
+and of `--eval_dir` after training) and scoring run in the main process only, which writes the same files as a
+one-process run, while the others wait for it (`htsat_hf.distributed.together`: an error in it ends every process
+with its line). They wait at most the process group's timeout, `--ddp_timeout` (default 1800 s): raise it for
+longer detection runs, or detect with one process (`htsat-hf predict` shares inputs out across processes).
 """
 
 import logging
@@ -28,6 +42,7 @@ import transformers
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from htsat_hf import HTSATFeatureExtractor, HTSATForSoundEventDetection
+from htsat_hf.distributed import distributed_state, together
 from htsat_hf.engine import InferenceEngine
 from htsat_hf.errors import InputError, error_line
 from htsat_hf.inputs import collect_inputs, dataset_items
@@ -55,6 +70,12 @@ from htsat_hf.sed.targets import (
     strong_label_inputs,
 )
 from htsat_hf.training.model_setup import build_config, load_for_labels
+from htsat_hf.training.output_dir import (
+    OVERWRITE_HELP,
+    check_overwrite_options,
+    clear_output_dir,
+    prepare_training_output_dir,
+)
 from htsat_hf.training.trainer import HTSATTrainer
 
 logger = logging.getLogger("run_sed")
@@ -185,6 +206,8 @@ class StrongLabelArguments:
                           ">= half is covered).", "choices": list(TARGET_MODES)},
     )
     spec_augment: bool = field(default=True, metadata={"help": "SpecAugment in training (the config's stripes)."})
+    # Here rather than in TrainingArguments, which no longer has it (transformers 5); as run_audio_classification.py's.
+    overwrite_output_dir: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
 
 
 def parse_arguments(argv=None):
@@ -278,6 +301,35 @@ def check_options(model_args: ModelArguments, args: DetectionArguments, evaluati
         for name in ("train_dir", "eval_dir"):
             if getattr(data_args, name) is not None:
                 raise InputError(f"--{name} is for training: add --do_train")
+    check_overwrite_options(data_args.overwrite_output_dir, training_args.do_train,
+                            training_args.resume_from_checkpoint)
+
+
+def prepare_output(model_args: ModelArguments, args: DetectionArguments, evaluation: EvaluationArguments,
+                   data_args: StrongLabelArguments, training_args: TrainingArguments) -> tuple[Path, bool]:
+    """Check `--output_dir` before anything is read or written: a training run's as `run_audio_classification.py`
+    checks its own (`htsat_hf.training.output_dir.prepare_training_output_dir`: new or empty, unless resumed or
+    `--overwrite_output_dir true`, and not overlapping an input); a detection or scoring run's is created and
+    checked for writing (its outputs replace an earlier run's in place, beside the folder's other files).
+
+    Returns:
+        the folder, and whether `--overwrite_output_dir` is to empty it (just before training).
+    """
+    if not training_args.do_train:
+        return prepare_output_dir(training_args.output_dir), False
+    inputs = (model_args.model_name_or_path, model_args.config_name, data_args.train_dir, data_args.eval_dir,
+              *args.inputs, args.dataset_name, args.class_map, args.thresholds_file, evaluation.ground_truth,
+              evaluation.durations)
+    # Not created here: under `accelerate launch` another process may still be checking that the folder is empty.
+    return prepare_training_output_dir(training_args.output_dir, inputs, True, training_args.resume_from_checkpoint,
+                                       data_args.overwrite_output_dir)
+
+
+def is_main_process() -> bool:
+    """Whether this process detects and writes: the only one, or the main one of several (`accelerate launch`; the
+    state `distributed.together` waits in)."""
+    state = distributed_state()
+    return state is None or state.is_main_process
 
 
 def threshold_option(args: DetectionArguments):
@@ -329,8 +381,10 @@ def detect_and_score(model, extractor, items, args: DetectionArguments, evaluati
 
 
 def train(model_args: ModelArguments, data_args: StrongLabelArguments, detection_args: DetectionArguments,
-          training_args: TrainingArguments):
-    """Strong-label fine-tuning with `HTSATTrainer`; returns `(model, feature_extractor, trainer)`.
+          training_args: TrainingArguments, clear_output: bool = False):
+    """Strong-label fine-tuning with `HTSATTrainer`; returns `(model, feature_extractor, trainer)`. With
+    `clear_output` (`--overwrite_output_dir` on a used folder), the folder's contents are deleted once the data and
+    model are ready, just before training.
 
     The label set is the training annotations'; a `--model_name_or_path` with other labels gets a re-initialised head
     (`load_for_labels`), otherwise a model is built from `--config_name`/`--config_overrides`.
@@ -363,6 +417,10 @@ def train(model_args: ModelArguments, data_args: StrongLabelArguments, detection
         extractor, labels, model.config.num_time_steps, data_args.target_mode, detection_args.skip_bad_audio
     )
     training_args.remove_unused_columns = False
+    # Every process enters (the saving one empties the folder): a failure there ends them all with its line.
+    with together():
+        if clear_output:  # only now: a run stopped by bad data or a bad model leaves the earlier run as it was
+            clear_output_dir(training_args.output_dir, training_args.should_save)
     trainer = HTSATTrainer(
         model=model,
         args=training_args,
@@ -395,13 +453,15 @@ def run(
 ) -> dict:
     """What the script does: score only, or train (then score on the evaluation folder), and/or detect events in
     the inputs (and score them against the ground truth). `model`/`feature_extractor` replace
-    `--model_name_or_path` for detection (tests, notebooks).
+    `--model_name_or_path` for detection (tests, notebooks). Under several processes, every process checks the
+    options and inputs and trains; the main process alone detects, scores and writes their outputs, while the others
+    wait for it in `distributed.together` (see the module's docstring).
 
     Returns:
-        `{"metrics": ..., "eval_detection_metrics": ...}`, the parts that ran.
+        `{"metrics": ..., "eval_detection_metrics": ...}`, the parts that ran (empty in the other processes of several).
     """
     check_options(model_args, detection_args, evaluation_args, data_args, training_args)
-    output_dir = prepare_output_dir(training_args.output_dir)
+    output_dir, clear_output = prepare_output(model_args, detection_args, evaluation_args, data_args, training_args)
     progress = not getattr(training_args, "disable_tqdm", False)
     summary: dict = {}
     if evaluation_args.score_only:
@@ -409,21 +469,23 @@ def run(
             raise InputError("--score_only needs --predictions")
         if evaluation_args.ground_truth is None or evaluation_args.durations is None:
             raise InputError("--score_only needs --ground_truth and --durations")
-        metrics = score_predictions(
-            evaluation_args.predictions,
-            evaluation_args.ground_truth,
-            evaluation_args.durations,
-            output_dir,
-            psds_predictions=evaluation_args.psds_predictions,
-            threshold=threshold_option(detection_args),
-            class_map=detection_args.class_map,
-            median_filter_seconds=detection_args.median_filter_seconds,
-            min_duration=detection_args.min_duration,
-            min_gap=detection_args.min_gap,
-            threshold_sweep=evaluation_args.threshold_sweep,
-        )
-        print(metrics_table(metrics))
-        summary["metrics"] = metrics
+        with together():  # the main process scores and writes, as detection below
+            if is_main_process():
+                metrics = score_predictions(
+                    evaluation_args.predictions,
+                    evaluation_args.ground_truth,
+                    evaluation_args.durations,
+                    output_dir,
+                    psds_predictions=evaluation_args.psds_predictions,
+                    threshold=threshold_option(detection_args),
+                    class_map=detection_args.class_map,
+                    median_filter_seconds=detection_args.median_filter_seconds,
+                    min_duration=detection_args.min_duration,
+                    min_gap=detection_args.min_gap,
+                    threshold_sweep=evaluation_args.threshold_sweep,
+                )
+                print(metrics_table(metrics))
+                summary["metrics"] = metrics
         return summary
 
     has_inputs = bool(detection_args.inputs) or detection_args.dataset_name is not None
@@ -453,29 +515,32 @@ def run(
         eval_items, eval_skipped = check_audio_items(eval_items, detection_args.skip_bad_audio)
 
     if training_args.do_train:
-        model, feature_extractor, trainer = train(model_args, data_args, detection_args, training_args)
-        if data_args.eval_dir is not None and trainer.is_world_process_zero():
-            # The trained model has the annotations' classes: no class map; plots only when asked for.
-            eval_detection_args = replace(
-                detection_args, class_map=None, max_plots=detection_args.max_plots or 0
-            )
-            summary["eval_detection_metrics"] = detect_and_score(
-                model, feature_extractor, eval_items, eval_detection_args,
-                EvaluationArguments(ground_truth=str(annotations),
-                                    durations=str(eval_durations) if eval_durations else None),
-                output_dir / "eval_detection", f"{data_args.eval_dir}/audio", progress, eval_skipped,
-            )
-        if not trainer.is_world_process_zero():
-            return summary
-    elif model is None:
-        model, feature_extractor = load_detection_model(
-            model_args.model_name_or_path, model_args.device, detection_args.dtype
-        )
+        model, feature_extractor, _ = train(model_args, data_args, detection_args, training_args, clear_output)
 
-    if items is not None:
-        summary["metrics"] = detect_and_score(
-            model, feature_extractor, items, detection_args, evaluation_args, output_dir, where, progress, skipped
-        )
+    # Detection runs in the main process only (under `accelerate launch`, the others wait for it here, and every
+    # process ends with its error line if it fails): one process writes the outputs, as a one-process run does.
+    with together():
+        if is_main_process():
+            if training_args.do_train and data_args.eval_dir is not None:
+                # The trained model has the annotations' classes: no class map; plots only when asked for.
+                eval_detection_args = replace(
+                    detection_args, class_map=None, max_plots=detection_args.max_plots or 0
+                )
+                summary["eval_detection_metrics"] = detect_and_score(
+                    model, feature_extractor, eval_items, eval_detection_args,
+                    EvaluationArguments(ground_truth=str(annotations),
+                                        durations=str(eval_durations) if eval_durations else None),
+                    output_dir / "eval_detection", f"{data_args.eval_dir}/audio", progress, eval_skipped,
+                )
+            if not training_args.do_train and model is None:
+                model, feature_extractor = load_detection_model(
+                    model_args.model_name_or_path, model_args.device, detection_args.dtype
+                )
+            if items is not None:
+                summary["metrics"] = detect_and_score(
+                    model, feature_extractor, items, detection_args, evaluation_args, output_dir, where, progress,
+                    skipped,
+                )
     return summary
 
 

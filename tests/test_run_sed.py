@@ -6,6 +6,7 @@ import importlib.util
 import json
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -689,3 +690,157 @@ def test_durations_missing_a_ground_truth_file(tiny_dir, short_scenes, tmp_path,
                          "--ground_truth", short_scenes / "annotations.tsv", "--durations", durations,
                          *quiet(tmp_path / "out"))
     assert str(durations) in error and "scene_001.wav" in error
+
+
+# ------------------------------------------------------------------ training output folder, several processes
+
+TINY_OVERRIDES = "embed_dim=16,depths=[2,2,2,2],num_heads=[1,2,4,8]"
+
+
+@pytest.fixture(scope="module")
+def tiny_strong(tmp_path_factory):
+    """One 4 s scene with one event: the smallest strong-label training folder."""
+    return make_detection_folder(tmp_path_factory.mktemp("strong") / "strong", num_files=1, seconds=4.0,
+                                 classes=CLASSES, events_per_file=1, seed=2)
+
+
+def train_args(train_dir, *more) -> list:
+    return ["--do_train", "--train_dir", train_dir, "--config_overrides", TINY_OVERRIDES, "--max_steps", 2,
+            "--per_device_train_batch_size", 1, "--save_strategy", "steps", "--save_steps", 1, "--logging_steps", 1,
+            "--dataloader_pin_memory", "false", "--plot", "false", *more]
+
+
+def test_training_into_a_used_output_folder_is_refused_unless_resumed_or_overwritten(tiny_strong, tmp_path, capsys):
+    """Trainer (transformers 5) wrote `checkpoint-N` beside an earlier run's and rotated and resumed among both. As
+    run_audio_classification.py (one check, `htsat_hf.training.output_dir`): a folder with files is refused in one
+    line that says what to do, unless resumed or `--overwrite_output_dir true`."""
+    out = tmp_path / "out"
+    assert run_sed(*train_args(tiny_strong), *quiet(out)) == 0
+    assert (out / "checkpoint-2").is_dir()
+    before = sorted(path.name for path in out.iterdir())
+    capsys.readouterr()  # the run's progress bars
+
+    error = _run_failing(capsys, *train_args(tiny_strong), *quiet(out))
+    assert error.splitlines() == [
+        f"run_sed.py: error: {out}: the folder is not empty (an earlier run's outputs?); train into a new or empty "
+        f"folder, continue that run with --resume_from_checkpoint {out / 'checkpoint-2'}, or replace its contents "
+        "with --overwrite_output_dir true"]
+    assert sorted(path.name for path in out.iterdir()) == before
+    error = _run_failing(capsys, *train_args(tiny_strong, "--overwrite_output_dir", "true", "--resume_from_checkpoint",
+                                             out / "checkpoint-2"), *quiet(out))
+    assert error.startswith("run_sed.py: error: give --resume_from_checkpoint") and "not both" in error
+    error = _run_failing(capsys, "--model_name_or_path", out, "--inputs", tiny_strong / "audio",
+                         "--overwrite_output_dir", "true", *quiet(tmp_path / "detected"))
+    assert error.startswith("run_sed.py: error: --overwrite_output_dir replaces the folder a training run writes")
+
+    # Resuming continues the run there; replacing leaves only the new run's checkpoints.
+    assert run_sed(*train_args(tiny_strong, "--max_steps", 3, "--resume_from_checkpoint", out / "checkpoint-2"),
+                   *quiet(out)) == 0
+    assert read_state(out)["global_step"] == 3
+    (out / "notes.txt").write_text("an earlier run's")
+    assert run_sed(*train_args(tiny_strong, "--max_steps", 1, "--overwrite_output_dir", "true"), *quiet(out)) == 0
+    assert (out / "checkpoint-1").is_dir() and not (out / "checkpoint-2").exists()
+    assert not (out / "checkpoint-3").exists() and not (out / "notes.txt").exists()
+    assert read_state(out)["global_step"] == 1
+
+
+def read_state(out: Path) -> dict:
+    return json.loads((out / "trainer_state.json").read_text())
+
+
+def test_training_output_folder_may_not_hold_or_be_an_input(tiny_strong, tmp_path, capsys):
+    data = tmp_path / "runs" / "strong"
+    shutil.copytree(tiny_strong, data)
+    error = _run_failing(capsys, *train_args(data, "--overwrite_output_dir", "true"), *quiet(tmp_path / "runs"))
+    assert error.startswith(f"run_sed.py: error: {tmp_path / 'runs'}: contains the input {data}")
+    assert (data / "annotations.tsv").is_file()
+    error = _run_failing(capsys, *train_args(data), *quiet(data / "out"))
+    assert error.startswith(f"run_sed.py: error: {data / 'out'}: lies inside the input {data}")
+    # Detection alone writes its results into a folder that keeps other files, inputs included: as before.
+    assert run_sed("--model_name_or_path", save_tiny_model(tmp_path / "model"), "--inputs", data / "audio",
+                   "--plot", "false", *quiet(data)) == 0
+    assert (data / "events.tsv").is_file() and (data / "annotations.tsv").is_file()
+
+
+@pytest.fixture
+def two_cpu_processes(monkeypatch):
+    """What `accelerate launch --num_processes 2 --cpu` sets besides the ranks (launch_two's): TrainingArguments then
+    sets up the processes' group on the CPU (gloo), as Trainer's distributed training needs."""
+    pytest.importorskip("accelerate")
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+
+
+def _launch_two(arguments, tmp_path, timeout=300):
+    from test_engine import launch_two
+
+    return launch_two([REPO_ROOT / "run_sed.py", *arguments], tmp_path, timeout=timeout)
+
+
+def _detection_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if " events in " in line and " files written to " in line]
+
+
+def test_two_processes_detect_once_with_the_files_of_one(tiny_dir, short_scenes, tmp_path, two_cpu_processes):
+    """`accelerate launch run_sed.py` without --do_train: every process detected all inputs into the same folder at
+    once (the work done twice, the staged outputs of both renamed over each other). Now the main process detects and
+    writes, the other waits for it, and the files are those of a one-process run."""
+    import os
+    import subprocess
+    import sys
+
+    common = ["--model_name_or_path", tiny_dir, "--inputs", short_scenes / "audio", "--ground_truth",
+              short_scenes / "annotations.tsv", "--plot", "false", "--batch_size", 2, "--disable_tqdm", "true",
+              "--report_to", "none", "--output_dir"]
+    single = subprocess.run([sys.executable, REPO_ROOT / "run_sed.py", *map(str, common), tmp_path / "one"],
+                            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert single.returncode == 0, single.stderr
+    results = _launch_two([*common, tmp_path / "two"], tmp_path)
+    assert [status for status, _ in results] == [0, 0], results
+    assert len(_detection_lines(results[0][1])) == 1 and _detection_lines(results[1][1]) == [], results
+    assert _snapshot(tmp_path / "two") == _snapshot(tmp_path / "one")
+    assert sorted(path.name for path in (tmp_path / "two").iterdir()) == [
+        "durations.tsv", "events.tsv", "metrics.json", "scores"]
+
+
+def test_two_processes_fail_together_when_the_main_process_fails(tiny_dir, short_scenes, tmp_path, two_cpu_processes):
+    """An error in the main process's detection (here: one injected where its outputs are staged)
+    ends both processes with the same line; the other is not left waiting for it."""
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys, runpy\n"
+        "import htsat_hf.sed.detection as detection\n"
+        "from htsat_hf.errors import InputError\n"
+        "def fail(*args, **kwargs):\n"
+        "    raise InputError('scene_000.wav: cannot be decoded (injected)')\n"
+        "detection.staged_outputs = fail\n"
+        f"sys.argv = [{str(REPO_ROOT / 'run_sed.py')!r}] + sys.argv[1:]\n"
+        f"runpy.run_path({str(REPO_ROOT / 'run_sed.py')!r}, run_name='__main__')\n"
+    )
+    pytest.importorskip("accelerate")
+    from test_engine import launch_two
+
+    results = launch_two([script, "--model_name_or_path", tiny_dir, "--inputs", short_scenes / "audio", "--plot",
+                          "false", *quiet(tmp_path / "out")], tmp_path, timeout=300)
+    assert [status for status, _ in results] == [2, 2], results
+    for _, err in results:
+        assert [line for line in err.splitlines() if line.startswith("run_sed.py: error:")] == [
+            "run_sed.py: error: scene_000.wav: cannot be decoded (injected)"], err
+
+
+def test_two_processes_train_then_detect_once(tiny_strong, tmp_path, two_cpu_processes):
+    """`accelerate launch run_sed.py --do_train --eval_dir ...`: both processes refuse a used --output_dir with the
+    same line; with --overwrite_output_dir true the saving process empties it (inside `together`), both train, and
+    the main process alone runs the detection on --eval_dir while the other waits; both exit 0."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "checkpoint-9").mkdir()
+    arguments = [*train_args(tiny_strong, "--eval_dir", tiny_strong, "--save_strategy", "no"), *quiet(out)]
+    results = _launch_two(arguments, tmp_path)
+    assert [status for status, _ in results] == [2, 2], results
+    for _, err in results:
+        assert err.splitlines()[-1].startswith(f"run_sed.py: error: {out}: the folder is not empty"), err
+    results = _launch_two([*arguments, "--overwrite_output_dir", "true"], tmp_path)
+    assert [status for status, _ in results] == [0, 0], results
+    assert len(_detection_lines(results[0][1])) == 1 and _detection_lines(results[1][1]) == [], results
+    assert not (out / "checkpoint-9").exists() and (out / "model.safetensors").is_file()
+    assert (out / "eval_detection" / "metrics.json").is_file()

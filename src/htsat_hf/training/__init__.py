@@ -7,6 +7,7 @@ hand-written loop. Needs the `train` extras (`datasets`, `accelerate`, `evaluate
 - `metrics`: mAP, mAUC, d-prime and (top-k) accuracy as offline `evaluate` metrics, and a `compute_metrics` factory.
 - `tta`: the 10-copy time-shift test-time augmentation of the AudioSet evaluation.
 - `checkpoints`: weight averaging of saved models, and probability ensembles.
+- `output_dir`: the training scripts' `--output_dir` check (new or empty unless resumed or overwritten).
 """
 
 from .augmentation import sample_mixup
