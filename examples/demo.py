@@ -57,15 +57,17 @@ def make_data(data_dir: Path, seed: int = 0) -> None:
 
     # The training clips are random 2 s stretches of sounds of 2 to 4 s, the events' lengths in the scenes: a
     # detector's window also sees the middle and the end of long events, where a chirp has swept far above its start.
+    # overwrite=True: a second `make demo` replaces the first one's data as a whole.
     make_classification_folder(data_dir / "train", SOUND_CLASSES, 12, CLIP_SECONDS, seed=seed, background_clips=12,
-                               max_sound_seconds=MAX_EVENT_SECONDS)
-    make_classification_folder(data_dir / "eval", SOUND_CLASSES, 4, CLIP_SECONDS, seed=seed + 1, background_clips=4)
+                               max_sound_seconds=MAX_EVENT_SECONDS, overwrite=True)
+    make_classification_folder(data_dir / "eval", SOUND_CLASSES, 4, CLIP_SECONDS, seed=seed + 1, background_clips=4,
+                               overwrite=True)
     # Scenes drawn as the demo's recording is (events of 1 to 4 s, every class in each), 24 of 20 s: run_sed.py cuts
     # them into 2 s windows, in which the events start and end at every place, so the frame targets teach onsets and
     # offsets for every class; the gaps between events teach silence.
     make_detection_folder(data_dir / "strong", num_files=24, seconds=20.0, sampling_rate=SAMPLING_RATE,
                           classes=SOUND_CLASSES, events_per_file=4, seed=seed + 1000, min_event=MIN_EVENT_SECONDS,
-                          max_event=MAX_EVENT_SECONDS, every_class=True)
+                          max_event=MAX_EVENT_SECONDS, every_class=True, overwrite=True)
 
 
 def make_scene_files(data_dir: Path, scene_seed: int = 7, name: str = SCENE_NAME) -> tuple[Path, Path, list]:
@@ -115,6 +117,7 @@ def fine_tune_command(data_dir: Path, model_dir: Path, sed_model_dir: Path, epoc
         "--num_train_epochs", str(epochs), "--per_device_train_batch_size", "8", "--learning_rate", "2e-3",
         "--save_strategy", "no", "--logging_steps", "20", "--report_to", "none", "--seed", str(seed),
         "--disable_tqdm", "false",
+        "--overwrite_output_dir", "true",  # a second `make demo` replaces the first one's fine-tuned model
     ]
 
 

@@ -7,12 +7,22 @@ Classes: `tone` (steady sine), `chirp` (rising sweep), `bursts` (gated noise), `
 Clips and scenes are mixed the same way (`add_event`): background noise, and each sound added over it with 5 ms
 fades, so that a clip whose sound covers only part of it (`make_classification_folder(partial_clips=...)`) looks
 like a stretch of a scene around an event's onset or offset.
+
+The folder generators ([`make_classification_folder`], [`make_detection_folder`]) write a new or empty folder: a
+folder that holds files (an earlier set, maybe with more clips than this one, which would stay beside the rewritten
+metadata or annotations) is refused, unless `overwrite=True`, which replaces it as a whole once the new set is
+written (`loading.staged_output_dir`).
 """
 
 import csv
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+from .errors import InputError
+from .loading import staged_output_dir
 
 SOUND_CLASSES = ("tone", "chirp", "bursts", "clicks", "hum")
 
@@ -72,6 +82,23 @@ def add_event(
     return start / sampling_rate, (start + sound.size) / sampling_rate
 
 
+@contextmanager
+def _new_folder(root: str | Path, overwrite: bool) -> Iterator[Path]:
+    """A folder to write a generated set into, which becomes `root` when the block ends without an exception.
+
+    Raises:
+        InputError: `root` is a file, or a folder that is not empty and `overwrite` is False.
+    """
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise InputError(f"{root}: is a file, not a folder to generate a data set in")
+    if root.is_dir() and any(root.iterdir()) and not overwrite:
+        raise InputError(f"{root}: the folder is not empty (an earlier data set?); generate into a new or empty "
+                         "folder, or replace it as a whole with overwrite=True")
+    with staged_output_dir(root) as staging:
+        yield staging
+
+
 def make_classification_folder(
     root: str | Path,
     classes: tuple[str, ...] = SOUND_CLASSES[:3],
@@ -83,6 +110,7 @@ def make_classification_folder(
     partial_clips: float = 0.0,
     min_partial_seconds: float = 0.5,
     max_sound_seconds: float | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """An `audiofolder` directory: `<root>/<kind>_<i>.wav` mono clips and `metadata.csv` (file_name, label), plus
     `background_clips` clips of background noise alone with an empty label (no class: all-zero multi-label
@@ -93,11 +121,23 @@ def make_classification_folder(
     starts or ends inside them; the others are filled by the sound. With `max_sound_seconds` (above `seconds`), a
     filled clip is a random stretch of a sound of `seconds` to `max_sound_seconds`, as a detector's window sees the
     middle or the end of a long event (where a chirp's sweep has risen far above its start). The levels of the
-    background-only clips vary (0.002 to 0.02) around the level of the background under the sounds (0.005)."""
+    background-only clips vary (0.002 to 0.02) around the level of the background under the sounds (0.005).
+
+    `root` must be new or empty; `overwrite=True` replaces a used one as a whole (see the module's docstring).
+
+    Raises:
+        InputError: `root` is a file, or a folder with files and not `overwrite`.
+    """
+    with _new_folder(root, overwrite) as staging:
+        _write_classification_folder(staging, classes, clips_per_class, seconds, sampling_rate, seed, background_clips,
+                                     partial_clips, min_partial_seconds, max_sound_seconds)
+    return Path(root)
+
+
+def _write_classification_folder(root: Path, classes, clips_per_class, seconds, sampling_rate, seed, background_clips,
+                                 partial_clips, min_partial_seconds, max_sound_seconds) -> None:
     import soundfile
 
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     with (root / "metadata.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -124,7 +164,6 @@ def make_classification_folder(
             name = f"background_{index}.wav"
             soundfile.write(root / name, background(seconds, sampling_rate, rng, rng.uniform(0.002, 0.02)), sampling_rate)
             writer.writerow([name, ""])
-    return root
 
 
 def make_scene(
@@ -173,14 +212,28 @@ def make_detection_folder(
     min_event: float = 0.5,
     max_event: float = 2.5,
     every_class: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Scenes with strong labels in the DESED layout: `<root>/audio/*.wav`, `<root>/annotations.tsv` (filename,
     onset, offset, event_label) and `<root>/durations.tsv` (filename, duration). `min_event`, `max_event` and
-    `every_class` are `make_scene`'s (with `every_class`, the classes are drawn in rounds within each scene)."""
+    `every_class` are `make_scene`'s (with `every_class`, the classes are drawn in rounds within each scene).
+
+    `root` must be new or empty; `overwrite=True` replaces a used one as a whole (see the module's docstring).
+
+    Raises:
+        InputError: `root` is a file, or a folder with files and not `overwrite`.
+    """
+    with _new_folder(root, overwrite) as staging:
+        _write_detection_folder(staging, num_files, seconds, sampling_rate, classes, events_per_file, seed, min_event,
+                                max_event, every_class)
+    return Path(root)
+
+
+def _write_detection_folder(root: Path, num_files, seconds, sampling_rate, classes, events_per_file, seed, min_event,
+                            max_event, every_class) -> None:
     import soundfile
 
-    root = Path(root)
-    (root / "audio").mkdir(parents=True, exist_ok=True)
+    (root / "audio").mkdir()
     rng = np.random.default_rng(seed)
     with (root / "annotations.tsv").open("w", newline="") as labels, (root / "durations.tsv").open(
         "w", newline=""
@@ -198,7 +251,6 @@ def make_detection_folder(
             for onset, offset, label in events:
                 label_writer.writerow([name, f"{onset:.3f}", f"{offset:.3f}", label])
             duration_writer.writerow([name, f"{seconds:.3f}"])
-    return root
 
 
 __all__ = [
