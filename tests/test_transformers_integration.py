@@ -494,3 +494,23 @@ def test_return_dict_false_returns_tuples():
     torch.testing.assert_close(as_tuple[0], out.last_hidden_state, rtol=0, atol=0)
     torch.testing.assert_close(as_tuple[1], out.pooler_output, rtol=0, atol=0)
     assert len(as_tuple[2]) == 5
+
+
+def test_save_checked_model_saves_what_reloads_and_refuses_what_does_not(tmp_path):
+    """The converters' last step (loading.save_checked_model): the saved folder reloads to the same logits; a
+    difference above the tolerance or an extractor of another front end is refused, naming the folder asked for."""
+    from htsat_hf import HTSATFeatureExtractor
+    from htsat_hf.errors import InputError
+    from htsat_hf.loading import save_checked_model
+
+    config = tiny_config()
+    model = HTSATForAudioClassification(config).eval()
+    probe = torch.randn(2, config.max_frames, config.num_mel_bins) * 10 - 40
+    extractor = HTSATFeatureExtractor.from_config(config)
+    assert save_checked_model(tmp_path / "ok", model, extractor, probe, "out") <= 1e-5
+    assert HTSATForAudioClassification.from_pretrained(tmp_path / "ok").config.num_labels == config.num_labels
+    with pytest.raises(InputError, match=r"^out: the saved model's logits differ from the converted one's by"):
+        save_checked_model(tmp_path / "strict", model, extractor, probe, "out", tolerance=-1.0)
+    other = HTSATFeatureExtractor(hop_length=160)
+    with pytest.raises(InputError, match="does not match the model's config"):
+        save_checked_model(tmp_path / "other", model, other, probe, "out")

@@ -45,7 +45,13 @@ from transformers.utils import logging as transformers_logging
 from .configuration_htsat import HTSATConfig
 from .errors import InputError, error_line
 from .feature_extraction_htsat import HTSATFeatureExtractor
-from .loading import WEIGHT_FILES, check_model_source, check_new_output_dir, staged_output_dir
+from .loading import (
+    WEIGHT_FILES,
+    check_model_source,
+    check_new_output_dir,
+    save_checked_model,
+    staged_output_dir,
+)
 from .model_card import save_model_card
 from .modeling_htsat import HTSATForAudioClassification, HTSATModel, relative_position_index, tokens_to_time_grid
 
@@ -771,20 +777,7 @@ def convert_clap(
         base_model = source
     with staged_output_dir(output_dir) as staging:
         with _quiet_transformers():  # progress bars of saving and loading
-            model.save_pretrained(staging)
-            extractor.save_pretrained(staging)
-            try:
-                reloaded = HTSATForAudioClassification.from_pretrained(staging).eval()
-            except (OSError, ValueError, RuntimeError) as error:  # a saved config that does not rebuild the model
-                raise InputError(f"{output_dir}: the saved model does not reload ({error_line(error)}); nothing was "
-                                 "written") from None
-        HTSATFeatureExtractor.from_pretrained(staging).check_matches_config(reloaded.config)
-        with torch.no_grad():
-            difference = float((reloaded(probe).logits - model(probe).logits).abs().max())
-        if difference > 1e-5:
-            raise InputError(f"{output_dir}: the saved model's logits differ from the converted one's by "
-                             f"{difference:.3g}; nothing was written")
-        checks["saved vs converted logits"] = difference
+            checks["saved vs converted logits"] = save_checked_model(staging, model, extractor, probe, output_dir)
         save_model_card(
             staging,
             base_model=base_model,

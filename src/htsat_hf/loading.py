@@ -185,6 +185,36 @@ def check_new_output_dir(
     return path
 
 
+def save_checked_model(folder: str | PathLike, model: HTSATPreTrainedModel, extractor: HTSATFeatureExtractor,
+                       probe: torch.Tensor, output_dir: str | PathLike, tolerance: float = 1e-5) -> float:
+    """Save a converted `model` and its `extractor` into `folder` (a [`staged_output_dir`] staging folder) and check
+    what loaders will read back: the model reloads with its class's `from_pretrained`, the saved extractor still
+    describes the saved config's front end, and the reloaded model's logits on `probe` `(batch, frames, mel_bins)`
+    equal the converted one's within `tolerance`.
+
+    Returns:
+        The largest absolute logit difference.
+
+    Raises:
+        InputError: naming `output_dir` (the folder the user asked for): a saved model that does not reload, an
+            extractor that does not fit it, or logits that differ; nothing is then moved into place.
+    """
+    model.save_pretrained(folder)
+    extractor.save_pretrained(folder)
+    try:
+        reloaded = type(model).from_pretrained(folder).eval()
+    except (OSError, ValueError, RuntimeError) as error:  # a saved config that does not rebuild the model
+        raise InputError(f"{output_dir}: the saved model does not reload ({error_line(error)}); nothing was "
+                         "written") from None
+    HTSATFeatureExtractor.from_pretrained(folder).check_matches_config(reloaded.config)
+    with torch.no_grad():
+        difference = float((reloaded(probe).logits - model(probe).logits).abs().max())
+    if not difference <= tolerance:
+        raise InputError(f"{output_dir}: the saved model's logits differ from the converted one's by "
+                         f"{difference:.3g}; nothing was written")
+    return difference
+
+
 @contextmanager
 def staged_output_dir(path: str | PathLike) -> Iterator[Path]:
     """A new folder next to `path` to write a command's whole output into. When the block ends without an exception,
@@ -238,5 +268,6 @@ __all__ = [
     "check_output_dir",
     "load_feature_extractor",
     "load_model",
+    "save_checked_model",
     "staged_output_dir",
 ]
