@@ -705,6 +705,17 @@ def test_average_checkpoints_errors_are_input_errors(saved_models, tmp_path):
         average_checkpoints(model_dirs, tmp_path / "file")
 
 
+def test_average_checkpoints_refuses_a_model_folder_given_twice(saved_models, tmp_path, monkeypatch):
+    model_dirs, _ = saved_models
+    monkeypatch.chdir(tmp_path)
+    again = model_dirs[0].parent / ".." / model_dirs[0].parent.name / model_dirs[0].name
+    with pytest.raises(InputError, match="the same model folder as .*, given twice"):
+        average_checkpoints([model_dirs[0], model_dirs[1], again], tmp_path / "averaged")
+    assert not (tmp_path / "averaged").exists()
+    with pytest.raises(InputError, match="^nonexist: no such model folder$"):
+        average_checkpoints([model_dirs[0], "nonexist"], tmp_path / "averaged")
+
+
 def test_average_checkpoints_checks_each_extractor_against_its_config(saved_models, tmp_path):
     model_dirs, _ = saved_models
     mismatched = tmp_path / "mismatched"

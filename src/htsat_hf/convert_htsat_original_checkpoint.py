@@ -152,6 +152,8 @@ def load_original_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         CheckpointError: the file is missing, unreadable, or lacks tensors every HTS-AT model has.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file (give the .ckpt file inside it)")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     checkpoint = _read_checkpoint(path)

@@ -101,7 +101,8 @@ def average_checkpoints(
     from the config when the first folder has none). Each folder's extractor is checked against its config.
 
     Args:
-        model_dirs: folders written by `save_pretrained` (for example `Trainer` checkpoints).
+        model_dirs: local folders written by `save_pretrained` (for example `Trainer` checkpoints), each once (the same
+            folder twice, also through a symlink or `..`, is refused: it would silently weigh that model double).
         output_dir: where to save the averaged model: a new or empty folder, or one replaced as a whole with
             `overwrite`. It may not be, contain or lie inside one of `model_dirs` (`htsat-hf average run/checkpoint-*
             --output run` would mix the average into the training run's folder). It is written as a staging folder
@@ -114,7 +115,8 @@ def average_checkpoints(
 
     Raises:
         InputError: before any loading, for an output folder that cannot be written (`loading.check_output_dir`),
-            that is one of `model_dirs`, contains or lies inside one, or that is not empty (without `overwrite`);
+            that is one of `model_dirs`, contains or lies inside one, or that is not empty (without `overwrite`); a
+            model folder that does not exist (no Hub lookup) or is given twice;
             for models of different architectures or label sets (see [`check_compatible`]), a feature extractor
             that differs from its config, unreadable weights (see `loading.load_model`), or weights that differ in
             names or shapes.
@@ -125,8 +127,18 @@ def average_checkpoints(
         raise InputError(f"{output_dir}: the output folder is one of the models to average ({overwritten[0]}); "
                          "write the average to a new folder")
     check_new_output_dir(output_dir, inputs=model_dirs, overwrite=overwrite)
+    for model_dir in model_dirs:  # local folders only: a typo is not looked up on the Hub
+        if not Path(model_dir).exists():
+            raise InputError(f"{model_dir}: no such model folder")
     configs = check_compatible(model_dirs)
     extractors = [load_feature_extractor(model_dir, config) for model_dir, config in zip(model_dirs, configs)]
+    seen: dict[Path, str] = {}
+    for model_dir in model_dirs:  # after each folder's own checks: a broken folder given twice is named as broken
+        resolved = Path(model_dir).resolve()
+        if resolved in seen:
+            raise InputError(f"{model_dir}: the same model folder as {seen[resolved]}, given twice; each model is "
+                             "averaged once (give it once)")
+        seen[resolved] = str(model_dir)
     architecture = (configs[0].architectures or ["HTSATForAudioClassification"])[0]
     model_class = getattr(modeling_htsat, architecture, None)
     if not (isinstance(model_class, type) and issubclass(model_class, HTSATPreTrainedModel)):
