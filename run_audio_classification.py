@@ -13,7 +13,11 @@ Output folder: training (`--do_train`) writes into a new or empty `--output_dir`
 checkpoints of an earlier run, whose `checkpoint-N` folders Trainer would rotate and resume from together with the
 new run's) is refused, unless the run continues it (`--resume_from_checkpoint`) or replaces it
 (`--overwrite_output_dir true`: its contents are deleted before training starts). It may not be, contain or lie
-inside one of the run's inputs. Evaluation alone (`--do_eval`) writes its metrics files beside what is there.
+inside one of the run's inputs (a resumed run's may contain the checkpoint it continues). Evaluation alone
+(`--do_eval`) writes its metrics files beside what is there (a model folder's files included), but no run writes
+into its data: an `--output_dir` that is, contains or lies inside a data folder, index or label file is refused.
+`--resume_from_checkpoint` is a `checkpoint-N` folder of an earlier run, or `true` (the last one in `--output_dir`),
+checked before anything is created.
 
 Errors: bad input (an option out of range, a missing or unreadable file, folder, model or config, data with bad
 labels or undecodable audio, an output folder that cannot be written or holds an earlier run) is printed as one line
@@ -54,6 +58,7 @@ from htsat_hf.training.output_dir import (
     check_overwrite_options,
     clear_output_dir,
     prepare_training_output_dir,
+    resolve_resume_checkpoint,
 )
 from htsat_hf.training.trainer import HTSATTrainer
 
@@ -266,12 +271,16 @@ def check_options(model_args: ModelArguments, data_args: DataArguments, training
         raise InputError("--fold_column_name divides --train_dir or --dataset_name data")
     check_overwrite_options(data_args.overwrite_output_dir, training_args.do_train,
                             training_args.resume_from_checkpoint)
+    if training_args.do_train:  # a path, or "true": the last checkpoint in --output_dir
+        training_args.resume_from_checkpoint = resolve_resume_checkpoint(training_args.resume_from_checkpoint,
+                                                                         training_args.output_dir)
 
 
 def prepare_output_dir(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments):
     """Check `--output_dir` before any data is read (`--overwrite_output_dir` empties it later, just before training):
-    `htsat_hf.training.output_dir.prepare_training_output_dir`, with this run's inputs. Evaluation alone only writes
-    its metrics files, beside what is there, as `run_sed.py` writes its results into a folder that keeps other files.
+    `htsat_hf.training.output_dir.prepare_training_output_dir`, with this run's data and model inputs. Every run
+    refuses a folder that overlaps its data; evaluation alone writes its metrics files beside what is there (a model
+    folder included), as `run_sed.py` writes its results into a folder that keeps other files.
 
     Returns:
         the folder, and whether `--overwrite_output_dir` is to empty it.
@@ -281,10 +290,11 @@ def prepare_output_dir(model_args: ModelArguments, data_args: DataArguments, tra
             input of the run (data folder or index, label file, model, config, Swin checkpoint), or it is not empty
             and the run neither resumes nor overwrites.
     """
-    inputs = (model_args.model_name_or_path, model_args.config_name, model_args.swin_checkpoint, data_args.dataset_name,
-              data_args.train_dir, data_args.eval_dir, data_args.audioset_train_index, data_args.audioset_eval_index,
-              data_args.label_names_file)
-    return prepare_training_output_dir(training_args.output_dir, inputs, training_args.do_train,
+    data_inputs = (data_args.dataset_name, data_args.train_dir, data_args.eval_dir, data_args.audioset_train_index,
+                   data_args.audioset_eval_index, data_args.label_names_file)
+    model_inputs = (model_args.model_name_or_path, model_args.config_name, model_args.swin_checkpoint,
+                    training_args.resume_from_checkpoint if training_args.do_train else None)
+    return prepare_training_output_dir(training_args.output_dir, data_inputs, model_inputs, training_args.do_train,
                                        training_args.resume_from_checkpoint, data_args.overwrite_output_dir)
 
 

@@ -16,12 +16,16 @@ are listed in `htsat_hf.sed.detection`'s docstring. Every problem with the input
 `run_sed.py: error: ...`, and exit status 2.
 
 Output folder: detection and scoring write their results into `--output_dir` beside the other files there, replacing
-an earlier run's results only once all are written (`htsat_hf.sed.detection.staged_outputs`). Training
+an earlier run's results only once all are written (`htsat_hf.sed.detection.staged_outputs`); no run writes into its
+data (an `--output_dir` that is, contains or lies inside `--inputs`, `--train_dir`, `--eval_dir`, the ground truth or
+another data file is refused). Training
 (`--do_train`) needs a new or empty `--output_dir`, as `run_audio_classification.py` does (the same check,
 `htsat_hf.training.output_dir`): a folder that holds files (an earlier run's `checkpoint-N` folders, which Trainer
 would rotate and resume from together with the new run's) is refused, unless the run continues it
 (`--resume_from_checkpoint`) or replaces it (`--overwrite_output_dir true`: its contents are deleted just before
-training starts); it may not be, contain or lie inside one of the run's inputs.
+training starts); it may not be, contain or lie inside one of the run's inputs (a resumed run's may contain the
+checkpoint it continues). `--resume_from_checkpoint` is a `checkpoint-N` folder of an earlier run, or `true` (the last
+one in `--output_dir`), checked before anything is created.
 
 Several processes (`accelerate launch`): training runs in all of them; detection (of `--inputs`/`--dataset_name`,
 and of `--eval_dir` after training) and scoring run in the main process only, which writes the same files as a
@@ -44,7 +48,7 @@ from transformers import HfArgumentParser, TrainingArguments, set_seed
 from htsat_hf import HTSATFeatureExtractor, HTSATForSoundEventDetection
 from htsat_hf.distributed import distributed_state, together
 from htsat_hf.engine import InferenceEngine
-from htsat_hf.errors import InputError, error_line
+from htsat_hf.errors import InputError, Stopped, error_line, stop_signals_raise
 from htsat_hf.inputs import collect_inputs, dataset_items
 from htsat_hf.loading import DTYPES, load_feature_extractor
 from htsat_hf.sed.detection import (
@@ -75,6 +79,7 @@ from htsat_hf.training.output_dir import (
     check_overwrite_options,
     clear_output_dir,
     prepare_training_output_dir,
+    resolve_resume_checkpoint,
 )
 from htsat_hf.training.trainer import HTSATTrainer
 
@@ -303,26 +308,35 @@ def check_options(model_args: ModelArguments, args: DetectionArguments, evaluati
                 raise InputError(f"--{name} is for training: add --do_train")
     check_overwrite_options(data_args.overwrite_output_dir, training_args.do_train,
                             training_args.resume_from_checkpoint)
+    if training_args.do_train:  # a path, or "true": the last checkpoint in --output_dir
+        training_args.resume_from_checkpoint = resolve_resume_checkpoint(training_args.resume_from_checkpoint,
+                                                                         training_args.output_dir)
 
 
 def prepare_output(model_args: ModelArguments, args: DetectionArguments, evaluation: EvaluationArguments,
                    data_args: StrongLabelArguments, training_args: TrainingArguments) -> tuple[Path, bool]:
-    """Check `--output_dir` before anything is read or written: a training run's as `run_audio_classification.py`
-    checks its own (`htsat_hf.training.output_dir.prepare_training_output_dir`: new or empty, unless resumed or
-    `--overwrite_output_dir true`, and not overlapping an input); a detection or scoring run's is created and
-    checked for writing (its outputs replace an earlier run's in place, beside the folder's other files).
+    """Check `--output_dir` before anything is read or written, with
+    `htsat_hf.training.output_dir.prepare_training_output_dir` as `run_audio_classification.py` checks its own: no
+    run writes into its data (a folder that is, contains or lies inside `--inputs`, `--dataset_name`, `--train_dir`,
+    `--eval_dir`, the ground truth, durations, class map or thresholds file is refused); a training run's folder is
+    new or empty, unless resumed or `--overwrite_output_dir true`, and does not overlap the model it starts from; a
+    detection or scoring run's is then created and checked for writing (its outputs replace an earlier run's in
+    place, beside the folder's other files: a model's, or the detections being scored).
 
     Returns:
         the folder, and whether `--overwrite_output_dir` is to empty it (just before training).
     """
-    if not training_args.do_train:
-        return prepare_output_dir(training_args.output_dir), False
-    inputs = (model_args.model_name_or_path, model_args.config_name, data_args.train_dir, data_args.eval_dir,
-              *args.inputs, args.dataset_name, args.class_map, args.thresholds_file, evaluation.ground_truth,
-              evaluation.durations)
+    data_inputs = (data_args.train_dir, data_args.eval_dir, *args.inputs, args.dataset_name, args.class_map,
+                   args.thresholds_file, evaluation.ground_truth, evaluation.durations)
+    model_inputs = (model_args.model_name_or_path, model_args.config_name,
+                    training_args.resume_from_checkpoint if training_args.do_train else None)
     # Not created here: under `accelerate launch` another process may still be checking that the folder is empty.
-    return prepare_training_output_dir(training_args.output_dir, inputs, True, training_args.resume_from_checkpoint,
-                                       data_args.overwrite_output_dir)
+    output_dir, clear = prepare_training_output_dir(training_args.output_dir, data_inputs, model_inputs,
+                                                    training_args.do_train, training_args.resume_from_checkpoint,
+                                                    data_args.overwrite_output_dir)
+    if not training_args.do_train:
+        return prepare_output_dir(output_dir), False
+    return output_dir, clear
 
 
 def is_main_process() -> bool:
@@ -550,7 +564,8 @@ def main(argv=None) -> int:
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     set_seed(training_args.seed)
     try:
-        run(model_args, detection_args, evaluation_args, data_args, training_args)
+        with stop_signals_raise():
+            run(model_args, detection_args, evaluation_args, data_args, training_args)
     except (InputError, OSError) as error:
         print(f"run_sed.py: error: {error_line(error)}", file=sys.stderr)
         return 2
@@ -558,6 +573,9 @@ def main(argv=None) -> int:
         # Outputs are staged (see sed.detection.staged_outputs): an interrupted run leaves the previous ones as they were.
         print("run_sed.py: interrupted; the output folder holds the previous run's results", file=sys.stderr)
         return 130
+    except Stopped as stop:
+        print(f"run_sed.py: stopped by {stop}; the output folder holds the previous run's results", file=sys.stderr)
+        return 128 + stop.signum
     return 0
 
 

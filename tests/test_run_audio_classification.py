@@ -827,6 +827,78 @@ def test_training_output_folder_may_not_hold_or_be_an_input(small_folder, tmp_pa
     message = fails_with_one_line(capsys, common_args(data / "out", "--train_dir", str(data), "--do_train",
                                                       "--max_steps", "1"))
     assert message.startswith(f"{data / 'out'}: lies inside the input {data}")
-    # Evaluation alone writes its metrics beside a trained model's files, into its folder: still allowed.
-    assert run_script.run(common_args(tmp_path / "runs", "--eval_dir", str(data), "--do_eval",
-                                      "--per_device_eval_batch_size", "6")) == 0
+    # Evaluation alone does not write into its data either (it contains it here); beside a model's files it may.
+    message = fails_with_one_line(capsys, common_args(tmp_path / "runs", "--eval_dir", str(data), "--do_eval",
+                                                      "--per_device_eval_batch_size", "6"))
+    assert message.startswith(f"{tmp_path / 'runs'}: contains the input {data}")
+
+
+def test_no_run_writes_into_its_data_and_a_resumed_or_evaluation_run_may_write_beside_its_model(
+        small_folder, tmp_path, capsys):
+    """Resumed training and evaluation alone skipped the overlap check: `--output_dir d --train_dir d
+    --resume_from_checkpoint ...` wrote the model and checkpoints into the data folder, `--output_dir d --eval_dir d
+    --do_eval` its results files (the folder then no longer read as an audiofolder). Every run refuses a folder that
+    is, contains or lies inside its data; a resumed run continues beside its checkpoint, evaluation beside a model."""
+    data = tmp_path / "d4"
+    shutil.copytree(small_folder, data)
+    before = sorted(path.relative_to(data) for path in data.rglob("*"))
+    args = ["--do_train", "--per_device_train_batch_size", "6", "--save_strategy", "steps", "--save_steps", "1",
+            "--logging_steps", "1"]
+    out = tmp_path / "out"
+    run_script.run(common_args(out, "--train_dir", str(data), *args, "--max_steps", "2"))
+    checkpoint = out / "checkpoint-2"
+    for output_dir, refusal in ((data, f"{data}: is the input {data} itself"),
+                                (data / "sub", f"{data / 'sub'}: lies inside the input {data}"),
+                                (tmp_path, f"{tmp_path}: contains the input {data}")):
+        message = fails_with_one_line(capsys, common_args(output_dir, "--train_dir", str(data), *args, "--max_steps",
+                                                          "3", "--resume_from_checkpoint", str(checkpoint)))
+        assert message.startswith(refusal)
+        message = fails_with_one_line(capsys, common_args(output_dir, "--eval_dir", str(data), "--do_eval"))
+        assert message.startswith(refusal)
+    assert sorted(path.relative_to(data) for path in data.rglob("*")) == before
+    # A resumed run may not write into the model it starts from either; its own folder holds its checkpoint.
+    message = fails_with_one_line(capsys, common_args(checkpoint, "--train_dir", str(data), *args, "--max_steps", "3",
+                                                      "--resume_from_checkpoint", str(checkpoint)))
+    assert message.startswith(f"{checkpoint}: is the input {checkpoint} itself")
+    # `true`: the last checkpoint of --output_dir, continued there.
+    assert run_script.run(common_args(out, "--train_dir", str(data), *args, "--max_steps", "3",
+                                      "--resume_from_checkpoint", "true")) == 0
+    assert read_json(out / "trainer_state.json")["global_step"] == 3
+    # Evaluation alone writes its results into the model's folder: still allowed.
+    evaluation = ["--output_dir", str(out), "--model_name_or_path", str(out), "--eval_dir", str(data), "--do_eval",
+                  "--max_length_seconds", str(CLIP_SECONDS), "--report_to", "none", "--dataloader_num_workers", "0",
+                  "--disable_tqdm", "true", "--use_cpu", "true"]
+    assert run_script.run(evaluation) == 0 and (out / "eval_results.json").is_file()
+
+
+def test_a_bad_resume_from_checkpoint_is_one_line_before_anything_is_created(small_folder, tmp_path, capsys):
+    """A path that is not a Trainer checkpoint, or `true` with no checkpoint in --output_dir, was a transformers
+    traceback (`Can't find a valid checkpoint at ...`) after the output folder had been created."""
+    out = tmp_path / "out"
+    not_checkpoint = tmp_path / "model"
+    not_checkpoint.mkdir()
+    (not_checkpoint / "config.json").write_text("{}")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    no_weights = tmp_path / "checkpoint-7"
+    no_weights.mkdir()
+    (no_weights / "trainer_state.json").write_text("{}")
+    cases = [
+        (tmp_path / "nonexist", f"--resume_from_checkpoint {tmp_path / 'nonexist'}: no such checkpoint folder"),
+        (small_folder, f"--resume_from_checkpoint {small_folder}: not a Trainer checkpoint (no trainer_state.json"),
+        (not_checkpoint, f"--resume_from_checkpoint {not_checkpoint}: not a Trainer checkpoint"),
+        (no_weights, f"--resume_from_checkpoint {no_weights}: not a Trainer checkpoint (no model weights in it)"),
+        (a_file, f"--resume_from_checkpoint {a_file}: is a file, not a checkpoint folder"),
+        ("true", f"--resume_from_checkpoint true continues the last checkpoint-N folder in --output_dir, and {out} "
+                 "holds none"),
+    ]
+    for value, refusal in cases:
+        message = fails_with_one_line(capsys, common_args(out, "--train_dir", str(small_folder), "--do_train",
+                                                          "--max_steps", "1", "--resume_from_checkpoint", str(value)))
+        assert message.startswith(refusal), message
+        assert not out.exists()
+    out.mkdir()
+    message = fails_with_one_line(capsys, common_args(out, "--train_dir", str(small_folder), "--do_train",
+                                                      "--max_steps", "1", "--resume_from_checkpoint", "True"))
+    assert message.startswith("--resume_from_checkpoint true continues the last checkpoint-N folder")
+    assert not any(out.iterdir())

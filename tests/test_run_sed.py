@@ -756,10 +756,16 @@ def test_training_output_folder_may_not_hold_or_be_an_input(tiny_strong, tmp_pat
     assert (data / "annotations.tsv").is_file()
     error = _run_failing(capsys, *train_args(data), *quiet(data / "out"))
     assert error.startswith(f"run_sed.py: error: {data / 'out'}: lies inside the input {data}")
-    # Detection alone writes its results into a folder that keeps other files, inputs included: as before.
-    assert run_sed("--model_name_or_path", save_tiny_model(tmp_path / "model"), "--inputs", data / "audio",
-                   "--plot", "false", *quiet(data)) == 0
-    assert (data / "events.tsv").is_file() and (data / "annotations.tsv").is_file()
+    # Detection alone does not write into its data either (its durations.tsv would replace the folder's); beside a
+    # model's files it may.
+    model = save_tiny_model(tmp_path / "model")
+    capsys.readouterr()  # the save's progress bar
+    error = _run_failing(capsys, "--model_name_or_path", model, "--inputs", data / "audio", "--plot", "false",
+                         *quiet(data))
+    assert error.startswith(f"run_sed.py: error: {data}: contains the input {data / 'audio'}")
+    assert not (data / "events.tsv").exists() and (data / "annotations.tsv").is_file()
+    assert run_sed("--model_name_or_path", model, "--inputs", data / "audio", "--plot", "false", *quiet(model)) == 0
+    assert (model / "events.tsv").is_file()
 
 
 @pytest.fixture
@@ -844,3 +850,38 @@ def test_two_processes_train_then_detect_once(tiny_strong, tmp_path, two_cpu_pro
     assert len(_detection_lines(results[0][1])) == 1 and _detection_lines(results[1][1]) == [], results
     assert not (out / "checkpoint-9").exists() and (out / "model.safetensors").is_file()
     assert (out / "eval_detection" / "metrics.json").is_file()
+
+
+def test_no_run_writes_into_its_data_and_a_bad_resume_is_one_line(tiny_strong, tmp_path, capsys):
+    """A resumed training run skipped the overlap check (its model and checkpoints went into the data folder), and a
+    bad `--resume_from_checkpoint` was a transformers traceback after the output folder had been created."""
+    data = tmp_path / "strong"
+    shutil.copytree(tiny_strong, data)
+    before = _snapshot(data)
+    out = tmp_path / "out"
+    assert run_sed(*train_args(data), *quiet(out)) == 0
+    capsys.readouterr()
+    for output_dir, refusal in ((data, f"{data}: is the input {data} itself"),
+                                (data / "sub", f"{data / 'sub'}: lies inside the input {data}")):
+        error = _run_failing(capsys, *train_args(data, "--max_steps", 3, "--resume_from_checkpoint",
+                                                 out / "checkpoint-2"), *quiet(output_dir))
+        assert error.splitlines() == [f"run_sed.py: error: {refusal}; write the output to a "
+                                      f"{'new folder' if output_dir == data else 'folder outside it'}"]
+    # Detection alone: a folder holding the ground truth (whose durations.tsv the run would replace) is refused.
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    shutil.copy(data / "annotations.tsv", truth / "annotations.tsv")
+    error = _run_failing(capsys, "--model_name_or_path", out, "--inputs", data / "audio", "--ground_truth",
+                         truth / "annotations.tsv", "--plot", "false", *quiet(truth))
+    assert error.startswith(f"run_sed.py: error: {truth}: contains the input {truth / 'annotations.tsv'}")
+    assert _snapshot(data) == before and sorted(p.name for p in truth.iterdir()) == ["annotations.tsv"]
+
+    new = tmp_path / "new"
+    for value, refusal in ((tmp_path / "nonexist", f"{tmp_path / 'nonexist'}: no such checkpoint folder"),
+                           (data, f"{data}: not a Trainer checkpoint (no trainer_state.json"),
+                           ("true", f"true continues the last checkpoint-N folder in --output_dir, and {new} holds "
+                                    "none")):
+        error = _run_failing(capsys, *train_args(data, "--resume_from_checkpoint", value), *quiet(new))
+        assert len(error.splitlines()) == 1 and "Traceback" not in error
+        assert error.startswith(f"run_sed.py: error: --resume_from_checkpoint {refusal}"), error
+        assert not new.exists()

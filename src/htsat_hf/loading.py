@@ -153,18 +153,17 @@ def check_output_dir(path: str | PathLike) -> Path:
     return path
 
 
-def check_new_output_dir(
-    path: str | PathLike, inputs: Iterable[str | PathLike | None] = (), overwrite: bool = False
-) -> Path:
-    """[`check_output_dir`], and refuse an output folder whose writing would destroy something: one that is, lies
-    inside or contains one of `inputs` (the local files and folders the command reads; Hub ids and `None` are
-    skipped), or an existing folder that is not empty unless `overwrite` (it is then replaced as a whole, see
-    [`staged_output_dir`]).
+def check_outside_inputs(path: str | PathLike, inputs: Iterable[str | PathLike | None]) -> Path:
+    """Refuse an output folder that is, lies inside or contains one of `inputs` (the local files and folders a
+    command reads; Hub ids, missing paths and `None` are skipped): writing it would replace or mix with them.
+
+    Returns:
+        `path` as a `Path`.
 
     Raises:
-        InputError: naming the folder and, for an overlap, the input.
+        InputError: naming the folder and the input.
     """
-    path = check_output_dir(path)
+    path = Path(path)
     target = path.resolve()
     for item in inputs:
         if item is None or not Path(item).exists():
@@ -177,6 +176,45 @@ def check_new_output_dir(
         if target in source.parents:
             raise InputError(f"{path}: contains the input {item}, which writing the output would replace; write it to "
                              "another folder")
+    return path
+
+
+def check_replaceable_dir(path: str | PathLike) -> None:
+    """Refuse, as a folder to be replaced or emptied as a whole, the current folder or one that contains it (which
+    cannot be moved aside), the home folder and a filesystem root.
+
+    Raises:
+        InputError: naming the folder.
+    """
+    target = Path(path).resolve()
+    here = Path.cwd().resolve()
+    if target == here or target in here.parents:
+        raise InputError(f"{path}: is the current folder or contains it; write the output to a new folder")
+    if target == Path.home().resolve() or target == Path(target.anchor):
+        place = "the home folder" if target == Path.home().resolve() else "a filesystem root"
+        raise InputError(f"{path}: is {place}; write the output to a new folder inside it")
+
+
+def check_new_output_dir(
+    path: str | PathLike, inputs: Iterable[str | PathLike | None] = (), overwrite: bool = False
+) -> Path:
+    """The folder a command writes as a whole ([`staged_output_dir`]), checked before any work: writable
+    ([`check_output_dir`]), not overlapping `inputs` ([`check_outside_inputs`]), not a folder that cannot be replaced
+    ([`check_replaceable_dir`]), and new or empty unless `overwrite` (it is then replaced as a whole). A symbolic
+    link is followed: the output is written where it points, and the link stays.
+
+    Returns:
+        The folder to write (a link's target).
+
+    Raises:
+        InputError: naming the folder and, for an overlap, the input; an empty name.
+    """
+    if isinstance(path, str) and not path.strip():
+        raise InputError("the output folder's name is empty; give the folder to write")
+    if Path(path).is_symlink():
+        path = Path(os.path.realpath(path))
+    path = check_outside_inputs(check_output_dir(path), inputs)
+    check_replaceable_dir(path)
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise InputError(
             f"{path}: the folder is not empty; write to a new or empty folder, or replace it as a whole with "
@@ -265,7 +303,9 @@ __all__ = [
     "WEIGHT_FILES",
     "check_model_source",
     "check_new_output_dir",
+    "check_outside_inputs",
     "check_output_dir",
+    "check_replaceable_dir",
     "load_feature_extractor",
     "load_model",
     "save_checked_model",
