@@ -771,3 +771,96 @@ def test_export_onnx_overwrite_replaces_the_file_once_verified(capsys, tagger, t
 
     onnx.checker.check_model(onnx.load(str(output)))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["tagger.onnx"]  # no temporary file left
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# average and convert: their inputs named plainly
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_average_refuses_the_same_model_folder_twice(capsys, tagger, tmp_path):
+    """`average A A B` averaged A twice without a word (a silently different answer), also through a symlink or `..`."""
+    second = save_model(tmp_path / "second", seed=2)
+    link = tmp_path / "link"
+    link.symlink_to(tagger, target_is_directory=True)
+    dotted = tmp_path / "second" / ".." / "second"
+    for first, again in ((tagger, tagger), (tagger, link), (second, dotted)):
+        _, out, err = one_line_error(capsys, "average", first, second if again != dotted else tagger, again,
+                                     "--output", tmp_path / "avg")
+        assert err.startswith(f"htsat-hf average: error: {again}: the same model folder as {first}, given twice")
+        assert out == "" and not (tmp_path / "avg").exists()
+
+
+def test_average_names_a_missing_folder_without_the_hub(capsys, tagger, tmp_path, monkeypatch):
+    """A local typo (`average run/checkpoint-1 nonexist`, a valid Hub id) was looked up on huggingface.co; average
+    takes saved model folders only."""
+    monkeypatch.chdir(tmp_path)
+    _, _, err = one_line_error(capsys, "average", tagger, "nonexist", "--output", tmp_path / "avg")
+    assert err == "htsat-hf average: error: nonexist: no such model folder"
+    assert not (tmp_path / "avg").exists()
+
+
+def test_convert_names_a_folder_given_as_the_checkpoint(capsys, tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    _, out, err = one_line_error(capsys, "convert", folder, tmp_path / "out", "--sample-rate", 32000, "--hop-length",
+                                 320)
+    assert err == (f"htsat-hf convert: error: {folder}: is a folder, not a checkpoint file (give the .ckpt file "
+                   "inside it)")
+    assert out == "" and not (tmp_path / "out").exists()
+
+
+def test_convert_stopped_by_sigterm_or_sighup_leaves_no_partial_folder(capsys, tmp_path, monkeypatch):
+    """A tester's case: `kill` (or a closed terminal) while the model was being saved left `.model.partial-*` beside
+    the untouched old folder (hundreds of MB with real models); it now cleans up as Ctrl-C does, with one line."""
+    import signal
+
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"the previous model")
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        monkeypatch.setattr(HTSATFeatureExtractor, "save_pretrained",
+                            lambda self, *args, **kwargs: signal.raise_signal(signum))
+        code, out_text, err = run(capsys, "convert", require_shared("reference/tiny-esc50.ckpt"), out,
+                                  *CONVERT_ESC50, "--overwrite")
+        assert code == 128 + signum and out_text == ""
+        assert err.splitlines()[-1] == f"htsat-hf convert: stopped by {signal.Signals(signum).name}"  # after saving's bar
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]  # no staging folder left
+        assert (out / "model.safetensors").read_bytes() == b"the previous model"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are the caller's again
+
+
+def test_outputs_that_cannot_be_replaced_are_refused_before_any_work(capsys, tmp_path, monkeypatch):
+    """A tester's cases: `convert CKPT .` ran the whole conversion and then failed with `[Errno 16] Device or resource
+    busy`; `--overwrite` into the home folder deleted it."""
+    checkpoint = require_shared("reference/tiny-esc50.ckpt")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for output in (".", "./", ".."):
+        _, _, err = one_line_error(capsys, "convert", checkpoint, output, *CONVERT_ESC50)
+        assert err == f"htsat-hf convert: error: {output.rstrip('/') or '.'}: is the current folder or contains it; " \
+                      "write the output to a new folder"
+    _, _, err = one_line_error(capsys, "convert", checkpoint, "", *CONVERT_ESC50)
+    assert err == "htsat-hf convert: error: the output folder's name is empty; give the folder to write"
+    home = tmp_path / "home"
+    (home / "docs").mkdir(parents=True)
+    (home / "docs" / "thesis.txt").write_text("precious")
+    monkeypatch.setenv("HOME", str(home))
+    _, _, err = one_line_error(capsys, "convert", checkpoint, home, *CONVERT_ESC50, "--overwrite")
+    assert err == f"htsat-hf convert: error: {home}: is the home folder; write the output to a new folder inside it"
+    assert (home / "docs" / "thesis.txt").read_text() == "precious"
+    assert sorted(path.name for path in work.iterdir()) == []
+
+
+def test_convert_into_a_symbolic_link_writes_where_it_points(capsys, tmp_path):
+    """A tester's case: a link given as the output folder was replaced by a folder of its own (the link gone, the
+    model not where it pointed)."""
+    target = tmp_path / "models" / "esc50"
+    target.mkdir(parents=True)
+    link = tmp_path / "latest"
+    link.symlink_to(target)
+    code, _, err = run(capsys, "convert", require_shared("reference/tiny-esc50.ckpt"), link, *CONVERT_ESC50)
+    assert code == 0, err
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert (target / "model.safetensors").is_file()

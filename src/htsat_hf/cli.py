@@ -16,7 +16,7 @@ import math
 import os
 import sys
 
-from .errors import InputError, error_line
+from .errors import InputError, Stopped, error_line, stop_signals_raise
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -574,16 +574,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit status (0, 1 for `predict` files that could not be read, 2 for bad input).
     Bad arguments exit with status 2 while parsing (`SystemExit`), as argparse does, after the same one line; Ctrl-C
-    ends it with status 130 and one line."""
+    ends it with status 130, and SIGTERM or SIGHUP with 128 + the signal's number, after one line and with staged
+    outputs removed."""
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        with stop_signals_raise():
+            return args.handler(args)
     except (InputError, OSError) as error:
         _error(args.command, error)
         return 2
     except KeyboardInterrupt:
         print(f"htsat-hf {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Stopped as stop:
+        print(f"htsat-hf {args.command}: stopped by {stop}", file=sys.stderr)
+        return 128 + stop.signum
 
 
 if __name__ == "__main__":
