@@ -73,6 +73,8 @@ def together() -> Iterator[None]:
         try:
             outcomes = gather_object([mine])
         except RuntimeError as lost:  # the process group broke: another process ended (killed, crashed) before here
+            if error is not None:
+                raise error from None  # this process's own failure is the line to print
             raise InputError(
                 f"another process of this run ended before this step ({error_line(lost)}); this one stops too"
             ) from None
