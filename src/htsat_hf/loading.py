@@ -253,6 +253,28 @@ def save_checked_model(folder: str | PathLike, model: HTSATPreTrainedModel, extr
     return difference
 
 
+def _missing_parents(path: Path) -> list[Path]:
+    """The folders above `path` that do not exist yet, deepest first: a staged output makes them and removes them
+    again when it fails."""
+    missing, parent = [], path.parent
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: something else was written there meanwhile
+            break
+
+
+def _staging_tag() -> str:
+    return f"{os.getpid()}-{secrets.token_hex(4)}"
+
+
 @contextmanager
 def staged_output_dir(path: str | PathLike) -> Iterator[Path]:
     """A new folder next to `path` to write a command's whole output into. When the block ends without an exception,
@@ -264,12 +286,8 @@ def staged_output_dir(path: str | PathLike) -> Iterator[Path]:
     a model folder is replaced as a whole instead, so that no file of another model stays beside the new one.
     """
     path = Path(path)
-    made = []  # the parents created here, deepest first, removed again if the block fails
-    parent = path.parent
-    while not parent.exists():
-        made.append(parent)
-        parent = parent.parent
-    tag = f"{os.getpid()}-{secrets.token_hex(4)}"
+    made = _missing_parents(path)
+    tag = _staging_tag()
     staging = path.parent / f".{path.name}.partial-{tag}"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -290,11 +308,26 @@ def staged_output_dir(path: str | PathLike) -> Iterator[Path]:
             previous.unlink()
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        for folder in made:
-            try:
-                folder.rmdir()
-            except OSError:  # not empty: something else was written there meanwhile
-                break
+        _remove_empty(made)
+        raise
+
+
+@contextmanager
+def staged_output_file(path: str | PathLike, suffix: str = "") -> Iterator[Path]:
+    """A temporary file name next to `path` (`.NAME.partial-*` + `suffix`) to write one output file into; when the
+    block ends without an exception it replaces `path` in one rename (same folder), and when the block raises it is
+    deleted, with the parent folders made for it, and `path` is left as it was. The single-file twin of
+    [`staged_output_dir`]."""
+    path = Path(path)
+    made = _missing_parents(path)
+    partial = path.parent / f".{path.name}.partial-{_staging_tag()}{suffix}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield partial
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        _remove_empty(made)
         raise
 
 
@@ -310,4 +343,5 @@ __all__ = [
     "load_model",
     "save_checked_model",
     "staged_output_dir",
+    "staged_output_file",
 ]

@@ -28,8 +28,6 @@ import contextlib
 import copy
 import json
 import logging
-import os
-import secrets
 import warnings
 from dataclasses import dataclass
 from os import PathLike
@@ -42,7 +40,7 @@ from torch import nn
 from .configuration_htsat import HTSATConfig
 from .errors import InputError
 from .feature_extraction_htsat import HTSATFeatureExtractor
-from .loading import WEIGHT_FILES, check_output_dir, load_model
+from .loading import WEIGHT_FILES, check_output_dir, load_model, staged_output_file
 from .modeling_htsat import HTSATForAudioClassification, HTSATForSoundEventDetection, HTSATPreTrainedModel
 
 logger = logging.getLogger(__name__)
@@ -328,23 +326,11 @@ def export_onnx(
     # A full-length example cannot lie inside the dynamic range, which ends below max_frames.
     dynamic_frames = dynamic_frames and frames < config.max_frames
     example = _example_features(2, frames, config.num_mel_bins, seed=0)
-    made = _missing_parents(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside the output under a name of its own, renamed into place once verified (same folder: the rename
-    # is atomic). The .onnx suffix keeps the exporters from adding one.
-    partial = output_path.parent / f".{output_path.name}.partial-{os.getpid()}-{secrets.token_hex(4)}.onnx"
-    try:
+    # Written beside the output under a name of its own, renamed into place once verified. The .onnx suffix keeps
+    # the exporters from adding one.
+    with staged_output_file(output_path, suffix=".onnx") as partial:
         result = _export_to(partial, output_path, model, extractor, config, task, opset, exporter, dynamic_frames,
                             frames, example, verify, atol, rtol)
-        os.replace(partial, output_path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        for folder in made:  # the folders created for a file that was never written
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-        raise
     result.path = output_path
     return result
 
@@ -425,15 +411,6 @@ def _model_files(model_dir_or_model) -> list[Path]:
     folder = Path(model_dir_or_model)
     names = {"config.json", "preprocessor_config.json", *WEIGHT_FILES}
     return [path for path in folder.iterdir() if path.name in names or path.suffix == ".safetensors"]
-
-
-def _missing_parents(path: Path) -> list[Path]:
-    """The folders above `path` that do not exist yet, deepest first."""
-    missing, parent = [], path.parent
-    while not parent.exists():
-        missing.append(parent)
-        parent = parent.parent
-    return missing
 
 
 def check_new_output_file(
