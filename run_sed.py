@@ -18,10 +18,10 @@ are listed in `htsat_hf.sed.detection`'s docstring. Every problem with the input
 Output folder: detection and scoring write their results into `--output_dir` beside the other files there, replacing
 an earlier run's results only once all are written (`htsat_hf.sed.detection.staged_outputs`); no run writes into its
 data (an `--output_dir` that is, contains or lies inside `--inputs`, `--train_dir`, `--eval_dir`, the ground truth or
-another data file is refused). Training
-(`--do_train`) needs a new or empty `--output_dir`, as `run_audio_classification.py` does (the same check,
-`htsat_hf.training.output_dir`): a folder that holds files (an earlier run's `checkpoint-N` folders, which Trainer
-would rotate and resume from together with the new run's) is refused, unless the run continues it
+another data file is refused). Training (`--do_train`) needs a new or empty `--output_dir`, as
+`run_audio_classification.py` does (the same check, `htsat_hf.training.output_dir`): a folder that holds files (an
+earlier run's `checkpoint-N` folders, which Trainer would rotate and resume from together with the new run's) is
+refused, unless the run continues it
 (`--resume_from_checkpoint`) or replaces it (`--overwrite_output_dir true`: its contents are deleted just before
 training starts); it may not be, contain or lie inside one of the run's inputs (a resumed run's may contain the
 checkpoint it continues). `--resume_from_checkpoint` is a `checkpoint-N` folder of an earlier run, or `true` (the last
@@ -46,7 +46,7 @@ import transformers
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from htsat_hf import HTSATFeatureExtractor, HTSATForSoundEventDetection
-from htsat_hf.distributed import distributed_state, together
+from htsat_hf.distributed import is_main_process, together
 from htsat_hf.engine import InferenceEngine
 from htsat_hf.errors import InputError, Stopped, error_line, stop_signals_raise
 from htsat_hf.inputs import collect_inputs, dataset_items
@@ -337,13 +337,6 @@ def prepare_output(model_args: ModelArguments, args: DetectionArguments, evaluat
     if not training_args.do_train:
         return prepare_output_dir(output_dir), False
     return output_dir, clear
-
-
-def is_main_process() -> bool:
-    """Whether this process detects and writes: the only one, or the main one of several (`accelerate launch`; the
-    state `distributed.together` waits in)."""
-    state = distributed_state()
-    return state is None or state.is_main_process
 
 
 def threshold_option(args: DetectionArguments):

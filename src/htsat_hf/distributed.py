@@ -19,7 +19,7 @@ import torch
 
 from .errors import InputError, error_line
 
-__all__ = ["distributed_state", "end_process_group", "together"]
+__all__ = ["distributed_state", "end_process_group", "is_main_process", "together"]
 
 
 def distributed_state():
@@ -34,6 +34,13 @@ def distributed_state():
     atexit.unregister(end_process_group)  # registered once, however often the state is asked for
     atexit.register(end_process_group)
     return state
+
+
+def is_main_process() -> bool:
+    """Whether this process is the only one, or the main one of several: the one that writes a run's shared outputs
+    (inside [`together`], which the others wait in)."""
+    state = distributed_state()
+    return state is None or state.is_main_process
 
 
 def end_process_group() -> None:
